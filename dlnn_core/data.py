@@ -1,0 +1,256 @@
+"""Deterministic datasets for one system: i.i.d. states with exact accelerations, or states along
+trajectories integrated with DOP853 (rtol = atol = 1e-10); train/val/test/ood from independent
+random streams of one seed; optional observation noise; cached on disk by a hash of the config."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.integrate import solve_ivp
+from scipy.signal import savgol_filter
+
+from .errors import ConfigError
+from .systems import SYSTEMS, System, get_system
+
+DATA_KINDS = ("states", "trajectories")
+DERIVATIVES = ("exact", "savgol")
+SPLITS = ("train", "val", "test", "ood")
+CACHE_VERSION = 1  # bump when generation changes, so old cache files are not reused
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What data to generate; the cache key is a hash of these fields and the seed."""
+
+    system: str = "damped_pendulum"
+    params: dict[str, float] = field(default_factory=dict)  # overrides of the system's parameters
+    kind: str = "states"  # states: i.i.d. in the system's box; trajectories: samples along solved paths
+    n_train: int = 2048  # states (kind=states) or trajectories (kind=trajectories)
+    n_val: int = 512
+    n_test: int = 512
+    n_rollout: int = 8  # trajectories per split for rollout metrics (val, test, ood)
+    duration: float = 8.0  # seconds per trajectory
+    rate_hz: float = 30.0  # sampling rate of trajectories
+    noise: float = 0.0  # std of Gaussian observation noise on training q, q̇ (and q̈ or positions)
+    derivatives: str = "exact"  # trajectory targets: exact q̇, q̈, or Savitzky–Golay estimates from noisy q
+    savgol_window: int = 11
+    savgol_order: int = 3
+    ood_scale: float = 1.5  # ood states come from the box scaled by this, above the training energy
+
+    def __post_init__(self) -> None:
+        if self.system not in SYSTEMS:
+            raise ConfigError("data.system", self.system, sorted(SYSTEMS))
+        get_system(self.system, **self.params)  # validates parameter names and values
+        if self.kind not in DATA_KINDS:
+            raise ConfigError("data.kind", self.kind, DATA_KINDS)
+        if self.derivatives not in DERIVATIVES:
+            raise ConfigError("data.derivatives", self.derivatives, DERIVATIVES)
+        for name in ("n_train", "n_val", "n_test", "n_rollout"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"data.{name}", value, "a positive integer")
+        for name in ("duration", "rate_hz"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"data.{name}", getattr(self, name), "a positive number")
+        if not self.noise >= 0:
+            raise ConfigError("data.noise", self.noise, "a non-negative standard deviation")
+        if not self.ood_scale > 1:
+            raise ConfigError("data.ood_scale", self.ood_scale, "a number > 1 (ood states lie beyond the training box)")
+        if self.savgol_window % 2 == 0 or not 0 < self.savgol_order < self.savgol_window:
+            raise ConfigError("data.savgol_window", (self.savgol_window, self.savgol_order), "an odd window larger than the order")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def make_system(self) -> System:
+        return get_system(self.system, **self.params)
+
+
+@dataclass(frozen=True)
+class StateSet:
+    """Samples (q, q̇) -> q̈, float64 arrays [N, n]."""
+
+    q: np.ndarray
+    qdot: np.ndarray
+    qddot: np.ndarray
+
+    def to_torch(self, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> tuple[torch.Tensor, ...]:
+        return tuple(torch.as_tensor(a, dtype=dtype, device=device) for a in (self.q, self.qdot, self.qddot))
+
+
+@dataclass(frozen=True)
+class Trajectories:
+    """True trajectories (angles unwrapped) for rollout metrics: t [T], q and q̇ [N, T, n]."""
+
+    t: np.ndarray
+    q: np.ndarray
+    qdot: np.ndarray
+
+
+@dataclass(frozen=True)
+class Splits:
+    system: System
+    train: StateSet
+    val: StateSet
+    test: StateSet
+    ood: StateSet
+    rollouts: dict[str, Trajectories]  # "val", "test", "ood"
+
+
+def _box(ranges: tuple[tuple[float, float], ...], scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    lo, hi = np.array(ranges, dtype=np.float64).T
+    mid, half = (lo + hi) / 2, (hi - lo) / 2 * scale
+    return mid - half, mid + half
+
+
+def _uniform(rng: np.random.Generator, system: System, count: int, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    q_lo, q_hi = _box(system.q_range, scale)
+    v_lo, v_hi = _box(system.qdot_range, scale)
+    angles = np.array(system.angles)
+    q_lo, q_hi = np.where(angles, -np.pi, q_lo), np.where(angles, np.pi, q_hi)  # angles cover the circle
+    return rng.uniform(q_lo, q_hi, (count, system.n)), rng.uniform(v_lo, v_hi, (count, system.n))
+
+
+def _energy(system: System, q: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return system.energy(torch.from_numpy(q), torch.from_numpy(v)).numpy()
+
+
+def _accel(system: System, q: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return system.eom(torch.from_numpy(q), torch.from_numpy(v)).numpy()
+
+
+def _box_energy_max(system: System) -> float:
+    """Largest energy at the corners of the training box (with angles at ±π), where it peaks for these systems."""
+    q_lo, q_hi = _box(system.q_range)
+    angles = np.array(system.angles)
+    q_lo, q_hi = np.where(angles, -np.pi, q_lo), np.where(angles, np.pi, q_hi)
+    v_lo, v_hi = _box(system.qdot_range)
+    corners = np.array(list(itertools.product(*zip(q_lo, q_hi), *zip(v_lo, v_hi))))
+    return float(_energy(system, corners[:, : system.n].copy(), corners[:, system.n :].copy()).max())
+
+
+def _ood_states(rng: np.random.Generator, system: System, count: int, scale: float, e_max: float) -> tuple[np.ndarray, np.ndarray]:
+    """States from the scaled box whose energy exceeds every training state's (rejection sampling)."""
+    qs, vs, have = [], [], 0
+    for _ in range(1000):
+        q, v = _uniform(rng, system, 4 * count, scale)
+        keep = _energy(system, q, v) > e_max
+        qs.append(q[keep]), vs.append(v[keep])
+        have += int(keep.sum())
+        if have >= count:
+            return np.concatenate(qs)[:count], np.concatenate(vs)[:count]
+    raise ConfigError("data.ood_scale", scale, "a scale large enough to reach energies above the training set")
+
+
+def integrate(system: System, q0: np.ndarray, v0: np.ndarray, duration: float, rate_hz: float) -> Trajectories:
+    """Solve all initial states [N, n] at once with DOP853, rtol = atol = 1e-10, sampled at rate_hz."""
+    count, n = q0.shape
+    t = np.arange(0.0, duration + 0.5 / rate_hz, 1.0 / rate_hz)
+
+    def rhs(_: float, y: np.ndarray) -> np.ndarray:
+        q, v = y[: count * n].reshape(count, n), y[count * n :].reshape(count, n)
+        return np.concatenate([v.ravel(), _accel(system, q, v).ravel()])
+
+    sol = solve_ivp(rhs, (0.0, t[-1]), np.concatenate([q0.ravel(), v0.ravel()]), method="DOP853", t_eval=t, rtol=1e-10, atol=1e-10)
+    if not sol.success:
+        raise RuntimeError(f"trajectory integration failed: {sol.message}")
+    y = sol.y.T  # [T, 2 N n]
+    q = y[:, : count * n].reshape(len(t), count, n).transpose(1, 0, 2)
+    v = y[:, count * n :].reshape(len(t), count, n).transpose(1, 0, 2)
+    return Trajectories(t, q, v)
+
+
+def wrap_angles(q: np.ndarray, angles: tuple[bool, ...]) -> np.ndarray:
+    """Map rotational coordinates into [−π, π); others unchanged."""
+    return np.where(np.array(angles), (q + np.pi) % (2 * np.pi) - np.pi, q)
+
+
+def _observed_states(cfg: DataConfig, system: System, traj: Trajectories, rng: np.random.Generator, noisy: bool) -> StateSet:
+    """Flatten trajectories into samples; with derivatives='savgol', estimate q̇ and q̈ from noisy q."""
+    sigma = cfg.noise if noisy else 0.0
+    q = traj.q + sigma * rng.standard_normal(traj.q.shape)
+    if cfg.derivatives == "savgol":
+        dt = 1.0 / cfg.rate_hz
+        window = min(cfg.savgol_window, traj.q.shape[1] - (1 - traj.q.shape[1] % 2))
+        v = savgol_filter(q, window, cfg.savgol_order, deriv=1, delta=dt, axis=1)
+        a = savgol_filter(q, window, cfg.savgol_order, deriv=2, delta=dt, axis=1)
+        q = savgol_filter(q, window, cfg.savgol_order, deriv=0, axis=1)
+    else:
+        v = traj.qdot + sigma * rng.standard_normal(traj.qdot.shape)
+        a = np.stack([_accel(system, traj.q[i], traj.qdot[i]) for i in range(traj.q.shape[0])])
+        a = a + sigma * rng.standard_normal(a.shape)
+    n = system.n
+    return StateSet(wrap_angles(q.reshape(-1, n), system.angles), v.reshape(-1, n), a.reshape(-1, n))
+
+
+def generate(cfg: DataConfig, seed: int) -> Splits:
+    """Build every split from its own random stream: changing one split's size leaves the others' draws alone."""
+    system = cfg.make_system()
+    streams = {name: np.random.default_rng(s) for name, s in zip(SPLITS + ("rollout",), np.random.SeedSequence(seed).spawn(5))}
+    sizes = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test, "ood": cfg.n_test}
+    sets: dict[str, StateSet] = {}
+    train_q, train_v = _uniform(streams["train"], system, cfg.n_train)
+    e_max = max(_box_energy_max(system), float(_energy(system, train_q, train_v).max()))
+    for name in SPLITS:
+        rng = streams[name]
+        if name == "ood":
+            q, v = _ood_states(rng, system, sizes[name], cfg.ood_scale, e_max)
+        elif name == "train":
+            q, v = train_q, train_v
+        else:
+            q, v = _uniform(rng, system, sizes[name])
+        if cfg.kind == "states" or name == "ood":
+            noise = cfg.noise if name == "train" else 0.0
+            a = _accel(system, q, v)
+            noisy = [x + noise * rng.standard_normal(x.shape) for x in (q, v, a)]
+            sets[name] = StateSet(wrap_angles(noisy[0], system.angles), noisy[1], noisy[2])
+        else:
+            traj = integrate(system, q, v, cfg.duration, cfg.rate_hz)
+            sets[name] = _observed_states(cfg, system, traj, rng, noisy=name == "train")
+    rollouts = {}
+    for name in ("val", "test"):
+        q0, v0 = _uniform(streams["rollout"], system, cfg.n_rollout)
+        rollouts[name] = integrate(system, q0, v0, cfg.duration, cfg.rate_hz)
+    q0, v0 = _ood_states(streams["rollout"], system, cfg.n_rollout, cfg.ood_scale, e_max)
+    rollouts["ood"] = integrate(system, q0, v0, cfg.duration, cfg.rate_hz)
+    return Splits(system, sets["train"], sets["val"], sets["test"], sets["ood"], rollouts)
+
+
+def cache_key(cfg: DataConfig, seed: int) -> str:
+    payload = json.dumps({"config": cfg.to_dict(), "seed": seed, "version": CACHE_VERSION}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("DLNN_CACHE_DIR", Path.home() / ".cache" / "dlnn-studies"))
+
+
+def load_data(cfg: DataConfig, seed: int, cache_dir: str | Path | None = None) -> Splits:
+    """Generate or read from the cache; the file is written atomically so workers can share it."""
+    path = Path(cache_dir or default_cache_dir()) / f"data-{cfg.system}-{cache_key(cfg, seed)}.npz"
+    if path.exists():
+        with np.load(path) as f:
+            arrays = dict(f)
+        sets = {name: StateSet(arrays[f"{name}.q"], arrays[f"{name}.qdot"], arrays[f"{name}.qddot"]) for name in SPLITS}
+        rollouts = {name: Trajectories(arrays["rollout.t"], arrays[f"rollout.{name}.q"], arrays[f"rollout.{name}.qdot"]) for name in ("val", "test", "ood")}
+        return Splits(cfg.make_system(), rollouts=rollouts, **sets)
+    splits = generate(cfg, seed)
+    arrays = {f"{name}.{key}": getattr(getattr(splits, name), key) for name in SPLITS for key in ("q", "qdot", "qddot")}
+    arrays["rollout.t"] = splits.rollouts["val"].t
+    for name, traj in splits.rollouts.items():
+        arrays[f"rollout.{name}.q"], arrays[f"rollout.{name}.qdot"] = traj.q, traj.qdot
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+    with os.fdopen(fd, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+    return splits

@@ -1,0 +1,36 @@
+"""Fixed-step RK4 integration of any dynamics (q, q̇) -> q̈: a trained model or a system's
+equations of motion. Differentiable, so it also serves multi-step rollout losses."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+AccelFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def rk4_step(accel: AccelFn, q: Tensor, v: Tensor, dt: float) -> tuple[Tensor, Tensor]:
+    """One classical Runge–Kutta step of the first-order system (q̇ = v, v̇ = accel(q, v))."""
+    a1 = accel(q, v)
+    q2, v2 = q + 0.5 * dt * v, v + 0.5 * dt * a1
+    a2 = accel(q2, v2)
+    q3, v3 = q + 0.5 * dt * v2, v + 0.5 * dt * a2
+    a3 = accel(q3, v3)
+    q4, v4 = q + dt * v3, v + dt * a3
+    a4 = accel(q4, v4)
+    return q + dt / 6 * (v + 2 * v2 + 2 * v3 + v4), v + dt / 6 * (a1 + 2 * a2 + 2 * a3 + a4)
+
+
+def rollout(accel: AccelFn, q0: Tensor, qdot0: Tensor, dt: float, steps: int, substeps: int = 1) -> tuple[Tensor, Tensor]:
+    """States at t = 0, dt, …, steps·dt from [B, n] initial states -> q, q̇ of shape [B, steps + 1, n].
+    Each output step takes `substeps` RK4 steps of dt / substeps."""
+    qs, vs = [q0], [qdot0]
+    q, v, h = q0, qdot0, dt / substeps
+    for _ in range(steps):
+        for _ in range(substeps):
+            q, v = rk4_step(accel, q, v, h)
+        qs.append(q)
+        vs.append(v)
+    return torch.stack(qs, dim=1), torch.stack(vs, dim=1)
