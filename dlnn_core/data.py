@@ -24,7 +24,7 @@ from .systems import SYSTEMS, System, get_system
 DATA_KINDS = ("states", "trajectories")
 DERIVATIVES = ("exact", "savgol")
 SPLITS = ("train", "val", "test", "ood")
-CACHE_VERSION = 1  # bump when generation changes, so old cache files are not reused
+CACHE_VERSION = 2  # bump when generation changes, so old cache files are not reused
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class DataConfig:
     n_val: int = 512
     n_test: int = 512
     n_rollout: int = 8  # trajectories per split for rollout metrics (val, test, ood)
+    rollout_steps: int = 500  # length of those trajectories, in samples at rate_hz
     duration: float = 8.0  # seconds per trajectory
     rate_hz: float = 30.0  # sampling rate of trajectories
     noise: float = 0.0  # std of Gaussian observation noise on training q, q̇ (and q̈ or positions)
@@ -54,7 +55,7 @@ class DataConfig:
             raise ConfigError("data.kind", self.kind, DATA_KINDS)
         if self.derivatives not in DERIVATIVES:
             raise ConfigError("data.derivatives", self.derivatives, DERIVATIVES)
-        for name in ("n_train", "n_val", "n_test", "n_rollout"):
+        for name in ("n_train", "n_val", "n_test", "n_rollout", "rollout_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"data.{name}", value, "a positive integer")
@@ -217,11 +218,12 @@ def generate(cfg: DataConfig, seed: int) -> Splits:
             traj = integrate(system, q, v, cfg.duration, cfg.rate_hz)
             sets[name] = _observed_states(cfg, system, traj, rng, noisy=name == "train")
     rollouts = {}
+    horizon = cfg.rollout_steps / cfg.rate_hz
     for name in ("val", "test"):
         q0, v0 = _uniform(streams["rollout"], system, cfg.n_rollout)
-        rollouts[name] = integrate(system, q0, v0, cfg.duration, cfg.rate_hz)
+        rollouts[name] = integrate(system, q0, v0, horizon, cfg.rate_hz)
     q0, v0 = _ood_states(streams["rollout"], system, cfg.n_rollout, cfg.ood_scale, e_max)
-    rollouts["ood"] = integrate(system, q0, v0, cfg.duration, cfg.rate_hz)
+    rollouts["ood"] = integrate(system, q0, v0, horizon, cfg.rate_hz)
     return Splits(system, sets["train"], sets["val"], sets["test"], sets["ood"], rollouts)
 
 

@@ -20,6 +20,26 @@ MODEL_KINDS = ("dlnn", "lnn", "mlp")
 MODEL_FORMS = ("free", "structured")
 
 
+def _init_lnn(linears: list[nn.Linear]) -> None:
+    """Cranmer et al. 2020 (LNN), tuned so outputs and their gradients start near unit scale:
+    zero biases, normal weights with std = c/√width, c = 2.2 (first), 0.58·i (i-th hidden), width (last)."""
+    for i, layer in enumerate(linears):
+        width = max(layer.weight.shape)
+        scale = 2.2 if i == 0 else (width if i == len(linears) - 1 else 0.58 * i)
+        nn.init.normal_(layer.weight, std=scale / math.sqrt(width))
+        nn.init.zeros_(layer.bias)
+
+
+def _init_orthogonal(linears: list[nn.Linear]) -> None:
+    """Orthogonal weights and zero biases, as the published DLNN code does."""
+    for layer in linears:
+        nn.init.orthogonal_(layer.weight)
+        nn.init.zeros_(layer.bias)
+
+
+INITS = {"default": lambda linears: None, "lnn": _init_lnn, "orthogonal": _init_orthogonal}
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """What network to build; every field is searchable from a study spec."""
@@ -33,6 +53,7 @@ class ModelConfig:
     nonneg_dissipation: bool = True  # free form: D = softplus(net) ≥ 0 instead of a raw output
     angle_features: bool = True  # feed sin/cos of rotational coordinates instead of the angle
     mass_eps: float = 1e-3  # structured form: M = LLᵀ + εI keeps ∂²L/∂q̇² invertible
+    init: str = "default"  # default (PyTorch), lnn (Cranmer et al. unit-scale), orthogonal (published DLNN)
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
@@ -43,6 +64,8 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"model.{name}", value, "a positive integer")
+        if self.init not in INITS:
+            raise ConfigError("model.init", self.init, sorted(INITS))
         if not (isinstance(self.mass_eps, (int, float)) and self.mass_eps > 0):
             raise ConfigError("model.mass_eps", self.mass_eps, "a positive number")
         get_activation(self.activation, for_lagrangian=self.kind != "mlp")
@@ -51,14 +74,15 @@ class ModelConfig:
         return asdict(self)
 
 
-def mlp(in_dim: int, hidden: int, depth: int, out_dim: int, activation: str, for_lagrangian: bool = True) -> nn.Sequential:
-    """depth hidden layers of width `hidden`, then a linear output."""
+def mlp(in_dim: int, hidden: int, depth: int, out_dim: int, activation: str, for_lagrangian: bool = True, init: str = "default") -> nn.Sequential:
+    """depth hidden layers of width `hidden`, then a linear output, initialized by INITS[init]."""
     layers: list[nn.Module] = []
     width = in_dim
     for _ in range(depth):
         layers += [nn.Linear(width, hidden), get_activation(activation, for_lagrangian=for_lagrangian)]
         width = hidden
     layers.append(nn.Linear(width, out_dim))
+    INITS[init]([layer for layer in layers if isinstance(layer, nn.Linear)])
     return nn.Sequential(*layers)
 
 
@@ -87,8 +111,8 @@ class FreeLagrangian(nn.Module):
         in_dim = features.q_dim + n
         self.shared = cfg.shared_trunk and with_dissipation
         outs = 2 if self.shared else 1
-        self.l_net = mlp(in_dim, cfg.hidden, cfg.depth, outs, cfg.activation)
-        self.d_net = mlp(in_dim, cfg.hidden, cfg.depth, 1, cfg.activation) if with_dissipation and not self.shared else None
+        self.l_net = mlp(in_dim, cfg.hidden, cfg.depth, outs, cfg.activation, init=cfg.init)
+        self.d_net = mlp(in_dim, cfg.hidden, cfg.depth, 1, cfg.activation, init=cfg.init) if with_dissipation and not self.shared else None
         self.with_dissipation = with_dissipation
 
     def _x(self, q: Tensor, v: Tensor) -> Tensor:
@@ -121,9 +145,9 @@ class StructuredLagrangian(nn.Module):
         sizes = [self.tri, 1] + ([self.tri] if with_dissipation else [])
         in_dim = features.q_dim
         if cfg.shared_trunk:
-            self.nets = nn.ModuleList([mlp(in_dim, cfg.hidden, cfg.depth, sum(sizes), cfg.activation)])
+            self.nets = nn.ModuleList([mlp(in_dim, cfg.hidden, cfg.depth, sum(sizes), cfg.activation, init=cfg.init)])
         else:
-            self.nets = nn.ModuleList([mlp(in_dim, cfg.hidden, cfg.depth, s, cfg.activation) for s in sizes])
+            self.nets = nn.ModuleList([mlp(in_dim, cfg.hidden, cfg.depth, s, cfg.activation, init=cfg.init) for s in sizes])
         self.sizes = sizes
         self.with_dissipation = with_dissipation
         # Start near M ≈ I (softplus(x + shift) ≈ 1 at x ≈ 0), so the first solves are benign.
@@ -182,7 +206,7 @@ class MLPModel(nn.Module):
     def __init__(self, cfg: ModelConfig, system: System, method: str = DEFAULT_METHOD):
         super().__init__()
         self.features = StateFeatures(system.angles, cfg.angle_features)
-        self.net = mlp(self.features.q_dim + system.n, cfg.hidden, cfg.depth, system.n, cfg.activation, for_lagrangian=False)
+        self.net = mlp(self.features.q_dim + system.n, cfg.hidden, cfg.depth, system.n, cfg.activation, for_lagrangian=False, init=cfg.init)
 
     def forward(self, q: Tensor, v: Tensor) -> Tensor:
         return self.net(torch.cat([self.features.q_features(q), v], dim=1))
