@@ -256,3 +256,20 @@ def load_data(cfg: DataConfig, seed: int, cache_dir: str | Path | None = None) -
         np.savez(f, **arrays)
     os.replace(tmp, path)
     return splits
+
+
+def trajectory_windows(states: StateSet, samples_per_trajectory: int, horizon: int) -> tuple[np.ndarray, ...]:
+    """Cut flattened trajectory samples [N·T, n] into (q₀, q̇₀, next k q, next k q̇) windows for
+    multi-step rollout losses; windows never cross from one trajectory into the next."""
+    n, t = states.q.shape[1], samples_per_trajectory
+    if horizon < 1 or horizon >= t:
+        raise ConfigError("rollout_horizon", horizon, f"an integer in [1, {t - 1}] (samples per trajectory − 1)")
+    q, v = states.q.reshape(-1, t, n), states.qdot.reshape(-1, t, n)
+    starts = np.arange(t - horizon)
+    idx = starts[:, None] + np.arange(1, horizon + 1)[None]
+    fq, fv = q[:, idx].reshape(-1, horizon, n), v[:, idx].reshape(-1, horizon, n)
+    return q[:, starts].reshape(-1, n), v[:, starts].reshape(-1, n), fq, fv
+
+
+def samples_per_trajectory(cfg: DataConfig) -> int:
+    return len(np.arange(0.0, cfg.duration + 0.5 / cfg.rate_hz, 1.0 / cfg.rate_hz))

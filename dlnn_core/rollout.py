@@ -34,3 +34,13 @@ def rollout(accel: AccelFn, q0: Tensor, qdot0: Tensor, dt: float, steps: int, su
         qs.append(q)
         vs.append(v)
     return torch.stack(qs, dim=1), torch.stack(vs, dim=1)
+
+
+def rollout_loss(accel: AccelFn, q0: Tensor, v0: Tensor, future_q: Tensor, future_v: Tensor, dt: float, angles: tuple[bool, ...]) -> Tensor:
+    """Multi-step loss: integrate k RK4 steps from observed states [B, n] and compare with the
+    observed next k states [B, k, n] (angles modulo 2π); differentiable through every step."""
+    from .metrics import angle_difference
+
+    q, v = rollout(accel, q0, v0, dt, future_q.shape[1])
+    dq = angle_difference(q[:, 1:], future_q, angles)
+    return dq.square().mean() + (v[:, 1:] - future_v).square().mean()
