@@ -1,0 +1,349 @@
+"""`TrainConfig`: everything one training run depends on, frozen and serializable.
+
+It nests the data and model configs with the optimizer, scheduler and loop settings, validates
+every value when it is built (a `ConfigError` names the field, the value and what is allowed),
+and round-trips through nested dicts, JSON/YAML files and flat dotted dicts such as
+`{"optimizer.lr": 1e-3, "model.hidden": 64}` (the shape of a trial's parameters).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from .data import DataConfig
+from .errors import ConfigError
+from .lagrangian import DEFAULT_METHOD, METHODS
+from .losses import LOSSES
+from .models import ModelConfig
+from .optim import OPTIMIZERS, SCHEDULERS
+
+DTYPES = ("float32", "float64")
+INTERVALS = ("step", "epoch")
+DEFAULT_GAMMA = {"step": 0.5, "exponential": 0.95}
+
+
+# ----------------------------------------------------------------------------- field checks
+
+
+def _number(owner: Any, name: str, prefix: str, *, low: float | None = None, low_open: bool = False,
+            high: float | None = None, high_open: bool = False, optional: bool = False) -> None:
+    """Coerce a numeric field to a finite float (YAML reads "1e-3" as a string) and check its bounds."""
+    value = getattr(owner, name)
+    if value is None and optional:
+        return
+    what = "a finite number"
+    if low is not None:
+        what += f" {'>' if low_open else '>='} {low}"
+    if high is not None:
+        what += f"{' and' if low is not None else ''} {'<' if high_open else '<='} {high}"
+    if optional:
+        what += " (or null)"
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{prefix}{name}", value, what) from None
+    too_low = low is not None and (number < low or (low_open and number == low))
+    too_high = high is not None and (number > high or (high_open and number == high))
+    if not math.isfinite(number) or too_low or too_high:
+        raise ConfigError(f"{prefix}{name}", value, what)
+    object.__setattr__(owner, name, number)
+
+
+def _integer(owner: Any, name: str, prefix: str, *, low: int = 1) -> None:
+    """Integer fields accept ints and integral floats (2.0 from a float search space), nothing else."""
+    value = getattr(owner, name)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ConfigError(f"{prefix}{name}", getattr(owner, name), f"an integer >= {low}")
+    object.__setattr__(owner, name, value)
+
+
+def _boolean(owner: Any, name: str, prefix: str) -> None:
+    if not isinstance(getattr(owner, name), bool):
+        raise ConfigError(f"{prefix}{name}", getattr(owner, name), "true or false")
+
+
+def _one_of(owner: Any, name: str, prefix: str, allowed) -> None:
+    if getattr(owner, name) not in allowed:
+        raise ConfigError(f"{prefix}{name}", getattr(owner, name), sorted(allowed))
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """Optimizer name and settings. `lr=None` takes the optimizer's default from the registry;
+    for D-Adaptation and Prodigy `lr` is the multiplier of the adapted step (about 1.0)."""
+
+    name: str = "adam"
+    lr: float | None = None
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # momentum, nesterov, dadaptsgd
+    betas: tuple[float, ...] | None = None  # None: the optimizer's own; 2 values (3 for adan)
+    eps: float | None = None  # None: the optimizer's own
+    d0: float = 1e-6  # D-Adaptation/Prodigy: initial estimate of the distance to the solution
+
+    def __post_init__(self) -> None:
+        p = "optimizer."
+        _one_of(self, "name", p, OPTIMIZERS)
+        _number(self, "lr", p, low=0, low_open=True, optional=True)
+        _number(self, "weight_decay", p, low=0)
+        _number(self, "momentum", p, low=0, high=1, high_open=True)
+        _number(self, "eps", p, low=0, low_open=True, optional=True)
+        _number(self, "d0", p, low=0, low_open=True)
+        info = OPTIMIZERS[self.name]
+        if self.betas is not None:
+            betas = self.betas
+            ok = isinstance(betas, (list, tuple)) and len(betas) == info.n_betas and all(
+                isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)
+            if not ok:
+                allowed = f"{info.n_betas} numbers in [0, 1) for {self.name}" if info.n_betas else f"null ({self.name} has no betas)"
+                raise ConfigError(p + "betas", betas, allowed)
+            object.__setattr__(self, "betas", tuple(float(b) for b in betas))
+
+    @property
+    def info(self):
+        return OPTIMIZERS[self.name]
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Learning-rate schedule. Durations (warmup_t, t_initial, step_size) are in epochs; for
+    `cosine`, interval="step" moves the lr every update, "epoch" once per epoch."""
+
+    name: str = "none"
+    interval: str = "step"  # cosine: step the timm scheduler per update or per epoch
+    warmup_t: float = 0.0  # cosine: warm-up length, epochs
+    warmup_lr_init: float = 0.0  # cosine: lr (multiplier for D-Adaptation) at the start of warm-up
+    warmup_prefix: bool = False  # cosine: cycles start after the warm-up instead of including it
+    lr_min: float = 0.0  # cosine: floor of each cycle and value after the last one
+    t_initial: float | None = None  # cosine: cycle length in epochs; None: epochs / cycle_limit
+    cycle_limit: int = 1  # cosine: number of cycles (restarts = cycle_limit − 1)
+    cycle_decay: float = 1.0  # cosine: each restart's peak is the previous one × cycle_decay
+    step_size: int = 10  # step: epochs between decays
+    gamma: float | None = None  # step/exponential: decay factor; None: 0.5 (step), 0.95 (exponential)
+    patience: int = 5  # plateau: epochs without improvement before a decay
+    factor: float = 0.5  # plateau: decay factor
+
+    def __post_init__(self) -> None:
+        p = "scheduler."
+        _one_of(self, "name", p, SCHEDULERS)
+        _one_of(self, "interval", p, INTERVALS)
+        _number(self, "warmup_t", p, low=0)
+        _number(self, "warmup_lr_init", p, low=0)
+        _boolean(self, "warmup_prefix", p)
+        _number(self, "lr_min", p, low=0)
+        _number(self, "t_initial", p, low=0, low_open=True, optional=True)
+        _integer(self, "cycle_limit", p)
+        _number(self, "cycle_decay", p, low=0, low_open=True)
+        _integer(self, "step_size", p)
+        _number(self, "gamma", p, low=0, low_open=True, high=1, optional=True)
+        _integer(self, "patience", p, low=0)
+        _number(self, "factor", p, low=0, low_open=True, high=1, high_open=True)
+
+    def resolved_gamma(self) -> float:
+        return self.gamma if self.gamma is not None else DEFAULT_GAMMA.get(self.name, 0.5)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run: data, model, optimizer, schedule, loss and loop settings."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    loss: str = "mse"
+    batch_size: int = 256
+    epochs: int = 50
+    grad_clip: float | None = None  # max global gradient norm; None: no clipping
+    method: str = DEFAULT_METHOD  # how second derivatives are taken (dlnn_core.lagrangian.METHODS)
+    dtype: str = "float32"
+    device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:K
+    seed: int = 0  # model initialization and minibatch order
+    data_seed: int = 0  # dataset draw; kept apart so trials with different seeds share one cached dataset
+
+    def __post_init__(self) -> None:
+        for name, cls in (("data", DataConfig), ("model", ModelConfig), ("optimizer", OptimizerConfig), ("scheduler", SchedulerConfig)):
+            if not isinstance(getattr(self, name), cls):
+                raise ConfigError(name, getattr(self, name), f"a {cls.__name__}")
+        _one_of(self, "loss", "", LOSSES)
+        _integer(self, "batch_size", "")
+        _integer(self, "epochs", "")
+        _number(self, "grad_clip", "", low=0, low_open=True, optional=True)
+        _one_of(self, "method", "", METHODS)
+        _one_of(self, "dtype", "", DTYPES)
+        _integer(self, "seed", "", low=0)
+        _integer(self, "data_seed", "", low=0)
+        device = self.device
+        ok = isinstance(device, str) and (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit()))
+        if not ok:
+            raise ConfigError("device", device, "'auto', 'cpu', 'cuda' or 'cuda:K'")
+
+    # -- dict round trips -------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain dict (lists, not tuples), ready for JSON/YAML."""
+        return _plain(asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
+        """Build from a nested dict; missing keys take their defaults. A top-level `preset: NAME`
+        starts from that preset and applies the rest of the dict on top of it."""
+        if not isinstance(d, Mapping):
+            raise ConfigError("config", d, "a mapping of settings")
+        d = dict(d)
+        if "preset" in d:
+            name = d.pop("preset")
+            if name not in PRESETS:
+                raise ConfigError("preset", name, sorted(PRESETS))
+            d = _merge(PRESETS[name].to_dict(), d)
+        _check_keys(d, cls, "")
+        sub = {}
+        for name, sub_cls in _SECTIONS.items():
+            section = d.get(name, {})
+            if isinstance(section, sub_cls):
+                sub[name] = section
+                continue
+            if not isinstance(section, Mapping):
+                raise ConfigError(name, section, "a mapping of settings")
+            _check_keys(section, sub_cls, name + ".")
+            sub[name] = sub_cls(**section)
+        top = {k: v for k, v in d.items() if k not in _SECTIONS}
+        return cls(**sub, **top)
+
+    def to_flat(self) -> dict[str, Any]:
+        """{"optimizer.lr": …, "data.params.rho": …, "batch_size": …}: leaves of the nested dict."""
+        return _flatten(self.to_dict())
+
+    @classmethod
+    def from_flat(cls, flat: Mapping[str, Any]) -> "TrainConfig":
+        return cls().with_flat(flat)
+
+    def with_flat(self, overrides: Mapping[str, Any]) -> "TrainConfig":
+        """A copy with dotted keys replaced, e.g. {"optimizer.lr": 1e-3, "model.hidden": 64}.
+        Keys must name an existing setting, or a key inside a dict-valued one (data.params.rho)."""
+        tree = self.to_dict()
+        for key, value in overrides.items():
+            *path, leaf = str(key).split(".")
+            node: Any = tree
+            for part in path:
+                node = node.get(part) if isinstance(node, dict) else None
+            known_leaf = isinstance(node, dict) and (leaf in node or ".".join(path) in _DICT_FIELDS)
+            if not known_leaf or isinstance(node.get(leaf), dict) and not isinstance(value, Mapping):
+                raise ConfigError(str(key), value, f"a known setting: {', '.join(sorted(_flatten(self.to_dict())))}")
+            node[leaf] = _plain(value)
+        return type(self).from_dict(tree)
+
+
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "optimizer": OptimizerConfig, "scheduler": SchedulerConfig}
+_DICT_FIELDS = {"data.params"}
+
+
+def _plain(value: Any) -> Any:
+    """Tuples to lists, recursively, so dicts compare equal after a JSON/YAML round trip."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _merge(base: dict, top: Mapping) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merge(out[key], value) if isinstance(out.get(key), dict) and isinstance(value, Mapping) else value
+    return out
+
+
+def _check_keys(d: Mapping[str, Any], cls: type, prefix: str) -> None:
+    names = [f.name for f in fields(cls)]
+    for key in d:
+        if key not in names:
+            raise ConfigError(f"{prefix}{key}", d[key], f"a field of {cls.__name__}: {', '.join(names)}")
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def save_config(cfg: TrainConfig, path: str | Path) -> Path:
+    """Write the full config as .json, .yaml or .yml (by suffix)."""
+    path = Path(path)
+    text = _dump(cfg.to_dict(), path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read a .json/.yaml/.yml config; it may hold only the settings that differ from the defaults."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".json", ".yaml", ".yml"):
+        raise ConfigError("config file", str(path), "a .json, .yaml or .yml file")
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError("config file", str(path), f"a readable file ({exc.strerror})") from None
+    if suffix == ".json":
+        data = json.loads(text)
+    else:
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    return TrainConfig.from_dict(data)
+
+
+def _dump(tree: dict, path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        return json.dumps(tree, indent=2) + "\n"
+    if suffix in (".yaml", ".yml"):
+        import yaml
+
+        return yaml.safe_dump(tree, sort_keys=False)
+    raise ConfigError("config file", str(path), "a .json, .yaml or .yml file")
+
+
+# ----------------------------------------------------------------------------- presets
+
+PRESETS: dict[str, TrainConfig] = {
+    # Takemori & Kamakura 2023: one MLP with L and D outputs, width 512, swish, DAdaptAdam
+    # (lr 1.0, d0 1e-6, weight decay 1e-4), timm cosine with warm-up and 4 restarts, MSE on q̈.
+    # Warm-up length, lr floor and epochs are not stated there; these values are ours.
+    "published_dlnn": TrainConfig(
+        model=ModelConfig(kind="dlnn", form="free", hidden=512, depth=2, activation="swish", shared_trunk=True),
+        optimizer=OptimizerConfig(name="dadaptadam", lr=1.0, d0=1e-6, weight_decay=1e-4),
+        scheduler=SchedulerConfig(name="cosine", warmup_t=5, warmup_lr_init=1e-3, lr_min=1e-3, cycle_limit=5),
+        loss="mse",
+        batch_size=256,
+        epochs=100,
+    ),
+    # What trains in practice (DOMAIN notes): structured L and D, Adam 1e-3, swish, width 128.
+    "structured_adam": TrainConfig(
+        model=ModelConfig(kind="dlnn", form="structured", hidden=128, depth=2, activation="swish"),
+        optimizer=OptimizerConfig(name="adam", lr=1e-3),
+        scheduler=SchedulerConfig(name="cosine", warmup_t=2, lr_min=1e-5),
+        loss="mse",
+        batch_size=256,
+        epochs=60,
+    ),
+}
