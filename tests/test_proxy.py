@@ -1,5 +1,6 @@
 """The gRPC storage proxy: `grpc://host:port` URLs, a real proxy process on PostgreSQL, and its heartbeat."""
 
+import importlib.util
 import signal
 import socket
 import subprocess
@@ -32,7 +33,7 @@ def test_parse_proxy_url():
         proxy.backend_storage("grpc://h:1")
 
 
-grpc = pytest.importorskip("grpc", reason="the gRPC proxy needs grpcio")
+needs_grpc = pytest.mark.skipif(importlib.util.find_spec("grpc") is None, reason="the gRPC proxy needs grpcio")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
@@ -64,6 +65,7 @@ def served():
         admin.close()
 
 
+@needs_grpc
 def test_workers_optimize_through_the_proxy_and_it_stops_on_sigterm(served):
     db_url, url, proc = served
     storage = proxy.connect(url, timeout=30)
@@ -77,6 +79,7 @@ def test_workers_optimize_through_the_proxy_and_it_stops_on_sigterm(served):
     assert "gRPC storage proxy stopped" in proc.stderr.read()
 
 
+@needs_grpc
 def test_a_dead_workers_trial_is_failed_and_retried_and_a_live_one_is_not(served):
     _, url, _ = served
     retry = optuna.storages.RetryHeartbeatStaleTrialCallback()
@@ -105,6 +108,7 @@ def test_a_dead_workers_trial_is_failed_and_retried_and_a_live_one_is_not(served
     storage.close()
 
 
+@needs_grpc
 def test_connect_fails_clearly_without_a_proxy():
     with pytest.raises(ConnectionError, match="no gRPC storage proxy answers"):
         proxy.connect(f"grpc://127.0.0.1:{_free_port()}", timeout=1)
