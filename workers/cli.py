@@ -1,0 +1,62 @@
+"""`dlnn`: a table of commands. Each module contributes `COMMANDS` = {name: (configure(parser),
+run(args) -> exit code)}. A user error (UsageError, ConfigError) prints one clear message and
+exits 1; the traceback is shown only with --debug."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+from dlnn_core.errors import ConfigError
+
+from .errors import UsageError
+
+
+def commands() -> dict:
+    from . import study_commands, train_commands
+
+    return {**train_commands.COMMANDS, **study_commands.COMMANDS}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks and library warnings")
+    parser = argparse.ArgumentParser(prog="dlnn", parents=[debug],
+                                     description="Hyperparameter studies for dissipative Lagrangian neural networks.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (configure, run) in commands().items():
+        doc = (run.__doc__ or "").strip()
+        p = sub.add_parser(name, parents=[debug], help=doc.split("\n")[0], description=doc)
+        configure(p)
+        p.set_defaults(_run=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = getattr(args, "debug", False)
+    if not debug:
+        import optuna
+        from optuna.exceptions import ExperimentalWarning
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        warnings.filterwarnings("ignore", category=ExperimentalWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+    try:
+        return int(args._run(args) or 0)
+    except (UsageError, ConfigError) as exc:
+        if debug:
+            raise
+        print(f"dlnn {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"dlnn {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

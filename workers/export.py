@@ -1,0 +1,156 @@
+"""`dlnn export STUDY`: the K best configs as files `dlnn train` accepts, each with a sidecar of
+its metrics and provenance (study, trial number, spec digest, sampler; nothing that depends on
+where the storage lives), plus a summary table (Markdown and CSV) and the study's spec."""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from .errors import UsageError
+from .service import DIGEST_ATTR, SPEC_ATTR, ranked_trials, stored_spec
+from .storage import close_storage, open_storage
+
+FORMATS = ("yaml", "json")
+SUMMARY_METRICS = ("val_rel_mse", "val_rel_mse_median", "test_rel_mse", "ood_rel_mse", "rollout_error", "energy_error", "wall_time_s")
+
+
+@dataclass(frozen=True)
+class Exported:
+    rank: int
+    trial: int
+    config_path: Path
+    meta_path: Path
+    values: dict[str, float]
+    metrics: dict[str, Any]
+
+
+def _dump(data: dict, path: Path, fmt: str, header: str = "") -> None:
+    if fmt == "json":
+        path.write_text(json.dumps(data, indent=2) + "\n")
+    else:
+        import yaml
+
+        path.write_text(header + yaml.safe_dump(data, sort_keys=False))
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    folder: Path
+    items: list[Exported]
+    table: str  # the summary table, for the terminal
+
+
+def export(url: str, name: str, *, top: int = 5, out: str | Path = "exports", fmt: str = "yaml") -> ExportResult:
+    """Write out/<study>/rankNN-trialNNNN.<fmt> (the config) and .meta.<fmt> (metrics and provenance)."""
+    if fmt not in FORMATS:
+        raise UsageError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if top < 1:
+        raise UsageError(f"--top {top}: expected at least 1")
+    storage = open_storage(url)
+    try:
+        spec = stored_spec(storage, name)
+        study = optuna.load_study(study_name=name, storage=storage)
+        ranked = ranked_trials(study)[:top]
+        digest = study.user_attrs.get(DIGEST_ATTR)
+        raw_spec = study.user_attrs.get(SPEC_ATTR)
+        n_trials = len(study.get_trials(deepcopy=False))
+    finally:
+        close_storage(storage)
+    if not ranked:
+        raise UsageError(f"study {name!r} has no completed feasible trial to export yet (see `dlnn status {name}`)")
+    from dlnn_core.config import TrainConfig
+
+    folder = Path(out) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    exported = []
+    for rank, t in enumerate(ranked, start=1):
+        config = TrainConfig.from_dict(t.user_attrs["config"]).with_flat({"device": "auto"})  # portable: any machine
+        stem = f"rank{rank:02d}-trial{t.number:04d}"
+        config_path = folder / f"{stem}.{fmt}"
+        meta_path = folder / f"{stem}.meta.{fmt}"
+        values = dict(zip(spec.metrics, t.values))
+        header = (f"# {name} trial {t.number} (rank {rank}): " + ", ".join(f"{m} = {v:.4g}" for m, v in values.items())
+                  + f"\n# retrain: dlnn train {config_path.name}\n")
+        _dump(config.to_dict(), config_path, fmt, header)
+        worker = t.user_attrs.get("worker", {})
+        meta = {
+            "study": name,
+            "trial": t.number,
+            "rank": rank,
+            "objective": {m: {"direction": d, "value": v} for (m, d), v in zip(zip(spec.metrics, spec.directions), t.values)},
+            "metrics": t.user_attrs.get("metrics", {}),
+            "params": t.params,
+            "provenance": {
+                "spec_digest": digest,
+                "sampler": spec.sampler,
+                "pruner": spec.pruner,
+                "trials_in_study": n_trials,
+                "baseline": t.user_attrs.get("baseline"),
+                "seeded_from": t.user_attrs.get("seeded_from"),
+                "trained_on": t.user_attrs.get("device"),
+                "host": worker.get("host"),
+                "completed": t.datetime_complete.isoformat() if t.datetime_complete else None,
+                "wall_time_s": t.user_attrs.get("wall_time_s"),
+                "versions": t.user_attrs.get("versions", {}),
+                "exported": datetime.datetime.now().isoformat(timespec="seconds"),
+            },
+            "config_file": config_path.name,
+        }
+        _dump(meta, meta_path, fmt)
+        exported.append(Exported(rank, t.number, config_path, meta_path, values, t.user_attrs.get("metrics", {})))
+    (folder / "spec.json").write_text(json.dumps(raw_spec, indent=2) + "\n")
+    text = _summary(folder, name, spec.metrics, exported)
+    return ExportResult(folder, exported, text)
+
+
+def _summary(folder: Path, name: str, objective: tuple[str, ...], exported: list[Exported]) -> str:
+    columns = list(objective) + [m for m in SUMMARY_METRICS if m not in objective]
+    rows = []
+    for e in exported:
+        cfg = json.loads(json.dumps(_load(e.config_path)))
+        row = {"rank": e.rank, "trial": e.trial, "optimizer": cfg["optimizer"]["name"], "lr": cfg["optimizer"]["lr"],
+               "scheduler": cfg["scheduler"]["name"], "model": f"{cfg['model']['kind']}/{cfg['model']['form']}",
+               "hidden": cfg["model"]["hidden"], "depth": cfg["model"]["depth"], "activation": cfg["model"]["activation"],
+               "loss": cfg["loss"], "batch": cfg["batch_size"]}
+        for m in columns:
+            row[m] = e.values.get(m, e.metrics.get(m))
+        row["config"] = e.config_path.name
+        rows.append(row)
+    keys = list(rows[0])
+    with open(folder / "summary.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    (folder / "summary.md").write_text(f"# {name}: best {len(rows)} trials\n\n" + table(rows, keys, markdown=True) + "\n")
+    return table(rows, [k for k in keys if k != "config"])
+
+
+def _load(path: Path) -> dict:
+    if path.suffix == ".json":
+        return json.loads(path.read_text())
+    import yaml
+
+    return yaml.safe_load(path.read_text())
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return "" if v is None else str(v)
+
+
+def table(rows: list[dict], keys: list[str], markdown: bool = False) -> str:
+    cells = [[_cell(r.get(k)) for k in keys] for r in rows]
+    widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
+    if markdown:
+        line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"  # noqa: E731
+        return "\n".join([line(keys), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells)])
+    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(keys), *map(line, cells)])

@@ -1,0 +1,54 @@
+"""The picture a trial leaves in the dashboard: predicted vs true rollouts from a checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def rollout_png(checkpoint: str | Path, out: str | Path, trajectories: int = 3, cache_dir: str | Path | None = None) -> Path:
+    """Roll the trained model out from the validation trajectories' initial states (RK4, the
+    data's sampling step) and plot each coordinate against the true solution."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from dlnn_core.data import load_data
+    from dlnn_core.rollout import rollout
+    from dlnn_core.train import DTYPES, load_checkpoint
+
+    model, config, _ = load_checkpoint(checkpoint, "cpu")
+    splits = load_data(config.data, config.data_seed, cache_dir)
+    traj = splits.rollouts["val"]
+    k = min(trajectories, traj.q.shape[0])
+    dtype = DTYPES[config.dtype]
+    q0 = torch.as_tensor(traj.q[:k, 0], dtype=dtype)
+    v0 = torch.as_tensor(traj.qdot[:k, 0], dtype=dtype)
+    dt = float(traj.t[1] - traj.t[0])
+    model.eval()
+    with torch.no_grad():
+        q, _ = rollout(model, q0, v0, dt, traj.q.shape[1] - 1, substeps=2)
+    q = q.double().numpy()
+    n = traj.q.shape[2]
+    fig, axes = plt.subplots(n, 1, figsize=(8, 2.6 * n), sharex=True, squeeze=False)
+    for j in range(n):
+        ax = axes[j, 0]
+        for i in range(k):
+            color = f"C{i}"
+            ax.plot(traj.t, traj.q[i, :, j], color=color, lw=1.5, label="true" if i == 0 else None)
+            ax.plot(traj.t, q[i, :, j], color=color, lw=1.2, ls="--", label="model" if i == 0 else None)
+        ax.set_ylabel(f"q{j + 1}")
+        finite = traj.q[:k, :, j]
+        pad = 0.5 * (finite.max() - finite.min() + 1e-9)
+        ax.set_ylim(finite.min() - pad, finite.max() + pad)  # a diverging rollout must not flatten the truth
+    axes[0, 0].legend(loc="upper right")
+    axes[-1, 0].set_xlabel("t [s]")
+    fig.suptitle(f"{config.data.system}: predicted (dashed) vs true rollouts, {config.model.kind}/{config.model.form}, "
+                 f"{config.optimizer.name}")
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out

@@ -1,0 +1,350 @@
+"""Studies on a storage: launch (create once, keep the spec on the study, enqueue baselines),
+the budgeted study the workers share, and status.
+
+The trial budget is counted across all workers: a trial may only be created while fewer than
+`budget.trials` trials count, and the check and the creation happen under one lock per study
+(see storage.study_lock). A trial that was failed and retried (killed worker, SIGTERM) counts
+once: the retry takes its slot. Queued trials (baselines, retries) are always run.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import optuna
+from optuna.exceptions import ExperimentalWarning
+from optuna.trial import FrozenTrial, TrialState
+
+from .errors import UsageError
+from .samplers import build_pruner, build_sampler
+from .space import grid_space
+from .spec import StudySpec, make_baseline, parse_spec, recipe, spec_digest
+from .storage import open_storage, redact, study_lock
+
+SPEC_ATTR = "dlnn:spec"  # study user attr: the validated spec (parsed TOML), so every worker builds the same sampler/pruner
+DIGEST_ATTR = "dlnn:spec_digest"
+CONSTRAINT = "diverged"  # trial constraint: > 0 marks a diverged / out-of-memory trial infeasible
+RETRY_KEY = "retry_history"  # system attr Optuna's retry callback puts on a retried trial
+
+
+class BudgetReached(Exception):
+    """No trial may be created: the study's budget (trials or timeout) is used up."""
+
+
+def find_study(storage: optuna.storages.BaseStorage, name: str):
+    """The FrozenStudy named `name`, or None."""
+    for study in storage.get_all_studies():
+        if study.study_name == name:
+            return study
+    return None
+
+
+def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
+    return [s.study_name for s in storage.get_all_studies()]
+
+
+def stored_spec(storage: optuna.storages.BaseStorage, name: str) -> StudySpec:
+    """The spec kept on a study by `launch`; a UsageError if the study does not exist or was not launched by dlnn."""
+    try:
+        study_id = storage.get_study_id_from_name(name)
+    except KeyError:
+        known = study_names(storage)
+        hint = f"; studies here: {', '.join(known)}" if known else "; this storage has no studies (run `dlnn launch SPEC`)"
+        raise UsageError(f"no study named {name!r}{hint}") from None
+    raw = storage.get_study_user_attrs(study_id).get(SPEC_ATTR)
+    if raw is None:
+        raise UsageError(f"study {name!r} was not created by `dlnn launch` (it has no stored spec)")
+    return parse_spec(raw, source=f"stored spec of study {name!r}")
+
+
+def counted(trials: list[FrozenTrial]) -> int:
+    """Trials that use budget: all but the retries of failed trials (a retry takes its original's slot)."""
+    return sum(1 for t in trials if RETRY_KEY not in t.system_attrs)
+
+
+def first_start(trials: list[FrozenTrial]) -> datetime.datetime | None:
+    starts = [t.datetime_start for t in trials if t.datetime_start is not None]
+    return min(starts) if starts else None
+
+
+class ServiceStudy(optuna.Study):
+    """An Optuna study whose `ask` respects the study-wide budget, checked under a per-study lock."""
+
+    def __init__(self, study_name: str, storage, sampler, pruner, *, budget: int, timeout_s: float | None):
+        super().__init__(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
+        self.budget, self.timeout_s = budget, timeout_s
+
+    def ask(self, fixed_distributions=None) -> optuna.Trial:
+        with study_lock(self._storage, self._study_id):
+            trials = self._storage.get_all_trials(self._study_id, deepcopy=False)
+            if self.timeout_s is not None:
+                start = first_start(trials)
+                if start is not None and (datetime.datetime.now() - start).total_seconds() > self.timeout_s:
+                    raise BudgetReached(f"the study's timeout ({self.timeout_s:g} s from its first trial) has passed")
+            if not any(t.state == TrialState.WAITING for t in trials) and counted(trials) >= self.budget:
+                raise BudgetReached(f"the study's budget of {self.budget} trials is used")
+            return super().ask(fixed_distributions)
+
+
+def build_study(storage, name: str, spec: StudySpec, seed: int) -> ServiceStudy:
+    sampler = build_sampler(spec.sampler, spec.sampler_options, seed, grid_space(spec.space))
+    pruner = build_pruner(spec.pruner, spec.pruner_options, spec.base.epochs)
+    return ServiceStudy(name, storage, sampler, pruner, budget=spec.trials, timeout_s=spec.timeout_s)
+
+
+# ----------------------------------------------------------------------------------- launch
+
+
+@dataclass(frozen=True)
+class Launched:
+    name: str
+    created: bool  # False: the same spec was already launched (idempotent)
+    enqueued: int
+    message: str
+
+
+def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        path = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _diff(a, b, path + ".")
+        elif a != b:
+            out.append(path)
+    return out
+
+
+def launch(spec: StudySpec, url: str, *, name: str | None = None, update: bool = False, from_study: str | None = None,
+           top: int = 3, log: Callable[[str], None] = print, seed_with: tuple[str, list[FrozenTrial]] | None = None) -> Launched:
+    """Create the study once (schema included), keep the spec on it and enqueue its baselines;
+    relaunching the same spec is a no-op, a changed one is refused unless `update`."""
+    if name is not None and name != spec.name:
+        raw = json.loads(json.dumps(spec.raw))
+        raw.setdefault("study", {})["name"] = name
+        spec = parse_spec(raw, source=f"spec with --name {name}")
+    name = spec.name
+    storage = open_storage(url, create_schema=True)
+    try:
+        return _launch(storage, spec, url, update, from_study, top, log, seed_with)
+    finally:
+        from .storage import close_storage
+
+        close_storage(storage)
+
+
+def _launch(storage, spec: StudySpec, url: str, update: bool, from_study: str | None, top: int, log, seed_with) -> Launched:
+    name = spec.name
+    seeds: list = []
+    if from_study is not None:
+        if from_study == name:
+            raise UsageError(f"--from {from_study}: the new study needs its own name (use --name NEW)")
+        seeds = seed_configs(storage, from_study, spec, top)
+        if len(spec.baselines) + len(seeds) > spec.trials:
+            raise UsageError(f"budget.trials = {spec.trials} cannot hold {len(spec.baselines)} baselines + {len(seeds)} configs from {from_study!r}")
+    summary = find_study(storage, name)
+    if summary is not None:
+        return _relaunch(storage, summary, spec, update, from_study, log)
+    try:
+        study = optuna.create_study(storage=storage, study_name=name, directions=list(spec.directions))
+    except optuna.exceptions.DuplicatedStudyError:  # another launch won the race
+        return _relaunch(storage, find_study(storage, name), spec, update, from_study, log)
+    study.set_user_attr(SPEC_ATTR, spec.raw)
+    study.set_user_attr(DIGEST_ATTR, spec.digest)
+    if spec.description:
+        study.set_user_attr("description", spec.description)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        study.set_metric_names(list(spec.metrics))
+    enqueued = 0
+    for b in spec.baselines:
+        study.enqueue_trial(b.params, user_attrs={"baseline": b.name, "overrides": b.overrides})
+        enqueued += 1
+    for origin, b in seeds:
+        study.enqueue_trial(b.params, user_attrs={"seeded_from": origin})
+        enqueued += 1
+    copied = 0
+    if seed_with is not None:
+        from .refine import seed_trials
+
+        copied = seed_trials(study, spec, seed_with[1], seed_with[0])
+    message = (f"launched study {name!r} on {redact(url)}: {spec.trials} trials, sampler {spec.sampler}, pruner {spec.pruner}"
+               f", {enqueued} enqueued first ({len(spec.baselines)} baselines"
+               + (f", {len(seeds)} from {from_study!r}" if from_study else "") + ")"
+               + (f", {copied} finished trials copied from {seed_with[0]!r}" if copied else ""))
+    log(message)
+    log(next_steps(name, url))
+    return Launched(name, True, enqueued, message)
+
+
+def _relaunch(storage, summary, spec: StudySpec, update: bool, from_study: str | None, log) -> Launched:
+    name = spec.name
+    stored = summary.user_attrs.get(SPEC_ATTR)
+    if stored is None:
+        raise UsageError(f"a study named {name!r} already exists and was not created by `dlnn launch`; choose another --name")
+    if spec_digest(stored) == spec.digest and from_study is None:
+        message = f"study {name!r} is already launched with this spec; nothing changed"
+        log(message)
+        log(next_steps(name, None))
+        return Launched(name, False, 0, message)
+    changed = _diff(stored, spec.raw)
+    if not update or from_study is not None:
+        raise UsageError(
+            f"study {name!r} already exists with a different spec (changed: {', '.join(changed) or 'seeds'}). "
+            f"Start a new study seeded with its best configs: `dlnn launch SPEC --from {name} --name {name}-v2`, "
+            "or pass --update to replace the stored spec (running workers keep the old one until they restart)")
+    if tuple(d.name.lower() for d in summary.directions) != spec.directions:
+        raise UsageError(f"--update cannot change the objective directions of study {name!r}; launch a new study with --from")
+    study = optuna.load_study(study_name=name, storage=storage)
+    study.set_user_attr(SPEC_ATTR, spec.raw)
+    study.set_user_attr(DIGEST_ATTR, spec.digest)
+    message = f"updated the stored spec of study {name!r} (changed: {', '.join(changed)})"
+    log(message)
+    return Launched(name, False, 0, message)
+
+
+def seed_configs(storage, old: str, spec: StudySpec, top: int) -> list[tuple[str, Any]]:
+    """The old study's best configs as enqueueable trials of the new spec (their recipe; values
+    outside the new space are left to the sampler)."""
+    ranked = ranked_trials(optuna.load_study(study_name=old, storage=storage))[:top]
+    if not ranked:
+        raise UsageError(f"--from {old}: the study has no completed feasible trials to start from")
+    out = []
+    for trial in ranked:
+        config = trial.user_attrs.get("config")
+        if not isinstance(config, dict):
+            continue
+        from dlnn_core.config import TrainConfig
+
+        flat = recipe(TrainConfig.from_dict(config).to_flat())
+        b = make_baseline(f"{old}#{trial.number}", spec.base, spec.space, flat, f"--from {old} trial {trial.number}",
+                          lambda msg: None, strict=False)
+        if b is not None:
+            out.append((f"{old}#{trial.number}", b))
+    return out
+
+
+def next_steps(name: str, url: str | None) -> str:
+    storage = f" --storage {redact(url)}" if url and url != "sqlite:///dlnn.db" else ""
+    return (f"  add workers (any number, on any machine that reaches the storage):  dlnn work {name}{storage}\n"
+            f"  watch:      dlnn status {name}{storage}\n"
+            f"  dashboard:  dlnn dashboard{storage}   (http://127.0.0.1:8080)\n"
+            f"  export:     dlnn export {name}{storage} --top 5")
+
+
+# ---------------------------------------------------------------------------------- ranking
+
+
+def feasible(trial: FrozenTrial) -> bool:
+    return all(v <= 0 for v in trial.constraints.values())
+
+
+def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Completed feasible trials, best first (Pareto front first for several objectives)."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if feasible(t)
+            and t.values is not None and all(math.isfinite(v) for v in t.values)]
+    signs = [1.0 if d == optuna.study.StudyDirection.MINIMIZE else -1.0 for d in study.directions]
+    key = lambda t: tuple(s * v for s, v in zip(signs, t.values))  # noqa: E731
+    if len(signs) == 1:
+        return sorted(done, key=key)
+    front = {t.number for t in study.best_trials if feasible(t)}
+    return sorted((t for t in done if t.number in front), key=key) + sorted((t for t in done if t.number not in front), key=key)
+
+
+# ----------------------------------------------------------------------------------- status
+
+
+def status(url: str, name: str, now: datetime.datetime | None = None) -> dict[str, Any]:
+    """Trials by state, budget use, best value and config, running trials with worker and age,
+    and recent failures with their reasons, as a JSON-ready dict."""
+    storage = open_storage(url)
+    try:
+        spec = stored_spec(storage, name)
+        study = optuna.load_study(study_name=name, storage=storage)
+        trials = study.get_trials(deepcopy=False)
+    finally:
+        from .storage import close_storage
+
+        close_storage(storage)
+    now = now or datetime.datetime.now()
+    states: dict[str, int] = {s.name: 0 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)}
+    for t in trials:
+        states[t.state.name] = states.get(t.state.name, 0) + 1
+    retried = {}
+    for t in trials:
+        if RETRY_KEY in t.system_attrs:
+            retried[t.system_attrs[RETRY_KEY][-1]] = t.number
+    ranked = ranked_trials(study)
+    best = None
+    if ranked:
+        b = ranked[0]
+        best = {"trial": b.number, "values": dict(zip(spec.metrics, b.values)), "params": b.params,
+                "config": b.user_attrs.get("config"), "metrics": b.user_attrs.get("metrics", {})}
+    running = []
+    for t in trials:
+        if t.state == TrialState.RUNNING:
+            worker = t.user_attrs.get("worker", {})
+            running.append({"trial": t.number, "worker": worker.get("id", "?"), "device": worker.get("device"),
+                            "age_s": round((now - t.datetime_start).total_seconds(), 1) if t.datetime_start else None,
+                            "last_epoch": max(t.intermediate_values) if t.intermediate_values else None})
+    failures = []
+    for t in reversed(trials):
+        diverged = t.state == TrialState.PRUNED and not feasible(t)
+        if t.state != TrialState.FAIL and not diverged:
+            continue
+        reason = t.user_attrs.get("reason")
+        if reason is None and t.state == TrialState.FAIL:
+            reason = "worker lost (heartbeat went stale)"
+        if t.number in retried:
+            reason += f"; retried as trial {retried[t.number]}"
+        failures.append({"trial": t.number, "state": t.state.name, "reason": reason,
+                         "worker": t.user_attrs.get("worker", {}).get("id")})
+        if len(failures) >= 10:
+            break
+    return {
+        "study": name, "spec_digest": spec.digest, "metrics": list(spec.metrics), "directions": list(spec.directions),
+        "sampler": spec.sampler, "pruner": spec.pruner,
+        "budget": {"trials": spec.trials, "used": counted(trials), "timeout_s": spec.timeout_s},
+        "states": states, "n_trials": len(trials), "best": best, "running": running, "failures": failures,
+    }
+
+
+def format_status(s: dict[str, Any]) -> str:
+    lines = [f"study {s['study']}  (sampler {s['sampler']}, pruner {s['pruner']}, spec {s['spec_digest']})",
+             "objective: " + ", ".join(f"{d} {m}" for m, d in zip(s["metrics"], s["directions"])),
+             f"budget: {s['budget']['used']}/{s['budget']['trials']} trials used"
+             + (f", timeout {s['budget']['timeout_s']:g} s" if s["budget"]["timeout_s"] else ""),
+             "trials: " + ", ".join(f"{k.lower()} {v}" for k, v in s["states"].items())]
+    best = s["best"]
+    if best:
+        values = ", ".join(f"{m} = {v:.4g}" for m, v in best["values"].items())
+        lines.append(f"best: trial {best['trial']}  {values}")
+        for k, v in sorted(best["params"].items()):
+            lines.append(f"    {k} = {v:.4g}" if isinstance(v, float) else f"    {k} = {v}")
+    else:
+        lines.append("best: no completed trial yet")
+    if s["running"]:
+        lines.append("running:")
+        for r in s["running"]:
+            epoch = f", epoch {r['last_epoch']}" if r["last_epoch"] is not None else ""
+            lines.append(f"    trial {r['trial']}  worker {r['worker']}  age {r['age_s']:.0f} s{epoch}")
+    if s["failures"]:
+        lines.append("recent failures:")
+        for f in s["failures"]:
+            lines.append(f"    trial {f['trial']} {f['state'].lower()}: {f['reason']}")
+    return "\n".join(lines)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()

@@ -1,0 +1,734 @@
+"""Study specs (`studies/*.toml`): parse with tomllib and validate the whole spec before anything
+touches storage. Every problem is collected and reported with its TOML path, e.g.
+`space.optimizer.choices[2]: unknown optimizer "adamm"; known: adadelta, adagrad, ...`.
+
+A spec has these tables (see studies/quick.toml for a commented example):
+  [study]      name, description
+  [objective]  metric = "val_rel_mse" (or metrics = [...] for a Pareto study), direction(s)
+  [budget]     trials (counted across all workers), timeout_s (wall clock from the first trial)
+  [worker]     heartbeat_interval, grace_period (seconds), max_retry
+  [sampler]    name = tpe | random | cmaes | gp | grid | nsga2, and its options
+  [pruner]     name = none | median | percentile | successive_halving | hyperband, and its options
+  [base]       the fixed TrainConfig (nested like a config file; `preset = "..."` allowed)
+  [space.*]    searched settings, keyed by their TrainConfig path:
+                 choices = [...]                       categorical
+                 low, high, log = true, step = ...     float (int when low/high are integers)
+                 value = ...                           fixed
+                 grid = [...]                          explicit values for the grid sampler
+                 per_optimizer = true (+ ranges)       optimizer.lr over each optimizer's own range
+                 only_for = [...]                      draw only for these optimizers/schedulers
+               `[space.optimizer] choices` / `[space.scheduler] choices` pick the name.
+  [[baseline]] name, preset, params = { "dotted.key" = value }: configs enqueued first.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import math
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from dlnn_core import ACTIVATIONS, METHODS, MODEL_FORMS, MODEL_KINDS, SYSTEMS, ConfigError
+from dlnn_core.activations import ZERO_CURVATURE
+from dlnn_core.config import PRESETS, TrainConfig
+from dlnn_core.losses import LOSSES
+from dlnn_core.optim import OPTIMIZERS, SCHEDULERS
+
+from .errors import UsageError
+from .samplers import PRUNERS, SAMPLERS, check_options
+from .space import PARENTS, Param, contains, describe, params_for
+
+# Metrics a study can optimize (keys of FitResult.metrics), with their natural direction.
+METRICS: dict[str, str] = {
+    **{f"{s}_{m}": "minimize" for s in ("val", "test", "ood") for m in ("rel_mse", "rel_mse_median")},
+    **{f"{s}_{m}": "minimize" for s in ("test", "ood") for m in ("rollout_error", "rollout_error_100", "rollout_error_500", "energy_error")},
+    **{f"{s}_valid_steps": "maximize" for s in ("test", "ood")},
+    "rollout_error": "minimize",  # = test_rollout_error
+    "energy_error": "minimize",  # = test_energy_error
+    "wall_time_s": "minimize",
+    "epochs": "minimize",
+}
+# The value each epoch reports to the pruner (fit's report callback).
+PRUNING_METRIC = "val_rel_mse"
+
+# Registries behind names users write, for "unknown X; known: ..." messages.
+NAMED = {
+    "optimizer.name": ("optimizer", OPTIMIZERS),
+    "scheduler.name": ("scheduler", SCHEDULERS),
+    "loss": ("loss", LOSSES),
+    "model.activation": ("activation", ACTIVATIONS),
+    "model.kind": ("model kind", MODEL_KINDS),
+    "model.form": ("model form", MODEL_FORMS),
+    "data.system": ("system", SYSTEMS),
+    "method": ("method", METHODS),
+}
+# Fields a preset or an old study's best config carries into a baseline: the recipe, not the data or the loop.
+RECIPE_PREFIXES = ("optimizer.", "scheduler.", "model.")
+RECIPE_KEYS = ("loss", "batch_size", "grad_clip")
+
+DIST_KEYS = {"choices", "low", "high", "log", "step", "value", "grid", "per_optimizer", "ranges", "only_for"}
+TABLES = {
+    "study": {"name", "description"},
+    "objective": {"metric", "metrics", "direction", "directions"},
+    "budget": {"trials", "timeout_s"},
+    "worker": {"heartbeat_interval", "grace_period", "max_retry"},
+    "sampler": None,  # options checked against the sampler's registry entry
+    "pruner": None,
+    "base": None,  # checked by TrainConfig
+    "space": None,
+    "baseline": None,
+}
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A known config enqueued before sampling starts: its Optuna params and the settings outside the space."""
+
+    name: str
+    config: TrainConfig
+    params: dict[str, Any]
+    overrides: dict[str, Any]  # flat settings that differ from base and are not searched
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    name: str
+    description: str
+    metrics: tuple[str, ...]
+    directions: tuple[str, ...]
+    trials: int
+    timeout_s: float | None
+    heartbeat_interval: int
+    grace_period: int
+    max_retry: int
+    sampler: str
+    sampler_options: dict[str, Any]
+    pruner: str
+    pruner_options: dict[str, Any]
+    base: TrainConfig
+    space: tuple[Param, ...]
+    baselines: tuple[Baseline, ...]
+    raw: dict[str, Any]  # the parsed TOML, JSON-safe: what is stored on the study
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.metrics) > 1
+
+    @property
+    def digest(self) -> str:
+        return spec_digest(self.raw)
+
+    def param_names(self) -> list[str]:
+        return [name for p in self.space for name in p.names()]
+
+
+class SpecError(UsageError):
+    """A spec with problems; the message lists every one of them."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{source}: {len(problems)} problem{'s' * (len(problems) != 1)} in the study spec:\n{lines}")
+
+
+def spec_digest(raw: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    """Read and validate a spec file; raises SpecError listing every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the spec ({exc.strerror})") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(str(path), [f"malformed TOML: {exc}"]) from None
+    return parse_spec(raw, source=str(path), default_name=path.stem)
+
+
+def parse_spec(raw: Mapping[str, Any], source: str = "spec", default_name: str | None = None) -> StudySpec:
+    """Validate a parsed spec (a TOML document or the copy stored on a study)."""
+    v = _Validator()
+    spec = v.run(dict(raw), default_name)
+    if v.problems:
+        raise SpecError(source, v.problems)
+    assert spec is not None
+    return spec
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_num(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _json_safe(x: Any, path: str, problems: list[str]) -> Any:
+    if isinstance(x, dict):
+        return {k: _json_safe(v, f"{path}.{k}", problems) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_json_safe(v, f"{path}[{i}]", problems) for i, v in enumerate(x)]
+    if isinstance(x, float) and not math.isfinite(x):
+        problems.append(f"{path}: {x} is not a finite number")
+        return None
+    if isinstance(x, (str, int, float, bool)) or x is None:
+        return x
+    problems.append(f"{path}: {type(x).__name__} values (TOML dates and times) are not allowed")
+    return None
+
+
+def _config_message(exc: ConfigError) -> str:
+    """ConfigError's text without its own field prefix (the caller adds the TOML path)."""
+    text = str(exc)
+    prefix = f"{exc.field}: "
+    return text[len(prefix):] if text.startswith(prefix) else text
+
+
+class _Validator:
+    """Walks the spec once, collecting problems instead of stopping at the first."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def err(self, msg: str) -> None:
+        self.problems.append(msg)
+
+    # -- top level -------------------------------------------------------------------------
+
+    def run(self, raw: dict, default_name: str | None) -> StudySpec | None:
+        raw = _json_safe(raw, "spec", self.problems)
+        for key in raw:
+            if key not in TABLES:
+                self.err(f"{key}: unknown table; known: {', '.join(TABLES)}")
+        tables = {}
+        for key in TABLES:
+            value = raw.get(key, [] if key == "baseline" else {})
+            if key == "baseline":
+                if not isinstance(value, list) or not all(isinstance(b, dict) for b in value):
+                    self.err("baseline: must be an array of tables ([[baseline]])")
+                    value = []
+            elif not isinstance(value, dict):
+                self.err(f"{key}: must be a table")
+                value = {}
+            elif TABLES[key] is not None:
+                for k in value:
+                    if k not in TABLES[key]:
+                        self.err(f"{key}.{k}: unknown key; known: {', '.join(sorted(TABLES[key]))}")
+            tables[key] = value
+
+        name, description = self.study(tables["study"], default_name)
+        base = self.base(tables["base"])
+        self.rollout_steps = base.data.rollout_steps if base is not None else None
+        metrics, directions = self.objective(tables["objective"])
+        trials, timeout_s = self.budget(tables["budget"])
+        heartbeat, grace, max_retry = self.worker(tables["worker"])
+        space = self.space(tables["space"], base) if base is not None else ()
+        if base is not None and not self.problems:
+            fixed = {p.key: p.value for p in space if p.kind == "fixed"}
+            try:  # fixed space values are part of every trial's config, baselines included
+                base = base.with_flat(fixed)
+            except ConfigError as exc:
+                self.err(f"space: the fixed values together are invalid: {exc}")
+        sampler, sampler_options = self.sampler(tables["sampler"], metrics, space)
+        epochs = base.epochs if base is not None else 1
+        pruner, pruner_options = self.pruner(tables["pruner"], metrics, epochs)
+        baselines = self.baselines(tables["baseline"], base, space) if base is not None else ()
+        if trials is not None and len(baselines) > trials:
+            self.err(f"budget.trials: {trials} is fewer than the {len(baselines)} baseline trials")
+        if self.problems:
+            return None
+        return StudySpec(
+            name=name, description=description, metrics=metrics, directions=directions, trials=trials,
+            timeout_s=timeout_s, heartbeat_interval=heartbeat, grace_period=grace, max_retry=max_retry,
+            sampler=sampler, sampler_options=sampler_options, pruner=pruner, pruner_options=pruner_options,
+            base=base, space=tuple(space), baselines=tuple(baselines), raw=raw,
+        )
+
+    def study(self, t: dict, default_name: str | None) -> tuple[str, str]:
+        name = t.get("name", default_name)
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            self.err(f"study.name: {name!r} must be 1-128 letters, digits, '_', '-' or '.', starting with a letter or digit")
+        description = t.get("description", "")
+        if not isinstance(description, str):
+            self.err("study.description: must be a string")
+            description = ""
+        return name, description
+
+    def objective(self, t: dict) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        if "metric" in t and "metrics" in t:
+            self.err("objective: give either metric or metrics, not both")
+        metrics = t.get("metrics", [t.get("metric", PRUNING_METRIC)])
+        path = "objective.metrics" if "metrics" in t else "objective.metric"
+        if isinstance(metrics, str):
+            metrics = [metrics]
+        if not isinstance(metrics, list) or not metrics:
+            self.err(f"{path}: must be a metric name or a non-empty list of them")
+            return (PRUNING_METRIC,), ("minimize",)
+        for i, m in enumerate(metrics):
+            if m not in METRICS:
+                where = f"{path}[{i}]" if "metrics" in t else path
+                self.err(f"{where}: unknown metric {m!r}; known: {', '.join(sorted(METRICS))}")
+        for i, m in enumerate(metrics):
+            horizon = m.rsplit("_", 1)[-1]
+            if horizon.isdigit() and self.rollout_steps is not None and int(horizon) >= self.rollout_steps:
+                self.err(f"{path}: {m} needs base.data.rollout_steps > {horizon} (it is {self.rollout_steps})")
+        if len(set(metrics)) != len(metrics):
+            self.err(f"{path}: a metric is listed twice")
+        if "direction" in t and "directions" in t:
+            self.err("objective: give either direction or directions, not both")
+        directions = t.get("directions", t.get("direction"))
+        dpath = "objective.directions" if "directions" in t else "objective.direction"
+        if directions is None:
+            directions = [METRICS.get(m, "minimize") for m in metrics]
+        elif isinstance(directions, str):
+            directions = [directions]
+        if not isinstance(directions, list) or len(directions) != len(metrics):
+            self.err(f"{dpath}: needs one direction per metric ({len(metrics)})")
+            directions = ["minimize"] * len(metrics)
+        for i, d in enumerate(directions):
+            if d not in ("minimize", "maximize"):
+                self.err(f"{dpath}{f'[{i}]' if len(directions) > 1 else ''}: {d!r} is not 'minimize' or 'maximize'")
+        return tuple(metrics), tuple(directions)
+
+    def budget(self, t: dict) -> tuple[int | None, float | None]:
+        trials = t.get("trials")
+        if not _is_int(trials) or trials < 1:
+            self.err(f"budget.trials: {trials!r} must be an integer >= 1 (the trial budget of the whole study)")
+            trials = None
+        timeout = t.get("timeout_s")
+        if timeout is not None and not (_is_num(timeout) and timeout > 0):
+            self.err(f"budget.timeout_s: {timeout!r} must be a positive number of seconds")
+            timeout = None
+        return trials, (float(timeout) if timeout is not None else None)
+
+    def worker(self, t: dict) -> tuple[int, int, int]:
+        interval = t.get("heartbeat_interval", 10)
+        grace = t.get("grace_period", 6 * interval if _is_int(interval) else 60)
+        retry = t.get("max_retry", 3)
+        if not _is_int(interval) or interval < 1:
+            self.err(f"worker.heartbeat_interval: {interval!r} must be an integer >= 1 (seconds)")
+            interval = 10
+        if not _is_int(grace) or grace < 2 * interval:
+            self.err(f"worker.grace_period: {grace!r} must be an integer >= 2 × heartbeat_interval ({2 * interval} s), "
+                     "so a slow heartbeat is not taken for a dead worker")
+        if not _is_int(retry) or retry < 0:
+            self.err(f"worker.max_retry: {retry!r} must be an integer >= 0")
+        return interval, grace, retry
+
+    def sampler(self, t: dict, metrics: tuple[str, ...], space: list[Param]) -> tuple[str, dict]:
+        t = dict(t)
+        name = t.pop("name", "tpe")
+        if name not in SAMPLERS:
+            self.err(f'sampler.name: unknown sampler "{name}"; known: {", ".join(SAMPLERS)}')
+            return "tpe", {}
+        info = SAMPLERS[name]
+        options, problems = check_options(t, info.options, "sampler")
+        self.problems += problems
+        if len(metrics) > 1 and not info.multi_objective:
+            self.err(f'sampler.name: "{name}" cannot optimize several metrics; use tpe, nsga2, gp or random')
+        if name == "grid":
+            for p in space:
+                if p.kind == "fixed":
+                    continue
+                if not p.grid_values() or p.per_optimizer:
+                    self.err(f"{p.path}: the grid sampler needs explicit values: use choices or grid = [...]")
+                elif p.only_for is not None:
+                    self.err(f"{p.path}: the grid sampler cannot search a conditional parameter (only for "
+                             f"{', '.join(p.only_for)}); fix the {p.parent} or drop the parameter")
+        return name, options
+
+    def pruner(self, t: dict, metrics: tuple[str, ...], epochs: int) -> tuple[str, dict]:
+        t = dict(t)
+        name = t.pop("name", "median")
+        if name not in PRUNERS:
+            self.err(f'pruner.name: unknown pruner "{name}"; known: {", ".join(PRUNERS)}')
+            return "none", {}
+        options, problems = check_options(t, PRUNERS[name].options, "pruner")
+        self.problems += problems
+        if len(metrics) > 1 and name != "none":
+            self.err(f'pruner.name: "{name}" cannot prune a study with several metrics (Optuna prunes single-objective studies); use "none"')
+        if name == "hyperband" and options.get("max_resource") not in ("auto", None) and options["max_resource"] > epochs:
+            self.err(f"pruner.max_resource: {options['max_resource']} exceeds base.epochs ({epochs})")
+        return name, options
+
+    # -- base config -----------------------------------------------------------------------
+
+    def base(self, t: dict) -> TrainConfig | None:
+        """The fixed config. TrainConfig stops at its first bad field, so drop each bad field and
+        retry: every problem is reported, and the space is still checked against what is left."""
+        t = json.loads(json.dumps(t))
+        for _ in range(50):
+            try:
+                return TrainConfig.from_dict(t)
+            except ConfigError as exc:
+                self.err(f"base.{exc.field}: {_config_message(exc)}")
+                if not _drop(t, str(exc.field)):
+                    break
+            except (TypeError, ValueError) as exc:
+                self.err(f"base: {exc}")
+                break
+        try:
+            return TrainConfig()
+        except ConfigError:
+            return None
+
+    def check_value(self, base: TrainConfig, key: str, value: Any, where: str, context: Mapping[str, Any] = {}) -> bool:
+        """Is `value` a valid setting for `key` (given the parent choice in `context`)? Reports at `where`."""
+        if key in NAMED:
+            what, registry = NAMED[key]
+            if not isinstance(value, str) or value not in registry:
+                self.err(f'{where}: unknown {what} "{value}"; known: {", ".join(sorted(registry))}')
+                return False
+        if key == "model.activation" and value in ZERO_CURVATURE:
+            return True  # allowed only for an MLP baseline: decided in space(), which knows the model kinds
+        try:
+            base.with_flat({**context, key: value})
+        except ConfigError as exc:
+            self.err(f"{where}: {_config_message(exc)}")
+            return False
+        return True
+
+    # -- space -----------------------------------------------------------------------------
+
+    def space(self, t: dict, base: TrainConfig) -> list[Param]:
+        params: list[Param] = []
+        self._walk(t, [], base, params)
+        keys = [p.key for p in params]
+        for key in set(keys):
+            if keys.count(key) > 1:
+                self.err(f"space: {key} is given more than once")
+        by_key = {p.key: p for p in params}
+        base_flat = base.to_flat()
+        # An activation without curvature is refused when any searched/fixed model kind has an L network.
+        act = by_key.get("model.activation")
+        kind = by_key.get("model.kind")
+        kinds = set(kind.choices) if kind and kind.kind == "categorical" else {kind.value if kind else base.model.kind}
+        if act is not None and kinds - {"mlp"}:
+            for i, choice in enumerate(act.choices if act.kind == "categorical" else [act.value]):
+                if choice in ZERO_CURVATURE:
+                    where = f"{act.path}.choices[{i}]" if act.kind == "categorical" else f"{act.path}.value"
+                    self.err(f'{where}: "{choice}" cannot be used for the Lagrangian network: its second derivative is zero, '
+                             "so ∂²L/∂q̇² vanishes and q̈ cannot be solved for (only a model.kind = \"mlp\" baseline may use it)")
+        # Children of optimizer/scheduler: resolve and check the conditions now that the parents are known.
+        out = []
+        for p in params:
+            if p.parent is None:
+                out.append(p)
+                continue
+            parent = by_key.get(p.parent)
+            candidates = list(parent.choices) if parent and parent.kind == "categorical" else [parent.value if parent else base_flat[p.parent]]
+            out.append(self._condition(p, candidates, base))
+        return out
+
+    def _walk(self, t: dict, path: list[str], base: TrainConfig, params: list[Param]) -> None:
+        dist = {k: v for k, v in t.items() if k in DIST_KEYS}
+        if dist:
+            if not path:
+                self.err(f"space: distribution keys ({', '.join(dist)}) need a setting name, e.g. [space.optimizer.lr]")
+            else:
+                param = self._param(path, dist, base)
+                if param is not None:
+                    params.append(param)
+        for key, value in t.items():
+            if key in DIST_KEYS:
+                continue
+            where = ".".join(["space", *path, key])
+            if isinstance(value, dict):
+                self._walk(value, [*path, key], base, params)
+            else:
+                self.err(f"{where}: expected a table with choices, low/high or value (got {value!r})")
+
+    def _param(self, path: list[str], d: dict, base: TrainConfig) -> Param | None:
+        where = "space." + ".".join(path)
+        key = ".".join(path)
+        if key in PARENTS:
+            key = PARENTS[key]
+        parent = PARENTS.get(path[0]) if len(path) == 2 and path[0] in PARENTS else None
+        base_flat = base.to_flat()
+        if key not in base_flat and not key.startswith("data.params."):
+            settings = sorted(k for k in base_flat if not k.startswith("data.params")) + ["data.params.<name>"]
+            section = key.split(".")[0] + "." if "." in key else ""
+            near = difflib.get_close_matches(key, settings, n=1)
+            hint = f' (did you mean "{near[0]}"?)' if near else ""
+            known = [k for k in settings if section and k.startswith(section)] or [k for k in settings if "." not in k] + ["data.*", "model.*", "optimizer", "optimizer.*", "scheduler", "scheduler.*"]
+            self.err(f"{where}: not a training setting{hint}; known{' in ' + section[:-1] if section and known[0].startswith(section) else ''}: {', '.join(known)}")
+            return None
+        forms = [k for k in ("choices", "low", "value", "per_optimizer") if k in d]
+        if "high" in d and "low" not in d:
+            forms.append("high")
+        if len(forms) != 1:
+            self.err(f"{where}: give exactly one of choices = [...], low/high, value or per_optimizer = true")
+            return None
+        if "per_optimizer" in d and key != "optimizer.lr":
+            self.err(f"{where}.per_optimizer: only optimizer.lr can take its range from each optimizer")
+            return None
+        only_for = d.get("only_for")
+        if only_for is not None:
+            if parent is None:
+                self.err(f"{where}.only_for: only settings under space.optimizer or space.scheduler can be conditional")
+                only_for = None
+            elif not isinstance(only_for, list) or not only_for or not all(isinstance(x, str) for x in only_for):
+                self.err(f"{where}.only_for: must be a non-empty list of {path[0]} names")
+                only_for = None
+            else:
+                what, registry = NAMED[parent]
+                for i, name in enumerate(only_for):
+                    if name not in registry:
+                        self.err(f'{where}.only_for[{i}]: unknown {what} "{name}"; known: {", ".join(sorted(registry))}')
+                only_for = tuple(only_for)
+        allowed = DIST_KEYS - ({"per_optimizer", "ranges"} if key != "optimizer.lr" else set())
+        for k in d:
+            if k not in allowed:
+                self.err(f"{where}.{k}: not allowed here")
+        common = dict(key=key, path=where, parent=parent, only_for=only_for)
+        # Values are checked with the parent set to a value the param applies to (d0 needs a D-Adaptation optimizer).
+        context = self._context(parent, only_for, key)
+
+        if "value" in d:
+            if self.check_value(base, key, d["value"], f"{where}.value", context):
+                return Param(kind="fixed", value=d["value"], **common)
+            return None
+
+        if "choices" in d:
+            choices = d["choices"]
+            if not isinstance(choices, list) or not choices:
+                self.err(f"{where}.choices: must be a non-empty list")
+                return None
+            valid = []
+            for i, c in enumerate(choices):
+                if isinstance(c, (dict, list)):
+                    self.err(f"{where}.choices[{i}]: must be a string, number or boolean")
+                elif self.check_value(base, key, c, f"{where}.choices[{i}]", context):
+                    valid.append(c)
+            if len({json.dumps(c) for c in choices}) != len(choices):
+                self.err(f"{where}.choices: lists a value twice")
+            for k in ("low", "high", "log", "step", "grid"):
+                if k in d:
+                    self.err(f"{where}.{k}: not allowed with choices")
+            # With bad choices the spec already fails; the valid ones still let later checks run.
+            return Param(kind="categorical", choices=tuple(valid), **common) if valid else None
+
+        if d.get("per_optimizer"):
+            if d.get("per_optimizer") is not True:
+                self.err(f"{where}.per_optimizer: must be true or absent")
+                return None
+            ranges = d.get("ranges", {})
+            if not isinstance(ranges, dict):
+                self.err(f"{where}.ranges: must be a table of optimizer = [low, high]")
+                ranges = {}
+            for k in ("low", "high", "log", "step", "grid"):
+                if k in d:
+                    self.err(f"{where}.{k}: not allowed with per_optimizer (the ranges come from the optimizer registry or ranges)")
+            per: dict[str, tuple[float, float]] = {}
+            for opt, rng in ranges.items():
+                rwhere = f"{where}.ranges.{opt}"
+                if opt not in OPTIMIZERS:
+                    self.err(f'{rwhere}: unknown optimizer "{opt}"; known: {", ".join(sorted(OPTIMIZERS))}')
+                elif not (isinstance(rng, list) and len(rng) == 2 and all(_is_num(x) for x in rng) and 0 < rng[0] < rng[1]):
+                    self.err(f"{rwhere}: must be [low, high] with 0 < low < high")
+                else:
+                    per[opt] = (float(rng[0]), float(rng[1]))
+            # Filled in for the optimizers the study can draw in _condition.
+            return Param(kind="float", log=True, per_optimizer=True, per_choice=per, **common)
+
+        low, high = d.get("low"), d.get("high")
+        if not _is_num(low) or not _is_num(high):
+            self.err(f"{where}: low and high must both be numbers (got low={low!r}, high={high!r})")
+            return None
+        log, step = d.get("log", False), d.get("step")
+        integer = _is_int(low) and _is_int(high) and (step is None or _is_int(step))
+        ok = True
+        if not isinstance(log, bool):
+            self.err(f"{where}.log: must be true or false")
+            ok = log = False
+        if low >= high:
+            self.err(f"{where}: low must be < high (got low={low}, high={high}); use value = ... for a fixed setting")
+            ok = False
+        if log and low <= 0:
+            self.err(f"{where}: a log scale needs low > 0 (got low={low})")
+            ok = False
+        if step is not None:
+            if not _is_num(step) or step <= 0:
+                self.err(f"{where}.step: {step!r} must be a positive number")
+                ok = False
+            elif log:
+                self.err(f"{where}.step: a log scale cannot have a step")
+                ok = False
+        for bound, value in (("low", low), ("high", high)):
+            ok &= self.check_value(base, key, value, f"{where}.{bound}", context)
+        grid = d.get("grid", [])
+        if not isinstance(grid, list) or not all(_is_num(g) for g in grid):
+            self.err(f"{where}.grid: must be a list of numbers")
+            grid, ok = [], False
+        for i, g in enumerate(grid):
+            if not low <= g <= high:
+                self.err(f"{where}.grid[{i}]: {g} lies outside [low, high] = [{low}, {high}]")
+                ok = False
+        if not ok:
+            return None
+        if integer:
+            return Param(kind="int", low=int(low), high=int(high), log=log, step=step, grid=tuple(int(g) for g in grid), **common)
+        return Param(kind="float", low=float(low), high=float(high), log=log, step=float(step) if step is not None else None,
+                     grid=tuple(float(g) for g in grid), **common)
+
+    @staticmethod
+    def _context(parent: str | None, only_for: tuple[str, ...] | None, key: str) -> dict:
+        if parent is None:
+            return {}
+        if only_for:
+            return {parent: only_for[0]}
+        if key == "optimizer.d0":
+            return {parent: next(n for n, i in OPTIMIZERS.items() if i.adaptive_d)}
+        return {}
+
+    def _condition(self, p: Param, candidates: list, base: TrainConfig) -> Param:
+        """Decide for which optimizers/schedulers a child param is drawn, and check that it means something."""
+        field = p.key.split(".", 1)[1]
+        if p.parent == "optimizer.name":
+            meaningful = {n for n, i in OPTIMIZERS.items()
+                          if field not in ("d0", "momentum", "betas")
+                          or (field == "d0" and i.adaptive_d) or (field == "momentum" and i.uses_momentum) or (field == "betas" and i.n_betas)}
+            what = {"d0": "D-Adaptation/Prodigy optimizers", "momentum": "optimizers with momentum",
+                    "betas": "optimizers with betas"}.get(field, "optimizers")
+        else:
+            meaningful = {n for n, i in SCHEDULERS.items() if field in i.fields}
+            what = f"schedulers that read {field}"
+        only_for = p.only_for
+        if only_for is not None:
+            for name in only_for:
+                if name in OPTIMIZERS or name in SCHEDULERS:
+                    if name not in meaningful:
+                        self.err(f'{p.path}.only_for: {field} means nothing for "{name}"; it applies to {what}: {", ".join(sorted(meaningful))}')
+        else:
+            only_for = tuple(sorted(meaningful))
+        reachable = [c for c in candidates if c in only_for]
+        if not reachable:
+            parent_path = f"space.{p.parent.split('.')[0]}"
+            self.err(f"{p.path}: {field} only applies to {what} ({', '.join(sorted(meaningful))}), "
+                     f"and none of {', '.join(map(str, candidates))} (from {parent_path} or base) is one")
+        # Always drawn when every candidate qualifies: a plain, unconditional parameter.
+        cond = None if set(candidates) <= set(only_for) else tuple(sorted(set(only_for) & set(candidates)))
+        if p.per_optimizer:
+            per = {}
+            for opt in candidates:
+                if opt in OPTIMIZERS:
+                    per[opt] = p.per_choice.get(opt, OPTIMIZERS[opt].lr_range)
+            for opt in p.per_choice:
+                if opt not in candidates:
+                    self.err(f'{p.path}.ranges.{opt}: "{opt}" is not among the optimizers this study can draw ({", ".join(candidates)})')
+            return Param(**{**p.__dict__, "per_choice": per, "only_for": cond})
+        return Param(**{**p.__dict__, "only_for": cond})
+
+    # -- baselines -------------------------------------------------------------------------
+
+    def baselines(self, items: list, base: TrainConfig, space: list[Param]) -> list[Baseline]:
+        out = []
+        names = set()
+        for i, b in enumerate(items):
+            where = f"baseline[{i}]"
+            for k in b:
+                if k not in ("name", "preset", "params"):
+                    self.err(f"{where}.{k}: unknown key; known: name, preset, params")
+            name = b.get("name", b.get("preset", f"baseline-{i}"))
+            if not isinstance(name, str):
+                self.err(f"{where}.name: must be a string")
+                continue
+            if name in names:
+                self.err(f"{where}.name: {name!r} is used twice")
+            names.add(name)
+            flat: dict[str, Any] = {}
+            preset = b.get("preset")
+            if preset is not None:
+                if preset not in PRESETS:
+                    self.err(f'{where}.preset: unknown preset "{preset}"; known: {", ".join(sorted(PRESETS))}')
+                    continue
+                flat.update(recipe(PRESETS[preset].to_flat()))
+            params = b.get("params", {})
+            if not isinstance(params, dict):
+                self.err(f"{where}.params: must be a table of dotted settings")
+                continue
+            flat.update(_flatten_keys(params))
+            baseline = make_baseline(name, base, space, flat, where, self.err, strict=True)
+            if baseline is not None:
+                out.append(baseline)
+        return out
+
+
+def _drop(tree: dict, dotted: str) -> bool:
+    """Remove a dotted key from a nested dict; False when it is not there."""
+    *path, leaf = dotted.split(".")
+    node = tree
+    for part in path:
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict) and leaf in node:
+        del node[leaf]
+        return True
+    if dotted == "preset" or dotted in ("data", "model", "optimizer", "scheduler"):
+        return tree.pop(dotted, None) is not None
+    return False
+
+
+def _flatten_keys(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Accept both {"optimizer.lr" = 1} and nested {optimizer = {lr = 1}} (except inside data.params)."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and key != "data.params":
+            out.update(_flatten_keys(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def recipe(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a flat config that makes a recipe: optimizer, scheduler, model, loss, batch size, clipping."""
+    return {k: v for k, v in flat.items() if k.startswith(RECIPE_PREFIXES) or k in RECIPE_KEYS}
+
+
+def make_baseline(name: str, base: TrainConfig, space: list[Param] | tuple[Param, ...], flat: Mapping[str, Any],
+                  where: str, report, strict: bool) -> Baseline | None:
+    """A config (base + flat overrides) as an enqueueable trial. strict: values outside the space
+    are errors (a spec's baselines); otherwise they are dropped and left to the sampler (launch --from)."""
+    try:
+        cfg = base.with_flat(flat)
+    except ConfigError as exc:
+        report(f"{where}: {exc}")
+        return None
+    full = cfg.to_flat()
+    params, misses = params_for(tuple(space), full)
+    # Searched settings the baseline does not give are left to the sampler; the ones it gives must fit the space.
+    given = {k for k in flat}
+    explicit = {p.key for p in space if p.key in given}
+    params = {name: value for name, value in params.items() if name.split("[")[0] in explicit}
+    misses = [m for m in misses if m[0].key in explicit]
+    for param, value, dist in misses:
+        if strict:
+            report(f"{where}: {param.key} = {value!r} lies outside {param.path} ({describe(dist)}); widen the space or change the baseline")
+    if strict and misses:
+        return None
+    searched = {p.key for p in space}
+    base_flat = base.to_flat()
+    overrides = {k: v for k, v in full.items() if k not in searched and base_flat.get(k) != v} if strict else {}
+    return Baseline(name=name, config=cfg, params=params, overrides=overrides)
+
+
+def fixed_flat(spec: StudySpec) -> dict[str, Any]:
+    """Fixed params of the space as flat overrides (applied to every trial)."""
+    return {p.key: p.value for p in spec.space if p.kind == "fixed"}
+
+
+def is_contained(param: Param, value: Any, parent_value: Any = None) -> bool:
+    return contains(param.distribution(parent_value), value)

@@ -1,0 +1,288 @@
+"""The study commands of `dlnn`: launch, work, status, export, refine, dashboard, run.
+Each entry of COMMANDS is (configure(parser), run(args) -> exit code); cli.py merges them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from .errors import UsageError
+from .storage import DEFAULT_ARTIFACTS, ENV_ARTIFACTS, ENV_STORAGE, artifacts_dir, redact, storage_url
+
+
+def _storage(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage", default=None, metavar="URL",
+                   help=f"SQLAlchemy URL (e.g. postgresql://user@host/db) or grpc://host:port; default ${ENV_STORAGE}, else sqlite:///dlnn.db")
+
+
+def _artifacts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--artifacts", default=None, metavar="DIR",
+                   help=f"artifact store directory shared by workers and the dashboard (default ${ENV_ARTIFACTS}, else ./{DEFAULT_ARTIFACTS})")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return value
+
+
+def _device(text: str) -> str:
+    if text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r}: expected auto, cpu, cuda or cuda:K")
+
+
+# ------------------------------------------------------------------------------------ launch
+
+
+def configure_launch(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", type=Path, help="study spec (studies/*.toml)")
+    p.add_argument("--name", default=None, help="study name (default: the spec's study.name)")
+    p.add_argument("--update", action="store_true", help="replace the stored spec of an existing study with this one")
+    p.add_argument("--from", dest="from_study", default=None, metavar="OLD",
+                   help="start a new study that first runs the best configs of study OLD")
+    p.add_argument("--top", type=_positive, default=3, help="with --from: how many of OLD's best configs (default 3)")
+    _storage(p)
+
+
+def run_launch(args: argparse.Namespace) -> int:
+    """Create a study from a spec (idempotent), enqueue its baselines, print how to add workers."""
+    from .service import launch
+    from .spec import load_spec
+
+    spec = load_spec(args.spec)
+    launch(spec, storage_url(args.storage), name=args.name, update=args.update, from_study=args.from_study, top=args.top)
+    return 0
+
+
+# -------------------------------------------------------------------------------------- work
+
+
+def configure_work(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study", help="study name (see `dlnn status`)")
+    p.add_argument("--n-trials", type=_positive, default=None, help="stop after this many trials of this worker")
+    p.add_argument("--timeout", type=_seconds, default=None, help="stop starting trials after this many seconds")
+    p.add_argument("--device", type=_device, default=None, help="auto, cpu or cuda:K (default: the spec's)")
+    p.add_argument("--jobs", type=_positive, default=1, help="trials in parallel threads of this process (default 1)")
+    p.add_argument("--threads", type=_positive, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--seed", type=int, default=None, help="sampler seed of this worker (default: random, unique per worker)")
+    p.add_argument("--no-plots", action="store_true", help="skip the rollout plot artifact")
+    _storage(p)
+    _artifacts(p)
+
+
+def run_work(args: argparse.Namespace) -> int:
+    """Pull and train trials until the study's budget (counted across all workers) is used."""
+    from .gpu_slot import SlotError, claim_gpu_slot
+
+    url = storage_url(args.storage)
+    try:  # before torch initializes CUDA: pick a free (GPU, slot) and pin CUDA_VISIBLE_DEVICES
+        claim_gpu_slot(url, args.device or "auto")
+    except SlotError as exc:
+        raise UsageError(f"GPU slot: {exc}") from None
+    from .worker import run_worker
+
+    return run_worker(url, args.study, n_trials=args.n_trials, timeout=args.timeout, device=args.device,
+                      jobs=args.jobs, seed=args.seed, artifacts=artifacts_dir(args.artifacts), threads=args.threads,
+                      plots=not args.no_plots)
+
+
+# ------------------------------------------------------------------------------------ status
+
+
+def configure_status(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study", nargs="?", default=None, help="study name (default: list the studies)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _storage(p)
+
+
+def run_status(args: argparse.Namespace) -> int:
+    """Trials by state, best value and config, running trials, recent failures."""
+    from .service import format_status, status
+
+    url = storage_url(args.storage)
+    if args.study is None:
+        return _list_studies(url, args.json)
+    s = status(url, args.study)
+    print(json.dumps(s, indent=2, default=str) if args.json else format_status(s))
+    return 0
+
+
+def _list_studies(url: str, as_json: bool) -> int:
+    from optuna.trial import TrialState
+
+    from .storage import close_storage, open_storage
+
+    storage = open_storage(url)
+    try:
+        rows = []
+        for s in storage.get_all_studies():
+            trials = storage.get_all_trials(s._study_id, deepcopy=False)
+            done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+            running = sum(t.state == TrialState.RUNNING for t in trials)
+            rows.append({"study": s.study_name, "trials": len(trials), "finished": done, "running": running})
+    finally:
+        close_storage(storage)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print(f"no studies in {redact(url)}; start one with `dlnn launch SPEC`")
+    else:
+        for r in rows:
+            print(f"{r['study']}: {r['trials']} trials, {r['finished']} finished, {r['running']} running")
+    return 0
+
+
+# ------------------------------------------------------------------------------------ export
+
+
+def configure_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study", help="study name")
+    p.add_argument("--top", type=_positive, default=5, help="how many of the best trials (default 5)")
+    p.add_argument("--out", type=Path, default=Path("exports"), help="output directory (default exports/)")
+    p.add_argument("--format", choices=("yaml", "json"), default="yaml", help="config file format (default yaml)")
+    _storage(p)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Write the K best configs (files `dlnn train` accepts) with metrics, provenance and a summary table."""
+    from .export import export
+
+    result = export(storage_url(args.storage), args.study, top=args.top, out=args.out, fmt=args.format)
+    print(result.table)
+    print(f"\nwrote {len(result.items)} configs to {result.folder}/ (summary.md, summary.csv, *.meta.{args.format})")
+    print(f"retrain the best: dlnn train {result.items[0].config_path}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------ refine
+
+
+def configure_refine(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study", help="a finished (or running) study to refine")
+    p.add_argument("--around", type=_positive, default=5, help="how many of the best trials span the grid (default 5)")
+    p.add_argument("--points", type=_positive, default=3, help="grid values per numeric setting (default 3, plus the best value)")
+    p.add_argument("--trial", type=int, default=None, help="refine around this trial instead of the best")
+    p.add_argument("--name", default=None, help="name of the new study (default STUDY-refine)")
+    p.add_argument("--max-trials", type=_positive, default=100, help="refuse grids larger than this (default 100)")
+    _storage(p)
+
+
+def run_refine(args: argparse.Namespace) -> int:
+    """Launch a grid study around the best region of STUDY, seeded with its best trials."""
+    from .refine import refine
+
+    spec, _ = refine(storage_url(args.storage), args.study, around=args.around, points=args.points, new_name=args.name,
+                     max_trials=args.max_trials, trial=args.trial)
+    for p in spec.space:
+        if p.kind != "fixed":
+            print(f"  {p.key}: {', '.join(f'{v:.4g}' if isinstance(v, float) else str(v) for v in p.grid_values())}")
+    return 0
+
+
+# --------------------------------------------------------------------------------- dashboard
+
+
+def configure_dashboard(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; others need "
+                                                       "DLNN_DASHBOARD_USER and DLNN_DASHBOARD_PASSWORD)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    _storage(p)
+    _artifacts(p)
+
+
+def run_dashboard(args: argparse.Namespace) -> int:
+    """Serve optuna-dashboard on the same storage and artifact store."""
+    from .dashboard import serve
+
+    return serve(storage_url(args.storage), args.host, args.port, artifacts_dir(args.artifacts))
+
+
+# --------------------------------------------------------------------------------------- run
+
+
+def configure_run(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", type=Path, help="study spec (studies/*.toml)")
+    p.add_argument("--workers", type=_positive, default=2, help="local worker processes (default 2)")
+    p.add_argument("--name", default=None, help="study name (default: the spec's)")
+    p.add_argument("--top", type=_positive, default=3, help="configs to export at the end (default 3)")
+    p.add_argument("--out", type=Path, default=Path("exports"), help="export directory (default exports/)")
+    p.add_argument("--device", type=_device, default=None, help="device for every worker (default: the spec's)")
+    p.add_argument("--threads", type=_positive, default=None, help="torch threads per worker (default: cores / workers)")
+    p.add_argument("--timeout", type=_seconds, default=None, help="stop the workers starting trials after this many seconds")
+    _storage(p)
+    _artifacts(p)
+
+
+def run_run(args: argparse.Namespace) -> int:
+    """Launch a study, run N local workers to its budget, then print its status and export the best configs."""
+    from .export import export
+    from .service import format_status, launch, status
+    from .spec import load_spec
+
+    url = storage_url(args.storage)
+    spec = load_spec(args.spec)
+    launched = launch(spec, url, name=args.name, log=lambda m: None if m.startswith("  ") else print(m))
+    name = launched.name
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
+    command = [sys.executable, "-m", "workers.cli", "work", name, "--storage", url, "--threads", str(threads),
+               "--artifacts", str(artifacts_dir(args.artifacts))]
+    if args.device:
+        command += ["--device", args.device]
+    if args.timeout:
+        command += ["--timeout", str(args.timeout)]
+    print(f"starting {args.workers} workers ({threads} torch threads each); Ctrl-C stops them after the current epoch")
+    # Own sessions: a terminal Ctrl-C reaches only this process, which forwards exactly one SIGTERM
+    # per signal, so the first stops the workers gracefully and a second one stops them at once.
+    procs = [subprocess.Popen(command, start_new_session=True) for _ in range(args.workers)]
+
+    def forward(signum, _frame):
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        codes = [proc.wait() for proc in procs]
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    print()
+    print(format_status(status(url, name)))
+    if any(codes):
+        print(f"\nworkers exited with {codes}")
+    try:
+        result = export(url, name, top=args.top, out=args.out)
+    except UsageError as exc:
+        print(f"\nnothing exported: {exc}")
+        return 1
+    print(f"\nbest configs (exported to {result.folder}/):")
+    print(result.table)
+    storage_flag = f" --storage {redact(url)}" if args.storage else ""
+    print(f"\nretrain the best:   dlnn train {result.items[0].config_path}")
+    print(f"open the dashboard: dlnn dashboard{storage_flag}   then http://127.0.0.1:8080/dashboard")
+    return 0 if not any(codes) else 1
+
+
+COMMANDS = {
+    "launch": (configure_launch, run_launch),
+    "work": (configure_work, run_work),
+    "status": (configure_status, run_status),
+    "export": (configure_export, run_export),
+    "refine": (configure_refine, run_refine),
+    "dashboard": (configure_dashboard, run_dashboard),
+    "run": (configure_run, run_run),
+}

@@ -1,0 +1,343 @@
+"""`dlnn work STUDY`: a worker that trains trials until the study's budget is used.
+
+How a worker behaves:
+- It runs `study.optimize` on an RDBStorage with a heartbeat and a grace period well above its
+  interval, and Optuna's RetryHeartbeatStaleTrialCallback: a killed worker's trial is failed by
+  another worker once its heartbeat is older than the grace period and re-queued with the same
+  params (only the killed run's progress is lost).
+- The budget is the study's, counted across all workers (service.ServiceStudy). When it is used
+  up the worker stays until no trial of the study is running or queued, failing stale ones, so
+  a dead worker's trial is still retried and nothing is left RUNNING when the workers exit.
+- SIGTERM/SIGINT: the current trial stops at its next epoch, is recorded as failed with the
+  reason and re-queued (retryable, not complete), the connections are released and the worker
+  exits 0. A second signal exits at once (its trial is then retried after the grace period).
+- Each epoch reports the validation error for pruning (fit's report callback raises
+  optuna.TrialPruned). A trial that diverges or runs out of GPU memory is recorded as PRUNED with
+  its reason and the constraint `diverged` = 1: a pruned trial keeps its learning curve, and
+  TPE ranks infeasible trials below every feasible one, so the sampler learns to avoid that
+  region instead of ignoring it (a FAIL is invisible to samplers). Every other finished trial
+  gets `diverged` = 0. GP and CMA-ES model completed trials only, so for them a diverged trial is
+  simply not a candidate for the best. Any other exception fails that trial alone (with its
+  reason) and the worker goes on.
+- Each trial stores its full TrainConfig, all metrics, wall time, device, host, package versions,
+  and as artifacts its checkpoint, metrics JSON and a predicted-vs-true rollout plot.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+from optuna.exceptions import ExperimentalWarning
+from optuna.trial import FrozenTrial, TrialState
+
+from .errors import UsageError
+from .service import CONSTRAINT, BudgetReached, build_study, stored_spec
+from .space import suggest
+from .spec import PRUNING_METRIC, StudySpec
+from .storage import artifact_store, close_storage, is_connection_error, open_storage, redact
+
+CONNECTION_PATIENCE_S = 600.0  # how long a worker waits for a lost database before giving up
+
+
+class GracefulStop(Exception):
+    """Raised at the next epoch after SIGTERM/SIGINT: the trial is failed and re-queued."""
+
+
+@dataclass
+class StopFlag:
+    """Set by the first signal; the second one exits the process at once."""
+
+    signal: str | None = None
+    log: Callable[[str], None] = print
+    _event: threading.Event = field(default_factory=threading.Event)
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, _frame) -> None:
+        name = signal.Signals(signum).name
+        if self.signal is not None:
+            self.log(f"second signal ({name}): exiting now")
+            os._exit(128 + signum)
+        self.signal = name
+        self._event.set()
+        self.log(f"{name}: stopping at the next epoch; the trial will be re-queued (signal again to exit now)")
+
+    def sleep(self, seconds: float) -> None:
+        self._event.wait(seconds)
+
+
+def _finite(x: Any) -> Any:
+    """JSON-safe metrics: the dashboard parses user attrs with JSON.parse, which has no Infinity/NaN."""
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    return x
+
+
+def _set_constraint(trial: optuna.Trial, value: float) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        trial.set_constraint(CONSTRAINT, value)
+
+
+class Objective:
+    """One trial: draw params, build the TrainConfig, fit with per-epoch pruning, record everything."""
+
+    def __init__(self, spec: StudySpec, stop: StopFlag, worker: dict[str, Any], versions: dict[str, str],
+                 device: str | None, store, fit_fn: Callable | None, log: Callable[[str], None], artifact_plots: bool = True):
+        self.spec, self.stop, self.worker, self.versions = spec, stop, worker, versions
+        self.device, self.store, self.log, self.plots = device, store, log, artifact_plots
+        self.base_flat = spec.base.to_flat()
+        if fit_fn is None:
+            from dlnn_core.train import fit as fit_fn
+        self.fit = fit_fn
+
+    def __call__(self, trial: optuna.Trial):
+        spec = self.spec
+        trial.set_user_attr("worker", self.worker)
+        trial.set_user_attr("status", "running")
+        trial.set_user_attr("reason", None)
+        if self.stop.signal:
+            return self._interrupted(trial, 0)
+        flat = suggest(trial, spec.space, self.base_flat)
+        overrides = trial.user_attrs.get("overrides") or {}
+        extra = {"device": self.device} if self.device else {}
+        from dlnn_core import ConfigError
+
+        try:
+            config = spec.base.with_flat({**flat, **overrides, **extra})
+        except ConfigError as exc:
+            trial.set_user_attr("status", "error")
+            trial.set_user_attr("reason", f"invalid config: {exc}")
+            raise
+        trial.set_user_attr("config", config.to_dict())
+        trial.set_user_attr("versions", self.versions)
+        single = len(spec.metrics) == 1
+        last = {"epoch": 0, "value": None}
+
+        def report(epoch: int, value: float) -> None:
+            last["epoch"], last["value"] = epoch, value
+            if self.stop.signal:
+                raise GracefulStop(f"stopped by {self.stop.signal} at epoch {epoch}")
+            if single:
+                trial.report(value, step=epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at epoch {epoch}: {PRUNING_METRIC} {value:.4g} ({spec.pruner} pruner)")
+
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix=f"dlnn-trial{trial.number}-") as out:
+            try:
+                result = self.fit(config, report=report, out_dir=out)
+            except optuna.TrialPruned as exc:
+                trial.set_user_attr("status", "pruned")
+                trial.set_user_attr("reason", str(exc))
+                trial.set_user_attr("epochs_run", last["epoch"])
+                trial.set_user_attr("wall_time_s", time.perf_counter() - started)
+                _set_constraint(trial, 0.0)
+                raise
+            except GracefulStop:
+                return self._interrupted(trial, last["epoch"])
+            except Exception as exc:
+                if _is_oom(exc):
+                    _free_gpu_memory()
+                    return self._infeasible(trial, "out_of_memory", f"out of memory at epoch {last['epoch'] + 1}: {str(exc).splitlines()[0][:300]}",
+                                            time.perf_counter() - started)
+                trial.set_user_attr("status", "error")
+                trial.set_user_attr("reason", f"{type(exc).__name__}: {exc}"[:2000])
+                raise
+            trial.set_user_attr("wall_time_s", result.wall_time_s)
+            trial.set_user_attr("device", result.device)
+            trial.set_user_attr("epochs_run", result.epochs_run)
+            trial.set_user_attr("best_epoch", result.best_epoch)
+            trial.set_user_attr("metrics", _finite(result.metrics))
+            if result.status != "ok":
+                self._upload(trial, Path(out) / "diverged.json")
+                return self._infeasible(trial, "diverged", f"diverged at epoch {result.diverged_epoch}: {result.reason}", result.wall_time_s)
+            missing = [m for m in spec.metrics if m not in result.metrics]
+            if missing:
+                raise KeyError(f"fit reported no {', '.join(missing)}; it has {', '.join(sorted(result.metrics))}")
+            values = [float(result.metrics[m]) for m in spec.metrics]
+            if not all(math.isfinite(v) for v in values):
+                return self._infeasible(trial, "diverged", f"non-finite objective {dict(zip(spec.metrics, values))}", result.wall_time_s)
+            if result.checkpoint:
+                self._upload(trial, Path(result.checkpoint))
+                self._upload(trial, Path(out) / "metrics.json")
+                if self.plots:
+                    try:
+                        from .plots import rollout_png
+
+                        self._upload(trial, rollout_png(result.checkpoint, Path(out) / "rollout.png"))
+                    except Exception as exc:  # a plot never fails a trial
+                        trial.set_user_attr("artifact_error", f"rollout plot: {type(exc).__name__}: {exc}"[:500])
+        trial.set_user_attr("status", "ok")
+        _set_constraint(trial, 0.0)
+        return values[0] if single else values
+
+    def _interrupted(self, trial: optuna.Trial, epoch: int):
+        trial.set_user_attr("status", "interrupted")
+        trial.set_user_attr("reason", f"stopped by {self.stop.signal} at epoch {epoch}; re-queued")
+        raise GracefulStop(f"stopped by {self.stop.signal}")
+
+    def _infeasible(self, trial: optuna.Trial, status: str, reason: str, wall: float):
+        trial.set_user_attr("status", status)
+        trial.set_user_attr("reason", reason)
+        trial.set_user_attr("wall_time_s", wall)
+        _set_constraint(trial, 1.0)
+        raise optuna.TrialPruned(reason)
+
+    def _upload(self, trial: optuna.Trial, path: Path) -> None:
+        if self.store is None or not path.exists():
+            return
+        try:
+            mimetype = "application/octet-stream" if path.suffix == ".pt" else None  # not "snesdev-page-table"
+            optuna.artifacts.upload_artifact(artifact_store=self.store, file_path=str(path), study_or_trial=trial, mimetype=mimetype)
+        except Exception as exc:
+            trial.set_user_attr("artifact_error", f"{path.name}: {type(exc).__name__}: {exc}"[:500])
+
+
+def _is_oom(exc: BaseException) -> bool:
+    try:
+        import torch
+
+        if isinstance(exc, torch.OutOfMemoryError):
+            return True
+    except (ImportError, AttributeError):
+        pass
+    return "out of memory" in str(exc).lower() and type(exc).__name__ in ("RuntimeError", "OutOfMemoryError")
+
+
+def _free_gpu_memory() -> None:
+    try:
+        import gc
+
+        import torch
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:
+        pass
+
+
+def _describe(t: FrozenTrial, spec: StudySpec) -> str:
+    name = t.params.get("optimizer.name") or (t.user_attrs.get("config") or {}).get("optimizer", {}).get("name", "?")
+    wall = t.user_attrs.get("wall_time_s")
+    wall = f", {wall:.1f} s" if isinstance(wall, (int, float)) else ""
+    if t.state == TrialState.COMPLETE:
+        values = ", ".join(f"{m} {v:.4g}" for m, v in zip(spec.metrics, t.values))
+        return f"trial {t.number} complete: {values} ({name}{wall})"
+    reason = t.user_attrs.get("reason") or ""
+    return f"trial {t.number} {t.state.name.lower()}: {reason} ({name}{wall})"
+
+
+def worker_identity(seed: int, device: str | None) -> dict[str, Any]:
+    host = socket.gethostname()
+    return {"id": f"{host}:{os.getpid()}", "host": host, "pid": os.getpid(), "sampler_seed": seed, "device": device or "config"}
+
+
+def run_worker(url: str, name: str, *, n_trials: int | None = None, timeout: float | None = None, device: str | None = None,
+               jobs: int = 1, seed: int | None = None, artifacts: str | Path | None = "dlnn_artifacts", threads: int | None = None,
+               fit_fn: Callable | None = None, log: Callable[[str], None] | None = None, install_signals: bool = True,
+               plots: bool = True) -> int:
+    """Pull trials of study `name` until its budget is used, this worker's own limits hit, or a
+    signal arrives; returns the exit code (0)."""
+    prefix = f"[{socket.gethostname()}:{os.getpid()}]"
+    log = log or (lambda msg: print(f"{prefix} {msg}", file=sys.stderr, flush=True))
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    probe = open_storage(url)
+    try:
+        spec = stored_spec(probe, name)
+    finally:
+        close_storage(probe)
+    seed = seed if seed is not None else secrets.randbits(31)
+    stale_callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=spec.max_retry)
+    storage = open_storage(url, jobs=jobs, heartbeat_interval=spec.heartbeat_interval, grace_period=spec.grace_period,
+                           stale_callback=stale_callback)
+    stop = StopFlag(log=log)
+    if install_signals:
+        stop.install()
+    from dlnn_core.train import versions
+
+    objective = Objective(spec, stop, worker_identity(seed, device), versions(), device,
+                          artifact_store(artifacts) if artifacts else None, fit_fn, log, plots)
+    counter = {"done": 0}
+
+    def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+        counter["done"] += 1
+        log(_describe(trial, spec))
+        if trial.state == TrialState.FAIL and trial.user_attrs.get("status") == "interrupted":
+            stale_callback(study, trial)  # re-queue with the same params, as for a dead worker
+        if stop.signal:
+            study.stop()
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    deadline = time.monotonic() + timeout if timeout else None
+    log(f"working on study {name!r} at {redact(url)} (budget {spec.trials} trials, sampler {spec.sampler} seed {seed}, "
+        f"pruner {spec.pruner}, heartbeat {spec.heartbeat_interval} s, grace {spec.grace_period} s)")
+    lost_since = None
+    reason = "done"
+    try:
+        study = build_study(storage, name, spec, seed)
+        while not stop.signal:
+            left_trials = None if n_trials is None else n_trials - counter["done"]
+            left_time = None if deadline is None else deadline - time.monotonic()
+            if (left_trials is not None and left_trials <= 0) or (left_time is not None and left_time <= 0):
+                reason = "this worker's own limit (--n-trials/--timeout) reached"
+                break
+            try:
+                study.optimize(objective, n_trials=left_trials, timeout=left_time, n_jobs=jobs, catch=(Exception,),
+                               callbacks=[after_trial], gc_after_trial=True)
+                lost_since = None
+                if not stop.signal:
+                    reason = "this worker's own limit (--n-trials/--timeout) reached"
+                break
+            except BudgetReached as exc:
+                lost_since = None
+                pending = _pending(study)
+                if not pending:
+                    reason = str(exc)
+                    break
+                # Others still run trials: stay, so a dead worker's trial is failed and retried here.
+                stop.sleep(min(spec.heartbeat_interval, left_time) if left_time else spec.heartbeat_interval)
+            except Exception as exc:
+                if not is_connection_error(exc):
+                    raise
+                lost_since = lost_since or time.monotonic()
+                if time.monotonic() - lost_since > CONNECTION_PATIENCE_S:
+                    raise UsageError(f"lost the storage {redact(url)} for more than {CONNECTION_PATIENCE_S:.0f} s: {exc}") from None
+                log(f"storage connection lost ({type(exc).__name__}); retrying in {spec.heartbeat_interval} s")
+                stop.sleep(spec.heartbeat_interval)
+        if stop.signal:
+            reason = f"stopped by {stop.signal}"
+    finally:
+        close_storage(storage)
+    log(f"exiting after {counter['done']} trials: {reason}")
+    return 0
+
+
+def _pending(study: optuna.Study) -> int:
+    """Trials of the study still running elsewhere or queued, after failing the stale ones."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    trials = study._storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+    return len(trials)
