@@ -25,6 +25,7 @@ import pytest
 from composefile import (COMPOSE_FILE, DLNN_SERVICES, REPO, MissingVariable, duration_s, example_env,
                          interpolate, load_compose, read_env_file, resolve, service_env)
 
+ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 SECRET_WORDS = re.compile(r"PASSWORD|SECRET|TOKEN|PASSWD|API_KEY", re.I)
 
 
@@ -192,10 +193,45 @@ def test_docker_compose_config_accepts_the_file(tmp_path):
     assert set(json.loads(out.stdout)["services"]) >= {"postgres", "launch", "worker", "dashboard"}
 
 
+def test_launch_entrypoint_resolves_spec_names_and_paths(tmp_path):
+    from workers.entrypoint import spec_paths
+
+    (tmp_path / "a.toml").write_text("")
+    (tmp_path / "b.toml").write_text("")
+    assert spec_paths("", tmp_path) == [tmp_path / "a.toml", tmp_path / "b.toml"]  # empty: every spec
+    assert spec_paths("b, a", tmp_path) == [tmp_path / "b.toml", tmp_path / "a.toml"]
+    assert spec_paths(str(tmp_path / "a.toml"), tmp_path) == [tmp_path / "a.toml"]
+    with pytest.raises(ValueError, match=r"no spec file .*c\.toml; known in .*: a, b"):
+        spec_paths("a c", tmp_path)
+    with pytest.raises(ValueError, match="holds no"):
+        spec_paths(None, tmp_path / "empty")
+
+
+def test_wait_entrypoint_waits_for_the_schema_and_the_study():
+    import optuna
+
+    from workers.entrypoint import storage_state, wait_for
+
+    db = f"dlnn_wait_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(ADMIN_URL)
+    admin.autocommit = True
+    admin.cursor().execute(f'CREATE DATABASE "{db}"')
+    url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{db}"
+    try:
+        assert "no schema" in storage_state(url)
+        assert wait_for(url, timeout_s=0.2, poll_s=0.1) == 1
+        optuna.create_study(study_name="s", storage=url)
+        assert storage_state(url) is None and storage_state(url, "other") == "no study 'other' yet"
+        assert wait_for(url, "s", timeout_s=5) == 0
+        assert "dlnn_nosuch_db" in storage_state(url.replace(db, "dlnn_nosuch_db"))
+    finally:
+        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        admin.close()
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The topology: the compose commands, run as local processes against the local PostgreSQL.
 
-ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 TINY_SPEC = REPO / "tests" / "data" / "topology.toml"
 
 
