@@ -1,0 +1,308 @@
+"""`fit`: train one model from one `TrainConfig` and say how it went.
+
+Minibatch training on the chosen device with the loss read back once per epoch (no host sync
+per step, apart from what D-Adaptation/Prodigy do inside their own step), validation after every
+epoch, `report(epoch, value)` for pruning, divergence detection, best-validation weights, and a
+run directory with the checkpoint (weights + full config) and a metrics JSON. Epochs count from 1;
+history[0] is the untrained model's validation error (epoch 0).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .config import TrainConfig
+from .data import Splits, load_data
+from .errors import ConfigError
+from .evaluate import evaluate
+from .losses import LOSSES
+from .metrics import relative_mse, relative_se_per_sample
+from .models import build_model
+from .optim import adapted_d, build_optimizer, build_scheduler
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+CHECKPOINT_FORMAT = "dlnn-checkpoint/1"
+LOSS_EXPLOSION_FACTOR = 1e4  # an epoch's training loss this far above the best so far counts as divergence
+D_LIMIT = 1e3  # a D-Adaptation/Prodigy step-size estimate above this has run away
+EVAL_BATCH = 4096
+_PACKAGES = ("dlnn-studies", "torch", "numpy", "scipy", "dadaptation", "lion-pytorch", "prodigyopt", "timm")
+
+Report = Callable[[int, float], None]
+Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What one run produced. `status` is "ok" or "diverged"; a diverged run has no checkpoint
+    and only bookkeeping metrics (epochs, wall time, the best validation error before it broke)."""
+
+    status: str
+    diverged_epoch: int | None
+    reason: str | None
+    best_epoch: int | None
+    epochs_run: int
+    metrics: dict[str, float]
+    history: list[dict[str, Any]]
+    checkpoint: str | None
+    wall_time_s: float
+    device: str
+    config: dict[str, Any] = field(default_factory=dict)  # the full TrainConfig, as a dict
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" -> cuda when available, else cpu; a CUDA device that is not there is a config error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("device", name, "'auto' or 'cpu' (CUDA is not available here)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError("device", name, [f"cuda:{i}" for i in range(torch.cuda.device_count())])
+    return device
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and of the packages a result depends on."""
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def build_seeded_model(config: TrainConfig, splits: Splits, device: torch.device) -> nn.Module:
+    """The config's model, initialized from `config.seed` without touching the caller's RNG state."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(config.seed)
+        model = build_model(config.model, splits.system, config.method)
+    return model.to(device=device, dtype=DTYPES[config.dtype])
+
+
+def _validate(model: nn.Module, q: torch.Tensor, v: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Relative q̈ MSE and its per-sample median on a state set already on the device (no sync)."""
+    model.eval()
+    with torch.no_grad():
+        pred = torch.cat([model(q[i : i + EVAL_BATCH], v[i : i + EVAL_BATCH]) for i in range(0, len(q), EVAL_BATCH)])
+    model.train()
+    return relative_mse(pred, a), relative_se_per_sample(pred, a).median()
+
+
+def _divergence(train_loss: float, best_loss: float, params_finite: bool, d: float | None, val: float) -> str | None:
+    """Why this epoch counts as diverged, or None."""
+    if not math.isfinite(train_loss):
+        return f"training loss is {train_loss}"
+    if not params_finite:
+        return "parameters are not finite"
+    if d is not None and not (math.isfinite(d) and d <= D_LIMIT):
+        return f"adaptive step-size estimate d = {d:.3g} exploded (limit {D_LIMIT:g})"
+    if math.isfinite(best_loss) and train_loss > LOSS_EXPLOSION_FACTOR * max(best_loss, 1e-30):
+        return f"training loss {train_loss:.3g} exploded (best so far {best_loss:.3g})"
+    if not math.isfinite(val):
+        return f"validation error is {val}"
+    return None
+
+
+# ----------------------------------------------------------------------------- fit
+
+
+def fit(
+    config: TrainConfig,
+    report: Report | None = None,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    progress: Progress | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> FitResult:
+    """Train the model `config` describes; see the module docstring. `report(epoch, val_rel_mse)`
+    runs after every epoch and may raise to stop the run (the exception propagates, nothing is
+    written); `progress(record)` receives each epoch's history record (for progress bars)."""
+    if not isinstance(config, TrainConfig):
+        raise ConfigError("config", type(config).__name__, "a TrainConfig")
+    start = time.perf_counter()
+    device = resolve_device(config.device)
+    dtype = DTYPES[config.dtype]
+    splits = load_data(config.data, config.data_seed, cache_dir)
+    model = build_seeded_model(config, splits, device)
+    q, v, a = splits.train.to_torch(dtype, device)
+    val = splits.val.to_torch(dtype, device)
+    count, batch = q.shape[0], min(config.batch_size, q.shape[0])
+    steps = math.ceil(count / batch)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(params, config.optimizer)
+    schedule = build_scheduler(config.scheduler, optimizer, config.epochs, steps)
+    loss_fn = LOSSES[config.loss]
+    order = torch.Generator(device=device).manual_seed(config.seed)
+
+    initial = torch.stack(_validate(model, *val)).tolist()
+    history: list[dict[str, Any]] = [{"epoch": 0, "train_loss": None, "val_rel_mse": initial[0], "val_rel_mse_median": initial[1],
+                                      "lr": float(optimizer.param_groups[0]["lr"]), "time_s": time.perf_counter() - start}]
+    best_val, best_epoch, best_state = math.inf, None, None
+    best_loss = math.inf
+    updates, epoch, reason = 0, 0, None
+    model.train()
+    for epoch in range(1, config.epochs + 1):
+        perm = torch.randperm(count, generator=order, device=device)
+        loss_sum = torch.zeros((), dtype=dtype, device=device)
+        for i in range(steps):
+            idx = perm[i * batch : (i + 1) * batch]
+            loss = loss_fn(model(q[idx], v[idx]), a[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip is not None:
+                nn.utils.clip_grad_norm_(params, config.grad_clip)
+            optimizer.step()
+            updates += 1
+            schedule.after_update(updates)
+            loss_sum += loss.detach()
+        # One read-back per epoch: loss, parameter health, validation error.
+        val_mse, val_median = _validate(model, *val)
+        finite = torch.stack([torch.isfinite(p).all() for p in params]).all()
+        values = torch.stack([loss_sum / steps, val_mse, val_median, finite.to(dtype)]).tolist()
+        train_loss, val_rel, val_med, params_finite = values[0], values[1], values[2], bool(values[3])
+        d = adapted_d(optimizer)
+        record = {"epoch": epoch, "train_loss": train_loss, "val_rel_mse": val_rel, "val_rel_mse_median": val_med,
+                  "lr": float(optimizer.param_groups[0]["lr"]), "time_s": time.perf_counter() - start}
+        if d is not None:
+            record["d"] = d
+        history.append(record)
+        reason = _divergence(train_loss, best_loss, params_finite, d, val_rel)
+        if reason is not None:
+            break
+        best_loss = min(best_loss, train_loss)
+        if val_rel < best_val:
+            best_val, best_epoch = val_rel, epoch
+            best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
+        if progress is not None:
+            progress(record)
+        schedule.after_epoch(epoch, val_rel)
+        if report is not None:
+            report(epoch, val_rel)
+
+    if reason is not None:
+        return _diverged(config, epoch, reason, best_val, best_epoch, history, device, start, out_dir)
+    model.load_state_dict(best_state)
+    metrics = _final_metrics(model, splits, dtype, device)
+    metrics.update(epochs=float(epoch), best_epoch=float(best_epoch))
+    wall = time.perf_counter() - start
+    metrics["wall_time_s"] = wall
+    checkpoint = None
+    result = FitResult("ok", None, None, best_epoch, epoch, metrics, history, None, wall, describe_device(device), config.to_dict())
+    if out_dir is not None:
+        checkpoint = str(_write_run(Path(out_dir), model, config, result))
+        result = replace(result, checkpoint=checkpoint)
+    return result
+
+
+def _final_metrics(model: nn.Module, splits: Splits, dtype: torch.dtype, device: torch.device) -> dict[str, float]:
+    """The lead's `evaluate` plus the contract's short names for the test-rollout metrics."""
+    metrics = evaluate(model, splits, dtype, device)
+    metrics["rollout_error"] = metrics["test_rollout_error"]
+    metrics["energy_error"] = metrics["test_energy_error"]
+    return metrics
+
+
+def _diverged(config, epoch, reason, best_val, best_epoch, history, device, start, out_dir) -> FitResult:
+    """A diverged run: no checkpoint, no metrics.json; a `diverged.json` note says what happened."""
+    wall = time.perf_counter() - start
+    metrics = {"epochs": float(epoch), "wall_time_s": wall}
+    if best_epoch is not None:
+        metrics["best_val_rel_mse"] = best_val
+    result = FitResult("diverged", epoch, reason, best_epoch, epoch, metrics, history, None, wall, describe_device(device), config.to_dict())
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        _atomic_text(out / "diverged.json", json.dumps(_summary(result), indent=2) + "\n")
+    return result
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def _summary(result: FitResult) -> dict[str, Any]:
+    return {
+        "status": result.status, "diverged_epoch": result.diverged_epoch, "reason": result.reason,
+        "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "metrics": result.metrics,
+        "wall_time_s": result.wall_time_s, "device": result.device, "versions": versions(),
+        "config": result.config, "history": result.history,
+    }
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _write_run(out: Path, model: nn.Module, config: TrainConfig, result: FitResult) -> Path:
+    """model.pt (weights + full config + metrics), config.json, then metrics.json last: its
+    presence marks a finished, successful run."""
+    from .config import save_config
+
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "model.pt"
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "config": config.to_dict(),
+        "state_dict": {k: t.detach().cpu() for k, t in model.state_dict().items()},
+        "metrics": result.metrics,
+        "best_epoch": result.best_epoch,
+        "versions": versions(),
+    }
+    fd, tmp = tempfile.mkstemp(dir=out, suffix=".pt.tmp")
+    os.close(fd)
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    save_config(config, out / "config.json")
+    _atomic_text(out / "metrics.json", json.dumps({**_summary(result), "checkpoint": str(path)}, indent=2) + "\n")
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> tuple[nn.Module, TrainConfig, dict[str, Any]]:
+    """(model with the saved weights, its TrainConfig, the raw payload) from a `model.pt`."""
+    payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ConfigError("checkpoint", str(path), f"a {CHECKPOINT_FORMAT} file written by fit")
+    config = TrainConfig.from_dict(payload["config"])
+    system = config.data.make_system()
+    target = resolve_device(device)
+    model = build_model(config.model, system, config.method).to(dtype=DTYPES[config.dtype])
+    model.load_state_dict(payload["state_dict"])
+    return model.to(target), config, payload
+
+
+def evaluate_checkpoint(path: str | os.PathLike, device: str = "cpu", cache_dir: str | os.PathLike | None = None) -> dict[str, float]:
+    """Reload a checkpoint and evaluate it on its config's data: the same metrics `fit` reported
+    (without the run bookkeeping: epochs, best_epoch, wall_time_s)."""
+    model, config, _ = load_checkpoint(path, device)
+    splits = load_data(config.data, config.data_seed, cache_dir)
+    return _final_metrics(model, splits, DTYPES[config.dtype], resolve_device(device))
