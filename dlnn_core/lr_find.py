@@ -1,7 +1,8 @@
 """Learning-rate range test (Smith 2017): raise the learning rate exponentially over a few hundred
 steps from a tiny value, record the smoothed training loss, stop when it explodes, and suggest the
-range where the loss falls. For D-Adaptation and Prodigy the scanned value is the multiplier of
-the adapted step size. Lets a spec's learning-rate bounds come from evidence rather than habit."""
+range where the loss falls. Lets a spec's learning-rate bounds come from evidence rather than
+habit. For D-Adaptation and Prodigy the scanned value is the multiplier of the adapted step size
+d, and d itself grows from d0 during the scan, so their curve mixes both: read it as rough."""
 
 from __future__ import annotations
 

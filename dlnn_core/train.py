@@ -100,8 +100,7 @@ def versions() -> dict[str, str]:
 
 def build_seeded_model(config: TrainConfig, splits: Splits, device: torch.device) -> nn.Module:
     """The config's model, initialized from `config.seed` without touching the caller's RNG state."""
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    with torch.random.fork_rng(devices=[]):  # the model is built on the CPU, then moved
         torch.manual_seed(config.seed)
         model = build_model(config.model, splits.system, config.method)
     return model.to(device=device, dtype=DTYPES[config.dtype])
@@ -194,6 +193,8 @@ def fit(
         if d is not None:
             record["d"] = d
         history.append(record)
+        if progress is not None:
+            progress(record)
         reason = _divergence(train_loss, best_loss, params_finite, d, val_rel)
         if reason is not None:
             break
@@ -201,8 +202,6 @@ def fit(
         if val_rel < best_val:
             best_val, best_epoch = val_rel, epoch
             best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
-        if progress is not None:
-            progress(record)
         schedule.after_epoch(epoch, val_rel)
         if report is not None:
             report(epoch, val_rel)
