@@ -326,11 +326,11 @@ def _dump(tree: dict, path: Path) -> str:
 # ----------------------------------------------------------------------------- presets
 
 PRESETS: dict[str, TrainConfig] = {
-    # Takemori & Kamakura 2023: one MLP with L and D outputs, width 512, swish, DAdaptAdam
+    # Takemori & Kamakura 2023: one MLP with L and D outputs, width 512, swish, orthogonal init, DAdaptAdam
     # (lr 1.0, d0 1e-6, weight decay 1e-4), timm cosine with warm-up and 4 restarts, MSE on q̈.
     # Warm-up length, lr floor and epochs are not stated there; these values are ours.
     "published_dlnn": TrainConfig(
-        model=ModelConfig(kind="dlnn", form="free", hidden=512, depth=2, activation="swish", shared_trunk=True),
+        model=ModelConfig(kind="dlnn", form="free", hidden=512, depth=2, activation="swish", shared_trunk=True, init="orthogonal"),
         optimizer=OptimizerConfig(name="dadaptadam", lr=1.0, d0=1e-6, weight_decay=1e-4),
         scheduler=SchedulerConfig(name="cosine", warmup_t=5, warmup_lr_init=1e-3, lr_min=1e-3, cycle_limit=5),
         loss="mse",

@@ -66,7 +66,7 @@ def test_published_preset_is_the_published_recipe():
     cfg = PRESETS["published_dlnn"]
     assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.d0, cfg.optimizer.weight_decay) == ("dadaptadam", 1.0, 1e-6, 1e-4)
     assert cfg.scheduler.name == "cosine" and cfg.scheduler.warmup_t > 0 and cfg.scheduler.cycle_limit == 5  # 4 restarts
-    assert (cfg.model.activation, cfg.model.hidden, cfg.model.form, cfg.model.shared_trunk) == ("swish", 512, "free", True)
+    assert (cfg.model.activation, cfg.model.hidden, cfg.model.form, cfg.model.shared_trunk, cfg.model.init) == ("swish", 512, "free", True, "orthogonal")
     assert cfg.loss == "mse"
 
 
