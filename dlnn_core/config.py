@@ -165,6 +165,8 @@ class TrainConfig:
     batch_size: int = 256
     epochs: int = 50
     grad_clip: float | None = None  # max global gradient norm; None: no clipping
+    rollout_horizon: int = 0  # k > 0 adds a k-step RK4 rollout loss on training trajectories (data.kind = trajectories)
+    rollout_weight: float = 1.0  # weight of that rollout loss against the q̈ loss
     method: str = DEFAULT_METHOD  # how second derivatives are taken (dlnn_core.lagrangian.METHODS)
     dtype: str = "float32"
     device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:K
@@ -179,6 +181,10 @@ class TrainConfig:
         _integer(self, "batch_size", "")
         _integer(self, "epochs", "")
         _number(self, "grad_clip", "", low=0, low_open=True, optional=True)
+        _integer(self, "rollout_horizon", "", low=0)
+        _number(self, "rollout_weight", "", low=0)
+        if self.rollout_horizon and self.data.kind != "trajectories":
+            raise ConfigError("rollout_horizon", self.rollout_horizon, "0 unless data.kind = 'trajectories' (a rollout loss needs observed trajectories)")
         _one_of(self, "method", "", METHODS)
         _one_of(self, "dtype", "", DTYPES)
         _integer(self, "seed", "", low=0)

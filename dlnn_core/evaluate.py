@@ -55,7 +55,9 @@ def rollout_metrics(model: nn.Module, splits: Splits, traj: Trajectories, prefix
 
 
 def dissipation_metrics(model: nn.Module, splits: Splits, dtype: torch.dtype, device) -> dict[str, float]:
-    """Fraction of test states with D < 0 and the mean dissipated power q̇·∂D/∂q̇, learned vs true."""
+    """Fraction of test states with D < 0 and the mean dissipated power q̇·∂D/∂q̇, learned vs true.
+    (L and D are identifiable only up to one common factor, so the learned power is in the learned
+    L's units: compare its size across runs, and expect ≈ 0 on undamped data.)"""
     dissipation = getattr(model, "dissipation", None)
     q, v, _ = splits.test.to_torch(dtype, device)
     true_power = float(splits.system.power_loss(torch.from_numpy(splits.test.q), torch.from_numpy(splits.test.qdot)).mean())

@@ -24,12 +24,13 @@ import torch
 from torch import nn
 
 from .config import TrainConfig
-from .data import Splits, load_data
+from .data import Splits, load_data, samples_per_trajectory, trajectory_windows
 from .errors import ConfigError
 from .evaluate import evaluate
 from .losses import LOSSES
 from .metrics import relative_mse, relative_se_per_sample
 from .models import build_model
+from .rollout import rollout_loss
 from .optim import adapted_d, build_optimizer, build_scheduler
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -160,6 +161,7 @@ def fit(
     schedule = build_scheduler(config.scheduler, optimizer, config.epochs, steps)
     loss_fn = LOSSES[config.loss]
     order = torch.Generator(device=device).manual_seed(config.seed)
+    windows = _rollout_windows(config, splits, dtype, device)
 
     initial = torch.stack(_validate(model, *val)).tolist()
     history: list[dict[str, Any]] = [{"epoch": 0, "train_loss": None, "val_rel_mse": initial[0], "val_rel_mse_median": initial[1],
@@ -174,6 +176,10 @@ def fit(
         for i in range(steps):
             idx = perm[i * batch : (i + 1) * batch]
             loss = loss_fn(model(q[idx], v[idx]), a[idx])
+            if windows is not None:
+                w = torch.randint(windows[0].shape[0], (len(idx),), generator=order, device=device)
+                dt = 1.0 / config.data.rate_hz
+                loss = loss + config.rollout_weight * rollout_loss(model, *(x[w] for x in windows), dt, splits.system.angles)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip is not None:
@@ -219,6 +225,14 @@ def fit(
         checkpoint = str(_write_run(Path(out_dir), model, config, result))
         result = replace(result, checkpoint=checkpoint)
     return result
+
+
+def _rollout_windows(config: TrainConfig, splits: Splits, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...] | None:
+    """(q₀, q̇₀, next k q, next k q̇) windows of the observed training trajectories, on the device."""
+    if not config.rollout_horizon:
+        return None
+    arrays = trajectory_windows(splits.train, samples_per_trajectory(config.data), config.rollout_horizon)
+    return tuple(torch.as_tensor(x, dtype=dtype, device=device) for x in arrays)
 
 
 def _final_metrics(model: nn.Module, splits: Splits, dtype: torch.dtype, device: torch.device) -> dict[str, float]:

@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # tiny models: one thread is faster, and CI shares 2 cores
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,103 @@
+"""The measured comparison of model forms (issue 5): DLNN free, DLNN structured, LNN, MLP and the
+published DLNN recipe, on the damped pendulum and the damped double pendulum, trained on exact
+accelerations and on noisy trajectories (Savitzky–Golay targets), several seeds each. Prints one
+Markdown table (mean ± std over seeds) and writes it to --out.
+
+    python benchmarks/science.py                        # the full comparison (long on 2 CPU cores)
+    python benchmarks/science.py --quick                # one seed, fewer epochs: a smoke run
+    python benchmarks/science.py --systems damped_pendulum --variants dlnn_structured lnn --seeds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+from pathlib import Path
+
+from dlnn_core.config import PRESETS, TrainConfig
+from dlnn_core.train import fit
+
+# Model variants: overrides on top of the base config (published: the preset as published).
+VARIANTS = {
+    "dlnn_free": {"model.kind": "dlnn", "model.form": "free", "model.init": "lnn"},
+    "dlnn_structured": {"model.kind": "dlnn", "model.form": "structured"},
+    "lnn": {"model.kind": "lnn", "model.form": "structured"},
+    "mlp": {"model.kind": "mlp"},
+    "published": None,
+}
+DATA_MODES = {
+    "exact": {"data.kind": "states"},
+    "noisy": {"data.kind": "trajectories", "data.derivatives": "savgol", "data.noise": 0.01, "data.rate_hz": 50.0},
+}
+SIZES = {  # per system: (states, trajectories) for training, epochs
+    "damped_pendulum": {"states": 4096, "trajectories": 24, "epochs": 60},
+    "damped_double_pendulum": {"states": 8192, "trajectories": 48, "epochs": 150},
+}
+COLUMNS = ("val_rel_mse", "val_rel_mse_median", "test_rollout_error_100", "test_rollout_error_500",
+           "test_valid_steps", "test_energy_error", "ood_rel_mse", "ood_rollout_error_500", "wall_time_s")
+
+
+def config_for(system: str, variant: str, mode: str, seed: int, epochs: int) -> TrainConfig:
+    size = SIZES[system]
+    n_train = size["states"] if mode == "exact" else size["trajectories"]
+    n_val = 2048 if mode == "exact" else 8
+    data = {"data.system": system, "data.n_train": n_train, "data.n_val": n_val, "data.n_test": n_val,
+            "data.n_rollout": 8, "data.rollout_steps": 500, **DATA_MODES[mode]}
+    loop = {"epochs": epochs, "seed": seed, "device": "cpu"}
+    if VARIANTS[variant] is None:
+        return PRESETS["published_dlnn"].with_flat({**data, **loop})
+    base = {"model.hidden": 128, "model.depth": 2, "model.activation": "swish", "optimizer.name": "adam",
+            "optimizer.lr": 1e-3, "batch_size": 256, "loss": "mse"}
+    return TrainConfig().with_flat({**base, **data, **loop, **VARIANTS[variant]})
+
+
+def mean_std(values: list[float]) -> str:
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return "inf"
+    mean = statistics.fmean(finite)
+    std = statistics.pstdev(finite) if len(finite) > 1 else 0.0
+    bad = f" ({len(values) - len(finite)} inf)" if len(finite) < len(values) else ""
+    return f"{mean:.3g} ± {std:.2g}{bad}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--systems", nargs="+", default=list(SIZES))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--modes", nargs="+", default=list(DATA_MODES), choices=list(DATA_MODES))
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=None, help="override the per-system epochs")
+    parser.add_argument("--quick", action="store_true", help="1 seed, a fifth of the epochs")
+    parser.add_argument("--out", default="benchmarks/results/science.md")
+    args = parser.parse_args()
+    seeds = 1 if args.quick else args.seeds
+    header = "| system | data | model | " + " | ".join(COLUMNS) + " | status |"
+    lines = [header, "|" + "---|" * (len(COLUMNS) + 4)]
+    print(header, flush=True)
+    for system in args.systems:
+        epochs = args.epochs or (SIZES[system]["epochs"] // (5 if args.quick else 1))
+        for mode in args.modes:
+            for variant in args.variants:
+                runs = []
+                for seed in range(seeds):
+                    start = time.perf_counter()
+                    result = fit(config_for(system, variant, mode, seed, epochs))
+                    metrics = dict(result.metrics, wall_time_s=time.perf_counter() - start)
+                    runs.append((result.status, metrics))
+                cells = [mean_std([m.get(c, math.inf) for _, m in runs]) for c in COLUMNS]
+                status = ", ".join(sorted({s for s, _ in runs}))
+                line = f"| {system} | {mode} | {variant} | " + " | ".join(cells) + f" | {status} |"
+                lines.append(line)
+                print(line, flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(f"Measured by `python {' '.join(['benchmarks/science.py'] + [a for a in __import__('sys').argv[1:]])}`"
+                   f" ({seeds} seed(s), CPU)\n\n" + "\n".join(lines) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
