@@ -47,17 +47,29 @@ class ExportResult:
     table: str  # the summary table, for the terminal
 
 
-def export(url: str, name: str, *, top: int = 5, out: str | Path = "exports", fmt: str = "yaml") -> ExportResult:
-    """Write out/<study>/rankNN-trialNNNN.<fmt> (the config) and .meta.<fmt> (metrics and provenance)."""
+def export(url: str, name: str, *, top: int = 5, out: str | Path = "exports", fmt: str = "yaml", per: str | None = None) -> ExportResult:
+    """Write out/<study>/rankNN-trialNNNN.<fmt> (the config) and .meta.<fmt> (metrics and provenance).
+    With `per` (a dotted setting such as optimizer.name): the `top` best of each of its values."""
+    from dlnn_core.config import TrainConfig
+
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if top < 1:
         raise UsageError(f"--top {top}: expected at least 1")
+    if per is not None and per not in TrainConfig().to_flat():
+        raise UsageError(f"--per {per!r}: not a setting; e.g. optimizer.name, model.form, scheduler.name")
     storage = open_storage(url)
     try:
         spec = stored_spec(storage, name)
         study = optuna.load_study(study_name=name, storage=storage)
-        ranked = ranked_trials(study)[:top]
+        ranked = ranked_trials(study)
+        if per is None:
+            ranked = ranked[:top]
+        else:
+            groups: dict[str, list] = {}
+            for t in ranked:  # groups keep the order of their best trial
+                groups.setdefault(str(TrainConfig.from_dict(t.user_attrs["config"]).to_flat()[per]), []).append(t)
+            ranked = [t for group in groups.values() for t in group[:top]]
         digest = study.user_attrs.get(DIGEST_ATTR)
         raw_spec = study.user_attrs.get(SPEC_ATTR)
         n_trials = len(study.get_trials(deepcopy=False))
@@ -65,7 +77,6 @@ def export(url: str, name: str, *, top: int = 5, out: str | Path = "exports", fm
         close_storage(storage)
     if not ranked:
         raise UsageError(f"study {name!r} has no completed feasible trial to export yet (see `dlnn status {name}`)")
-    from dlnn_core.config import TrainConfig
 
     folder = Path(out) / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -97,8 +108,8 @@ def export(url: str, name: str, *, top: int = 5, out: str | Path = "exports", fm
                 "trained_on": t.user_attrs.get("device"),
                 "host": worker.get("host"),
                 "completed": t.datetime_complete.isoformat() if t.datetime_complete else None,
-                "wall_time_s": t.user_attrs.get("wall_time_s"),
-                "versions": t.user_attrs.get("versions", {}),
+                "wall_time_s": (t.user_attrs.get("metrics") or {}).get("wall_time_s"),
+                "versions": worker.get("versions", {}),
                 "exported": datetime.datetime.now().isoformat(timespec="seconds"),
             },
             "config_file": config_path.name,

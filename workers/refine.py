@@ -151,7 +151,7 @@ def seed_trials(study: optuna.Study, spec: StudySpec, seeds: list[FrozenTrial], 
             else:
                 dist = FloatDistribution(min(p.low, value), max(p.high, value), log=p.log)
             params[key], dists[key] = value, dist
-        user_attrs = {k: v for k, v in t.user_attrs.items() if k in ("config", "metrics", "wall_time_s", "device", "versions", "worker", "epochs_run", "best_epoch")}
+        user_attrs = {k: v for k, v in t.user_attrs.items() if k in ("config", "metrics", "device", "worker")}
         user_attrs.update(seeded_from=f"{origin}#{t.number}", status="ok")
         study.add_trial(optuna.create_trial(
             state=TrialState.COMPLETE, values=t.values, params=params, distributions=dists, user_attrs=user_attrs,

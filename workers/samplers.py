@@ -56,6 +56,7 @@ class SamplerInfo:
     options: Mapping[str, Option]
     multi_objective: bool
     description: str
+    requires: str | None = None  # an optional package the sampler imports
 
 
 def _tpe(o: dict, seed: int, grid: dict) -> optuna.samplers.BaseSampler:
@@ -108,7 +109,7 @@ SAMPLERS: dict[str, SamplerInfo] = {
             "use_separable_cma": Option(BOOL, False),
             "with_margin": Option(BOOL, False),
             "lr_adapt": Option(BOOL, False),
-        }, False, "CMA-ES on the numeric params (categorical ones are drawn at random)"),
+        }, False, "CMA-ES on the numeric params (categorical ones are drawn at random)", requires="cmaes"),
         SamplerInfo("gp", _gp, {
             "n_startup_trials": Option(INT, 10, _non_negative),
             "deterministic_objective": Option(BOOL, False),

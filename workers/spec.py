@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import importlib.util
 import json
 import math
 import re
@@ -335,6 +336,8 @@ class _Validator:
             self.err(f'sampler.name: unknown sampler "{name}"; known: {", ".join(SAMPLERS)}')
             return "tpe", {}
         info = SAMPLERS[name]
+        if info.requires and importlib.util.find_spec(info.requires) is None:
+            self.err(f'sampler.name: "{name}" needs the {info.requires} package (pip install {info.requires})')
         options, problems = check_options(t, info.options, "sampler")
         self.problems += problems
         if len(metrics) > 1 and not info.multi_objective:

@@ -9,6 +9,8 @@ workers fit into PostgreSQL's default 100 connections and a restarted database i
 from __future__ import annotations
 
 import contextlib
+import datetime
+import importlib.util
 import os
 import threading
 import warnings
@@ -17,6 +19,7 @@ from typing import Any, Iterator
 
 import optuna
 import sqlalchemy
+import sqlalchemy.orm
 from optuna.exceptions import ExperimentalWarning
 from sqlalchemy import exc as sa_exc
 
@@ -46,6 +49,56 @@ def redact(url: str) -> str:
         return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
     except Exception:
         return url.split("@")[-1] if "@" in url else url
+
+
+class ServiceRDBStorage(optuna.storages.RDBStorage):
+    """RDBStorage whose heartbeat survives a database hiccup: Optuna's heartbeat thread dies on the
+    first failed write, after which a healthy trial would be failed as stale by other workers."""
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except Exception as exc:
+            if not is_connection_error(exc):
+                raise
+            self.remove_session()  # the next beat gets a fresh, pre-pinged connection
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        """Optuna's stale trials, plus RUNNING trials that never recorded a heartbeat and started
+        longer than the grace period ago (their worker died, or lost the database, before its
+        first beat); Optuna skips those, so they would stay RUNNING forever."""
+        from optuna.storages._rdb import models
+
+        stale = super()._get_stale_trial_ids(study_id)
+        grace = self.grace_period or 2 * (self.heartbeat_interval or 1)
+        now = datetime.datetime.now()  # the clock datetime_start was written with
+        session = self.scoped_session()
+        try:
+            rows = (session.query(models.TrialModel)
+                    .options(sqlalchemy.orm.selectinload(models.TrialModel.heartbeats))
+                    .filter(models.TrialModel.state == optuna.trial.TrialState.RUNNING)
+                    .filter(models.TrialModel.study_id == study_id).all())
+            for t in rows:
+                if not t.heartbeats and t.datetime_start is not None and (now - t.datetime_start).total_seconds() > grace:
+                    stale.append(t.trial_id)
+            session.commit()
+        except Exception:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+        return stale
+
+
+def normalize_url(url: str) -> str:
+    """`postgresql://` means psycopg (3) to SQLAlchemy 2.1; the project ships psycopg2, so a URL
+    without a driver uses whichever of the two is installed."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        rest = url.split("://", 1)[1]
+        if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+            return f"postgresql+psycopg2://{rest}"
+        return f"postgresql://{rest}"
+    return url
 
 
 def is_grpc(url: str) -> bool:
@@ -78,23 +131,45 @@ def open_storage(url: str, *, create_schema: bool = False, jobs: int = 1, heartb
                            heartbeat_stale_trial_callback=stale_callback)
         except (ValueError, RuntimeError, ConnectionError) as exc:
             raise UsageError(str(exc)) from None
+    given, url = url, normalize_url(url)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)
-            return optuna.storages.RDBStorage(
+            storage = ServiceRDBStorage(
                 url, engine_kwargs=engine_kwargs(url, jobs), skip_table_creation=not create_schema,
                 heartbeat_interval=heartbeat_interval, grace_period=grace_period,
                 heartbeat_stale_trial_callback=stale_callback,
             )
+        if url.startswith("sqlite"):
+            _tune_sqlite(storage.engine)
+        return storage
+    except ImportError as exc:
+        raise UsageError(f"--storage {redact(given)!r}: the database driver is not installed ({exc.__cause__ or exc})") from None
     except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError) as exc:
-        raise UsageError(f"--storage {redact(url)!r} is not a usable SQLAlchemy URL ({exc})") from None
-    except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
-        reason = str(exc.orig).strip().splitlines()[0] if getattr(exc, "orig", None) else str(exc)
-        if "no such table" in reason or "does not exist" in reason and "relation" in reason:
-            raise UsageError(f"{redact(url)} holds no studies yet: run `dlnn launch SPEC` first") from None
-        raise UsageError(f"cannot open storage {redact(url)}: {reason}") from None
+        raise UsageError(f"--storage {redact(given)!r} is not a usable SQLAlchemy URL ({exc})") from None
+    except (sa_exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
+        reason = _reason(exc)
+        if "no such table" in reason or ("does not exist" in reason and "relation" in reason):
+            raise UsageError(f"{redact(given)} holds no studies yet: run `dlnn launch SPEC` first") from None
+        if not is_connection_error(exc):
+            raise
+        raise UsageError(f"cannot open storage {redact(given)}: {reason}") from None
     except RuntimeError as exc:  # schema version mismatch
-        raise UsageError(f"storage {redact(url)}: {exc}") from None
+        raise UsageError(f"storage {redact(given)}: {exc}") from None
+
+
+def _tune_sqlite(engine: sqlalchemy.engine.Engine) -> None:
+    """WAL journal (readers never block the writer; persistent in the file) and synchronous=NORMAL
+    (no fsync per commit): the embedded default stays usable with a few local worker processes."""
+
+    @sqlalchemy.event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection, _record) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    engine.dispose()  # connections made while creating the schema predate the listener
 
 
 def close_storage(storage: optuna.storages.BaseStorage) -> None:
@@ -158,7 +233,25 @@ def artifact_store(path: str | Path) -> optuna.artifacts.FileSystemArtifactStore
 
 
 def is_connection_error(exc: BaseException) -> bool:
-    """A lost or refused database connection (worth waiting for), as opposed to a bug."""
-    if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)):
-        return True
-    return isinstance(exc, sa_exc.DBAPIError) and bool(getattr(exc, "connection_invalidated", False))
+    """A lost, refused or locked database connection (worth waiting for), as opposed to a bug.
+    Optuna wraps database errors in StorageInternalError, so the cause chain is searched."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.PendingRollbackError)):
+            return True
+        if isinstance(exc, sa_exc.DBAPIError) and getattr(exc, "connection_invalidated", False):
+            return True
+        if type(exc).__module__.startswith("psycopg") and type(exc).__name__ in ("OperationalError", "InterfaceError"):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _reason(exc: BaseException) -> str:
+    """The database's own words: the first line of the innermost DB-API error."""
+    inner = exc
+    while inner.__cause__ is not None or inner.__context__ is not None:
+        inner = inner.__cause__ or inner.__context__
+    orig = getattr(inner, "orig", None) or inner
+    return str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__

@@ -154,6 +154,8 @@ def configure_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top", type=_positive, default=5, help="how many of the best trials (default 5)")
     p.add_argument("--out", type=Path, default=Path("exports"), help="output directory (default exports/)")
     p.add_argument("--format", choices=("yaml", "json"), default="yaml", help="config file format (default yaml)")
+    p.add_argument("--per", default=None, metavar="SETTING",
+                   help="the --top best for each value of a setting, e.g. --per optimizer.name (best config per optimizer)")
     _storage(p)
 
 
@@ -161,7 +163,7 @@ def run_export(args: argparse.Namespace) -> int:
     """Write the K best configs (files `dlnn train` accepts) with metrics, provenance and a summary table."""
     from .export import export
 
-    result = export(storage_url(args.storage), args.study, top=args.top, out=args.out, fmt=args.format)
+    result = export(storage_url(args.storage), args.study, top=args.top, out=args.out, fmt=args.format, per=args.per)
     print(result.table)
     print(f"\nwrote {len(result.items)} configs to {result.folder}/ (summary.md, summary.csv, *.meta.{args.format})")
     print(f"retrain the best: dlnn train {result.items[0].config_path}")

@@ -19,12 +19,15 @@ How a worker behaves:
   gets `diverged` = 0. GP and CMA-ES model completed trials only, so for them a diverged trial is
   simply not a candidate for the best. Any other exception fails that trial alone (with its
   reason) and the worker goes on.
-- Each trial stores its full TrainConfig, all metrics, wall time, device, host, package versions,
-  and as artifacts its checkpoint, metrics JSON and a predicted-vs-true rollout plot.
+- Each trial stores (user attrs) `config` (the full TrainConfig), `worker` (host, pid, sampler seed,
+  package versions), `device`, `metrics` (everything fit measured, wall time included), `status`
+  and, when not ok, `reason`; as artifacts its checkpoint, metrics JSON and a predicted-vs-true
+  rollout plot. Few attrs, few writes: each is one database round trip.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import secrets
@@ -90,7 +93,13 @@ def _finite(x: Any) -> Any:
     return x
 
 
-def _set_constraint(trial: optuna.Trial, value: float) -> None:
+def _set_constraint(trial: optuna.Trial, value: float, retry: bool = False) -> None:
+    """trial.set_constraint, except that a retried trial (which inherits its original's system
+    attrs, constraint included) gets its own verdict: there the attr is written, not set-once."""
+    if retry:
+        key = f"constraints:{CONSTRAINT}"  # Optuna 5's storage format of trial.set_constraint
+        trial.storage.set_trial_system_attr(trial._trial_id, key, float(value))
+        return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
         trial.set_constraint(CONSTRAINT, value)
@@ -99,9 +108,10 @@ def _set_constraint(trial: optuna.Trial, value: float) -> None:
 class Objective:
     """One trial: draw params, build the TrainConfig, fit with per-epoch pruning, record everything."""
 
-    def __init__(self, spec: StudySpec, stop: StopFlag, worker: dict[str, Any], versions: dict[str, str],
-                 device: str | None, store, fit_fn: Callable | None, log: Callable[[str], None], artifact_plots: bool = True):
-        self.spec, self.stop, self.worker, self.versions = spec, stop, worker, versions
+    def __init__(self, spec: StudySpec, stop: StopFlag, worker: dict[str, Any], device: str | None, store,
+                 fit_fn: Callable | None, log: Callable[[str], None], artifact_plots: bool = True):
+        self.spec, self.stop, self.worker = spec, stop, worker
+        self.lost: set[int] = set()  # trial ids whose run was cut by a lost database connection
         self.device, self.store, self.log, self.plots = device, store, log, artifact_plots
         self.base_flat = spec.base.to_flat()
         if fit_fn is None:
@@ -109,10 +119,28 @@ class Objective:
         self.fit = fit_fn
 
     def __call__(self, trial: optuna.Trial):
+        try:
+            return self._run(trial)
+        except (optuna.TrialPruned, GracefulStop):
+            raise
+        except Exception as exc:
+            if is_connection_error(exc):
+                if trial._trial_id not in self.lost:
+                    self._connection_lost(trial, exc)
+            elif trial.user_attrs.get("status") in (None, "running"):  # a bug outside fit: still say what happened
+                with contextlib.suppress(Exception):
+                    trial.set_user_attr("status", "error")
+                    trial.set_user_attr("reason", f"{type(exc).__name__}: {exc}"[:2000])
+            raise
+
+    def _run(self, trial: optuna.Trial):
         spec = self.spec
+        # A retry (heartbeat or signal) carries its original's attrs: clear the verdict, own the constraint.
+        retry = "worker" in trial.user_attrs
         trial.set_user_attr("worker", self.worker)
-        trial.set_user_attr("status", "running")
-        trial.set_user_attr("reason", None)
+        if retry and "status" in trial.user_attrs:
+            trial.set_user_attr("status", "running")
+            trial.set_user_attr("reason", None)
         if self.stop.signal:
             return self._interrupted(trial, 0)
         flat = suggest(trial, spec.space, self.base_flat)
@@ -127,7 +155,6 @@ class Objective:
             trial.set_user_attr("reason", f"invalid config: {exc}")
             raise
         trial.set_user_attr("config", config.to_dict())
-        trial.set_user_attr("versions", self.versions)
         single = len(spec.metrics) == 1
         last = {"epoch": 0, "value": None}
 
@@ -140,41 +167,36 @@ class Objective:
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at epoch {epoch}: {PRUNING_METRIC} {value:.4g} ({spec.pruner} pruner)")
 
-        started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix=f"dlnn-trial{trial.number}-") as out:
             try:
                 result = self.fit(config, report=report, out_dir=out)
             except optuna.TrialPruned as exc:
                 trial.set_user_attr("status", "pruned")
                 trial.set_user_attr("reason", str(exc))
-                trial.set_user_attr("epochs_run", last["epoch"])
-                trial.set_user_attr("wall_time_s", time.perf_counter() - started)
-                _set_constraint(trial, 0.0)
+                _set_constraint(trial, 0.0, retry)
                 raise
             except GracefulStop:
                 return self._interrupted(trial, last["epoch"])
             except Exception as exc:
+                if is_connection_error(exc):
+                    return self._connection_lost(trial, exc)
                 if _is_oom(exc):
                     _free_gpu_memory()
-                    return self._infeasible(trial, "out_of_memory", f"out of memory at epoch {last['epoch'] + 1}: {str(exc).splitlines()[0][:300]}",
-                                            time.perf_counter() - started)
+                    return self._infeasible(trial, "out_of_memory", f"out of memory at epoch {last['epoch'] + 1}: {str(exc).splitlines()[0][:300]}", retry)
                 trial.set_user_attr("status", "error")
                 trial.set_user_attr("reason", f"{type(exc).__name__}: {exc}"[:2000])
                 raise
-            trial.set_user_attr("wall_time_s", result.wall_time_s)
             trial.set_user_attr("device", result.device)
-            trial.set_user_attr("epochs_run", result.epochs_run)
-            trial.set_user_attr("best_epoch", result.best_epoch)
-            trial.set_user_attr("metrics", _finite(result.metrics))
+            trial.set_user_attr("metrics", _finite({**result.metrics, "wall_time_s": result.wall_time_s, "epochs": result.epochs_run}))
             if result.status != "ok":
                 self._upload(trial, Path(out) / "diverged.json")
-                return self._infeasible(trial, "diverged", f"diverged at epoch {result.diverged_epoch}: {result.reason}", result.wall_time_s)
+                return self._infeasible(trial, "diverged", f"diverged at epoch {result.diverged_epoch}: {result.reason}", retry)
             missing = [m for m in spec.metrics if m not in result.metrics]
             if missing:
                 raise KeyError(f"fit reported no {', '.join(missing)}; it has {', '.join(sorted(result.metrics))}")
             values = [float(result.metrics[m]) for m in spec.metrics]
             if not all(math.isfinite(v) for v in values):
-                return self._infeasible(trial, "diverged", f"non-finite objective {dict(zip(spec.metrics, values))}", result.wall_time_s)
+                return self._infeasible(trial, "diverged", f"non-finite objective {dict(zip(spec.metrics, values))}", retry)
             if result.checkpoint:
                 self._upload(trial, Path(result.checkpoint))
                 self._upload(trial, Path(out) / "metrics.json")
@@ -186,19 +208,27 @@ class Objective:
                     except Exception as exc:  # a plot never fails a trial
                         trial.set_user_attr("artifact_error", f"rollout plot: {type(exc).__name__}: {exc}"[:500])
         trial.set_user_attr("status", "ok")
-        _set_constraint(trial, 0.0)
+        _set_constraint(trial, 0.0, retry)
         return values[0] if single else values
+
+    def _connection_lost(self, trial: optuna.Trial, exc: BaseException):
+        """The database went away mid-trial: not the trial's fault, so it is re-queued like a
+        stopped one (remembered here, since writing to the trial may fail too)."""
+        self.lost.add(trial._trial_id)
+        with contextlib.suppress(Exception):
+            trial.set_user_attr("status", "interrupted")
+            trial.set_user_attr("reason", f"storage connection lost ({type(exc).__name__}); re-queued")
+        raise exc
 
     def _interrupted(self, trial: optuna.Trial, epoch: int):
         trial.set_user_attr("status", "interrupted")
         trial.set_user_attr("reason", f"stopped by {self.stop.signal} at epoch {epoch}; re-queued")
         raise GracefulStop(f"stopped by {self.stop.signal}")
 
-    def _infeasible(self, trial: optuna.Trial, status: str, reason: str, wall: float):
+    def _infeasible(self, trial: optuna.Trial, status: str, reason: str, retry: bool):
         trial.set_user_attr("status", status)
         trial.set_user_attr("reason", reason)
-        trial.set_user_attr("wall_time_s", wall)
-        _set_constraint(trial, 1.0)
+        _set_constraint(trial, 1.0, retry)
         raise optuna.TrialPruned(reason)
 
     def _upload(self, trial: optuna.Trial, path: Path) -> None:
@@ -237,7 +267,7 @@ def _free_gpu_memory() -> None:
 
 def _describe(t: FrozenTrial, spec: StudySpec) -> str:
     name = t.params.get("optimizer.name") or (t.user_attrs.get("config") or {}).get("optimizer", {}).get("name", "?")
-    wall = t.user_attrs.get("wall_time_s")
+    wall = (t.user_attrs.get("metrics") or {}).get("wall_time_s")
     wall = f", {wall:.1f} s" if isinstance(wall, (int, float)) else ""
     if t.state == TrialState.COMPLETE:
         values = ", ".join(f"{m} {v:.4g}" for m, v in zip(spec.metrics, t.values))
@@ -246,9 +276,11 @@ def _describe(t: FrozenTrial, spec: StudySpec) -> str:
     return f"trial {t.number} {t.state.name.lower()}: {reason} ({name}{wall})"
 
 
-def worker_identity(seed: int, device: str | None) -> dict[str, Any]:
+def worker_identity(seed: int, device: str | None, versions: dict[str, str]) -> dict[str, Any]:
+    """Who ran a trial: stored on every trial (status shows it for running trials, export as provenance)."""
     host = socket.gethostname()
-    return {"id": f"{host}:{os.getpid()}", "host": host, "pid": os.getpid(), "sampler_seed": seed, "device": device or "config"}
+    return {"id": f"{host}:{os.getpid()}", "host": host, "pid": os.getpid(), "sampler_seed": seed,
+            "device": device or "from config", "versions": versions}
 
 
 def run_worker(url: str, name: str, *, n_trials: int | None = None, timeout: float | None = None, device: str | None = None,
@@ -269,7 +301,9 @@ def run_worker(url: str, name: str, *, n_trials: int | None = None, timeout: flo
     finally:
         close_storage(probe)
     seed = seed if seed is not None else secrets.randbits(31)
-    stale_callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=spec.max_retry)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        stale_callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=spec.max_retry)
     storage = open_storage(url, jobs=jobs, heartbeat_interval=spec.heartbeat_interval, grace_period=spec.grace_period,
                            stale_callback=stale_callback)
     stop = StopFlag(log=log)
@@ -277,14 +311,15 @@ def run_worker(url: str, name: str, *, n_trials: int | None = None, timeout: flo
         stop.install()
     from dlnn_core.train import versions
 
-    objective = Objective(spec, stop, worker_identity(seed, device), versions(), device,
+    objective = Objective(spec, stop, worker_identity(seed, device, versions()), device,
                           artifact_store(artifacts) if artifacts else None, fit_fn, log, plots)
     counter = {"done": 0}
 
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
         counter["done"] += 1
         log(_describe(trial, spec))
-        if trial.state == TrialState.FAIL and trial.user_attrs.get("status") == "interrupted":
+        interrupted = trial.user_attrs.get("status") == "interrupted" or trial._trial_id in objective.lost
+        if trial.state == TrialState.FAIL and interrupted:
             stale_callback(study, trial)  # re-queue with the same params, as for a dead worker
         if stop.signal:
             study.stop()
@@ -304,20 +339,19 @@ def run_worker(url: str, name: str, *, n_trials: int | None = None, timeout: flo
                 reason = "this worker's own limit (--n-trials/--timeout) reached"
                 break
             try:
-                study.optimize(objective, n_trials=left_trials, timeout=left_time, n_jobs=jobs, catch=(Exception,),
-                               callbacks=[after_trial], gc_after_trial=True)
-                lost_since = None
-                if not stop.signal:
-                    reason = "this worker's own limit (--n-trials/--timeout) reached"
-                break
-            except BudgetReached as exc:
-                lost_since = None
-                pending = _pending(study)
-                if not pending:
-                    reason = str(exc)
+                try:
+                    study.optimize(objective, n_trials=left_trials, timeout=left_time, n_jobs=jobs, catch=(Exception,),
+                                   callbacks=[after_trial])
+                    if not stop.signal:
+                        reason = "this worker's own limit (--n-trials/--timeout) reached"
                     break
-                # Others still run trials: stay, so a dead worker's trial is failed and retried here.
-                stop.sleep(min(spec.heartbeat_interval, left_time) if left_time else spec.heartbeat_interval)
+                except BudgetReached as exc:
+                    lost_since = None
+                    if not _pending(study):
+                        reason = str(exc)
+                        break
+                    # Others still run trials: stay, so a dead worker's trial is failed and retried here.
+                    stop.sleep(min(spec.heartbeat_interval, left_time) if left_time else spec.heartbeat_interval)
             except Exception as exc:
                 if not is_connection_error(exc):
                     raise
@@ -325,6 +359,8 @@ def run_worker(url: str, name: str, *, n_trials: int | None = None, timeout: flo
                 if time.monotonic() - lost_since > CONNECTION_PATIENCE_S:
                     raise UsageError(f"lost the storage {redact(url)} for more than {CONNECTION_PATIENCE_S:.0f} s: {exc}") from None
                 log(f"storage connection lost ({type(exc).__name__}); retrying in {spec.heartbeat_interval} s")
+                with contextlib.suppress(Exception):
+                    storage.remove_session()  # drop the session holding the broken transaction
                 stop.sleep(spec.heartbeat_interval)
         if stop.signal:
             reason = f"stopped by {stop.signal}"

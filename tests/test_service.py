@@ -1,0 +1,254 @@
+"""The study service on the real PostgreSQL (a fresh database per test) and on the SQLite default:
+launch, the shared budget, diverged/failed trials, status, export, refine, launch --from.
+Workers run in this process with a fast stand-in for `fit` here; test_workers.py runs real
+worker processes with the real `fit`."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+from service_support import fake_fit, pg_url, storage_url, tiny_spec, write_spec  # noqa: F401 (fixtures)
+
+from workers import cli
+from workers.errors import UsageError
+from workers.export import export
+from workers.refine import refine
+from workers.service import launch, status
+from workers.spec import load_spec
+from workers.storage import normalize_url
+from workers.worker import run_worker
+
+
+def _work(url, name, tmp_path, fit, **kw):
+    logs: list[str] = []
+    kw.setdefault("timeout", 180)  # a hung worker fails the test instead of the suite
+    code = run_worker(url, name, fit_fn=fit, install_signals=False, artifacts=tmp_path / "artifacts", log=logs.append, **kw)
+    assert code == 0
+    return logs
+
+
+def _launch(url, tmp_path, text, **kw):
+    return launch(load_spec(write_spec(tmp_path, text)), url, log=lambda m: None, **kw)
+
+
+def _trials(url, name):
+    return optuna.load_study(study_name=name, storage=normalize_url(url)).get_trials(deepcopy=False)
+
+
+def test_launch_is_idempotent_and_refuses_a_changed_spec(storage_url, tmp_path, capsys):
+    extra = '[[baseline]]\nname = "adam"\nparams = { "optimizer.name" = "adam", "optimizer.lr" = 1e-3 }\n'
+    path = write_spec(tmp_path, tiny_spec(trials=4, extra=extra))
+    assert cli.main(["launch", str(path), "--storage", storage_url]) == 0
+    out = capsys.readouterr().out
+    assert "launched study 'tiny'" in out and "dlnn work tiny" in out and "dlnn dashboard" in out
+    assert cli.main(["launch", str(path), "--storage", storage_url]) == 0
+    assert "already launched with this spec; nothing changed" in capsys.readouterr().out
+    trials = _trials(storage_url, "tiny")
+    assert [t.state for t in trials] == [TrialState.WAITING]  # the baseline, enqueued once
+    assert trials[0].system_attrs["fixed_params"] == {"optimizer.name": "adam", "optimizer.lr[adam]": 1e-3}
+
+    path.write_text(tiny_spec(trials=5, extra=extra))
+    assert cli.main(["launch", str(path), "--storage", storage_url]) == 1
+    err = capsys.readouterr().err
+    assert "already exists with a different spec (changed: budget.trials)" in err and "--from tiny" in err
+    assert cli.main(["launch", str(path), "--storage", storage_url, "--update"]) == 0
+    spec = load_spec(path)
+    assert status(storage_url, "tiny")["budget"]["trials"] == 5 == spec.trials
+    assert len(_trials(storage_url, "tiny")) == 1
+
+
+def test_budget_is_exact_and_trials_record_everything(storage_url, tmp_path):
+    _launch(storage_url, tmp_path, tiny_spec(trials=7, pruner='name = "median"\nn_startup_trials = 2\nn_min_trials = 1'))
+    fit = fake_fit()
+    logs = _work(storage_url, "tiny", tmp_path, fit, n_trials=3)  # this worker's own limit
+    assert len(_trials(storage_url, "tiny")) == 3 and "own limit" in logs[-1]
+    _work(storage_url, "tiny", tmp_path, fit, jobs=2)  # two threads share the study budget
+    trials = _trials(storage_url, "tiny")
+    assert sorted(t.number for t in trials) == list(range(7))
+    assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert done
+    t = done[0]
+    assert set(t.user_attrs) >= {"config", "metrics", "device", "worker", "status"}
+    assert t.user_attrs["config"]["optimizer"]["name"] == t.params["optimizer.name"]
+    assert t.user_attrs["metrics"]["wall_time_s"] > 0 and t.user_attrs["status"] == "ok"
+    assert t.user_attrs["worker"]["host"] and t.user_attrs["worker"]["versions"]["torch"]
+    assert t.constraints == {"diverged": 0.0}
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    for t in pruned:
+        assert t.user_attrs["reason"].startswith("pruned at epoch")
+    # A later worker finds the budget used and leaves at once.
+    logs = _work(storage_url, "tiny", tmp_path, fit)
+    assert "budget of 7 trials is used" in logs[-1] and len(_trials(storage_url, "tiny")) == 7
+
+
+def test_diverged_oom_and_broken_trials(storage_url, tmp_path):
+    space = """
+[space.optimizer]
+choices = ["adam", "sgd", "rmsprop"]
+[space.optimizer.lr]
+per_optimizer = true
+"""
+    _launch(storage_url, tmp_path, tiny_spec(trials=12, epochs=3, space=space, sampler='name = "random"'))
+    fit = fake_fit(fail_on={2}, diverge_if=lambda c: c.optimizer.name == "sgd", oom_if=lambda c: c.optimizer.name == "rmsprop")
+    logs = _work(storage_url, "tiny", tmp_path, fit, seed=3)
+    trials = _trials(storage_url, "tiny")
+    assert len(trials) == 12  # the failing trial did not stop the worker
+    by_opt = {}
+    for t in trials:
+        by_opt.setdefault(t.params["optimizer.name"], []).append(t)
+    assert set(by_opt) == {"adam", "sgd", "rmsprop"}
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and failed[0].user_attrs["reason"] == "RuntimeError: boom on call 2"
+    for t in by_opt["sgd"]:
+        if t.state != TrialState.FAIL:
+            assert t.state == TrialState.PRUNED and t.constraints == {"diverged": 1.0}
+            assert t.user_attrs["status"] == "diverged" and t.user_attrs["reason"] == "diverged at epoch 2: training loss is nan"
+            assert list(t.intermediate_values) == [1]  # it keeps its learning curve up to the divergence
+    for t in by_opt["rmsprop"]:
+        if t.state != TrialState.FAIL:
+            assert t.state == TrialState.PRUNED and t.constraints == {"diverged": 1.0}
+            assert t.user_attrs["reason"].startswith("out of memory at epoch 1: CUDA out of memory")
+    s = status(storage_url, "tiny")
+    reasons = [f["reason"] for f in s["failures"]]
+    assert any(r.startswith("diverged at epoch 2") for r in reasons) and "RuntimeError: boom on call 2" in reasons
+    assert s["best"]["config"]["optimizer"]["name"] == "adam"  # infeasible trials are never the best
+    assert any("failed" in line or "fail" in line for line in logs)
+
+
+def test_tpe_learns_to_avoid_diverging_regions(storage_url, tmp_path):
+    """Diverged trials are infeasible (PRUNED + constraint), so after its startup trials TPE
+    suggests the diverging optimizer far less often than chance (12 of 24)."""
+    space = '[space.optimizer]\nchoices = ["adam", "sgd"]\n[space.optimizer.lr]\nlow = 1e-4\nhigh = 1e-2\nlog = true\n'
+    _launch(storage_url, tmp_path, tiny_spec(trials=30, epochs=2, space=space, sampler='name = "tpe"\nn_startup_trials = 6'))
+    _work(storage_url, "tiny", tmp_path, fake_fit(diverge_if=lambda c: c.optimizer.name == "sgd"), seed=0)
+    later = [t.params["optimizer.name"] for t in _trials(storage_url, "tiny")[6:]]
+    assert later.count("sgd") <= 8, later
+
+
+def test_status_and_export_agree_with_the_storage(storage_url, tmp_path, capsys):
+    _launch(storage_url, tmp_path, tiny_spec(trials=5))
+    _work(storage_url, "tiny", tmp_path, fake_fit())
+    study = optuna.load_study(study_name="tiny", storage=normalize_url(storage_url))
+    assert cli.main(["status", "tiny", "--json", "--storage", storage_url]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["states"]["COMPLETE"] == 5 and s["budget"] == {"trials": 5, "used": 5, "timeout_s": None}
+    assert s["best"]["trial"] == study.best_trial.number and s["best"]["values"]["val_rel_mse"] == study.best_value
+    assert cli.main(["status", "tiny", "--storage", storage_url]) == 0
+    text = capsys.readouterr().out
+    assert f"best: trial {study.best_trial.number}" in text and "budget: 5/5 trials used" in text
+
+    result = export(storage_url, "tiny", top=3, out=tmp_path / "exports", fmt="json")
+    ranked = sorted(study.trials, key=lambda t: t.value)
+    assert [e.trial for e in result.items] == [t.number for t in ranked[:3]]
+    first = result.items[0]
+    config = json.loads(first.config_path.read_text())
+    assert config == {**study.best_trial.user_attrs["config"], "device": "auto"}
+    meta = json.loads(first.meta_path.read_text())
+    assert meta["study"] == "tiny" and meta["trial"] == study.best_trial.number
+    assert meta["objective"]["val_rel_mse"]["value"] == study.best_value
+    assert "storage" not in json.dumps(meta["provenance"]) and meta["provenance"]["spec_digest"]
+    assert (result.folder / "summary.md").read_text().count("| ") > 3 and (result.folder / "summary.csv").exists()
+    yaml_result = export(storage_url, "tiny", top=1, out=tmp_path / "y", fmt="yaml")
+    from dlnn_core.config import load_config
+
+    assert load_config(yaml_result.items[0].config_path).to_dict() == config  # `dlnn train` reads it
+    per = export(storage_url, "tiny", top=1, out=tmp_path / "per", per="optimizer.name")
+    names = [yaml.safe_load(e.config_path.read_text())["optimizer"]["name"] for e in per.items]
+    assert len(names) == len(set(names)) >= 1
+
+
+def test_refine_grids_around_the_best_and_is_seeded(storage_url, tmp_path):
+    space = "[space.optimizer.lr]\nlow = 1e-5\nhigh = 1e-1\nlog = true\n[space.model.hidden]\nlow = 16\nhigh = 64\nstep = 16\n"
+    _launch(storage_url, tmp_path, tiny_spec(trials=10, space=space, sampler='name = "random"'))
+    _work(storage_url, "tiny", tmp_path, fake_fit(), seed=1)
+    old_best = optuna.load_study(study_name="tiny", storage=normalize_url(storage_url)).best_trial
+    spec, launched = refine(storage_url, "tiny", around=3, points=2, log=lambda m: None)
+    assert spec.name == "tiny-refine" and spec.sampler == "grid" and launched.created
+    grid = {p.key: p.grid_values() for p in spec.space}
+    assert set(grid) == {"optimizer.lr", "model.hidden"}
+    assert old_best.params["optimizer.lr"] in grid["optimizer.lr"]
+    seeds = _trials(storage_url, "tiny-refine")
+    assert len(seeds) == 3 and all(t.state == TrialState.COMPLETE and t.user_attrs["seeded_from"].startswith("tiny#") for t in seeds)
+    _work(storage_url, "tiny-refine", tmp_path, fake_fit(), seed=2)
+    new = [t for t in _trials(storage_url, "tiny-refine") if "seeded_from" not in t.user_attrs]
+    size = len(grid["optimizer.lr"]) * len(grid["model.hidden"])
+    assert len(new) == size == spec.trials - 3
+    assert {(t.params["optimizer.lr"], t.params["model.hidden"]) for t in new} == {
+        (lr, h) for lr in grid["optimizer.lr"] for h in grid["model.hidden"]}
+    refined = optuna.load_study(study_name="tiny-refine", storage=normalize_url(storage_url))
+    assert refined.best_value <= old_best.value
+
+
+def test_launch_from_an_old_study_enqueues_its_best_configs(storage_url, tmp_path):
+    _launch(storage_url, tmp_path, tiny_spec(trials=6))
+    _work(storage_url, "tiny", tmp_path, fake_fit())
+    old = optuna.load_study(study_name="tiny", storage=normalize_url(storage_url))
+    with pytest.raises(UsageError, match="needs its own name"):
+        _launch(storage_url, tmp_path, tiny_spec(trials=6, epochs=3), from_study="tiny")
+    _launch(storage_url, tmp_path, tiny_spec(name="tiny-v2", trials=6, epochs=3), from_study="tiny", top=2)
+    waiting = _trials(storage_url, "tiny-v2")
+    best = sorted(old.trials, key=lambda t: t.value)[:2]
+    assert [t.state for t in waiting] == [TrialState.WAITING] * 2
+    assert [t.system_attrs["fixed_params"] for t in waiting] == [t.params for t in best]
+    assert [t.user_attrs["seeded_from"] for t in waiting] == [f"tiny#{t.number}" for t in best]
+
+
+def test_unknown_study_and_storage_errors(storage_url, tmp_path, capsys):
+    _launch(storage_url, tmp_path, tiny_spec(trials=2))
+    assert cli.main(["work", "nope", "--storage", storage_url]) == 1
+    err = capsys.readouterr().err
+    assert "no study named 'nope'; studies here: tiny" in err and "Traceback" not in err
+    assert cli.main(["status", "--storage", "postgresql://postgres@127.0.0.1:1/none"]) == 1
+    assert "cannot open storage postgresql://postgres@127.0.0.1:1/none" in capsys.readouterr().err
+    assert cli.main(["export", "tiny", "--storage", storage_url]) == 1
+    assert "no completed feasible trial" in capsys.readouterr().err
+
+
+def test_worker_survives_dropped_connections(pg_url, tmp_path):
+    """PostgreSQL closes every connection of the database mid-study (as in a restart): the
+    pre-pinged pool reconnects and the worker still finishes the budget."""
+    import psycopg2
+
+    _launch(pg_url, tmp_path, tiny_spec(trials=8, epochs=4))
+    db = pg_url.rsplit("/", 1)[1]
+    stop = threading.Event()
+
+    def terminator():
+        admin = psycopg2.connect(pg_url.rsplit("/", 1)[0] + "/postgres")
+        admin.autocommit = True
+        kills = 0
+        while not stop.wait(0.3):
+            with admin.cursor() as cur:
+                cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (db,))
+                kills += sum(1 for (ok,) in cur.fetchall() if ok)
+        admin.close()
+        terminator.kills = kills
+
+    thread = threading.Thread(target=terminator)
+    thread.start()
+    try:
+        _work(pg_url, "tiny", tmp_path, fake_fit(epochs_delay=0.1))
+    finally:
+        stop.set()
+        thread.join()
+    assert terminator.kills >= 2
+    trials = _trials(pg_url, "tiny")
+    counted = [t for t in trials if "retry_history" not in t.system_attrs]
+    assert len(counted) == 8 and not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 8  # cut trials were re-queued, none lost
+
+
+def test_timeout_budget_is_shared(storage_url, tmp_path):
+    _launch(storage_url, tmp_path, tiny_spec(trials=1000, epochs=2, extra="").replace("trials = 1000", "trials = 1000\ntimeout_s = 1.5"))
+    start = time.monotonic()
+    logs = _work(storage_url, "tiny", tmp_path, fake_fit(epochs_delay=0.05))
+    assert "timeout (1.5 s from its first trial) has passed" in logs[-1]
+    assert time.monotonic() - start < 30
+    assert 3 <= len(_trials(storage_url, "tiny")) < 100
