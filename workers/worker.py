@@ -10,7 +10,8 @@ How a worker behaves:
   a dead worker's trial is still retried and nothing is left RUNNING when the workers exit.
 - SIGTERM/SIGINT: the current trial stops at its next epoch, is recorded as failed with the
   reason and re-queued (retryable, not complete), the connections are released and the worker
-  exits 0. A second signal exits at once (its trial is then retried after the grace period).
+  exits 0. A second signal exits at once (its trial is then retried after the grace period);
+  only while a stopped trial is being failed and re-queued does it wait for those few writes.
 - Each epoch reports the validation error for pruning (fit's report callback raises
   optuna.TrialPruned). A trial that diverges or runs out of GPU memory is recorded as PRUNED with
   its reason and the constraint `diverged` = 1: a pruned trial keeps its learning curve, and
@@ -61,11 +62,14 @@ class GracefulStop(Exception):
 
 @dataclass
 class StopFlag:
-    """Set by the first signal; the second one exits the process at once."""
+    """Set by the first signal; the second one exits the process at once, except while a stopped
+    trial is being failed and re-queued (a few database writes), so that it is never lost."""
 
     signal: str | None = None
     log: Callable[[str], None] = print
     _event: threading.Event = field(default_factory=threading.Event)
+    _deferred: bool = False
+    _exit_code: int | None = None
 
     def install(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -74,11 +78,23 @@ class StopFlag:
     def _handle(self, signum: int, _frame) -> None:
         name = signal.Signals(signum).name
         if self.signal is not None:
+            if self._deferred:
+                self._exit_code = 128 + signum
+                self.log(f"second signal ({name}): exiting as soon as the stopped trial is re-queued")
+                return
             self.log(f"second signal ({name}): exiting now")
             os._exit(128 + signum)
         self.signal = name
         self._event.set()
         self.log(f"{name}: stopping at the next epoch; the trial will be re-queued (signal again to exit now)")
+
+    def defer_exit(self) -> None:
+        self._deferred = True
+
+    def release(self) -> None:
+        self._deferred = False
+        if self._exit_code is not None:
+            os._exit(self._exit_code)
 
     def sleep(self, seconds: float) -> None:
         self._event.wait(seconds)
@@ -221,6 +237,7 @@ class Objective:
         raise exc
 
     def _interrupted(self, trial: optuna.Trial, epoch: int):
+        self.stop.defer_exit()  # until after_trial has re-queued it
         trial.set_user_attr("status", "interrupted")
         trial.set_user_attr("reason", f"stopped by {self.stop.signal} at epoch {epoch}; re-queued")
         raise GracefulStop(f"stopped by {self.stop.signal}")
@@ -321,6 +338,7 @@ def run_worker(url: str, name: str, *, n_trials: int | None = None, timeout: flo
         interrupted = trial.user_attrs.get("status") == "interrupted" or trial._trial_id in objective.lost
         if trial.state == TrialState.FAIL and interrupted:
             stale_callback(study, trial)  # re-queue with the same params, as for a dead worker
+        stop.release()
         if stop.signal:
             study.stop()
 
@@ -366,6 +384,7 @@ def run_worker(url: str, name: str, *, n_trials: int | None = None, timeout: flo
             reason = f"stopped by {stop.signal}"
     finally:
         close_storage(storage)
+        stop.release()
     log(f"exiting after {counter['done']} trials: {reason}")
     return 0
 
