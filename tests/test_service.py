@@ -75,11 +75,11 @@ def test_budget_is_exact_and_trials_record_everything(storage_url, tmp_path):
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     assert done
     t = done[0]
-    assert set(t.user_attrs) >= {"config", "metrics", "device", "worker", "status"}
+    assert set(t.user_attrs) >= {"config", "metrics", "device", "worker"} and "reason" not in t.user_attrs
     assert t.user_attrs["config"]["optimizer"]["name"] == t.params["optimizer.name"]
-    assert t.user_attrs["metrics"]["wall_time_s"] > 0 and t.user_attrs["status"] == "ok"
+    assert t.user_attrs["metrics"]["wall_time_s"] > 0
     assert t.user_attrs["worker"]["host"] and t.user_attrs["worker"]["versions"]["torch"]
-    assert t.constraints == {"diverged": 0.0}
+    assert t.constraints == {}  # feasible: no constraint written
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     for t in pruned:
         assert t.user_attrs["reason"].startswith("pruned at epoch")
@@ -252,3 +252,52 @@ def test_timeout_budget_is_shared(storage_url, tmp_path):
     assert "timeout (1.5 s from its first trial) has passed" in logs[-1]
     assert time.monotonic() - start < 30
     assert 3 <= len(_trials(storage_url, "tiny")) < 100
+
+
+def test_trial_view_and_sampler_history_keep_what_samplers_need(storage_url, tmp_path):
+    """The cached view returns what Optuna's cache returns; the history cap keeps every running
+    trial, the best completed ones and the most recent; incremental groups equal Optuna's."""
+    import random
+
+    from optuna.search_space.group_decomposed import _GroupDecomposedSearchSpace
+
+    from workers.samplers import IncrementalGroups
+    from workers.service import sampler_history
+    from workers.storage import TrialView, open_storage
+
+    _launch(storage_url, tmp_path, tiny_spec(trials=40, sampler='name = "random"'))
+    _work(storage_url, "tiny", tmp_path, fake_fit(), n_trials=30)
+    rdb = open_storage(storage_url)
+    plain = optuna.load_study(study_name="tiny", storage=rdb)
+    view = TrialView(rdb, max_staleness_s=60.0)
+    viewed = optuna.load_study(study_name="tiny", storage=view)
+    for states in (None, (TrialState.COMPLETE,), (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)):
+        assert [t.number for t in viewed.get_trials(deepcopy=False, states=states)] == \
+               [t.number for t in plain.get_trials(deepcopy=False, states=states)]
+    running = plain.ask()  # a new trial elsewhere: seen after refresh, not before
+    assert len(viewed.get_trials(deepcopy=False)) == 30
+    view.refresh(viewed._study_id)
+    assert len(viewed.get_trials(deepcopy=False)) == 31
+
+    trials = plain.get_trials(deepcopy=False)
+    capped = sampler_history(trials, history=12, direction=plain.direction, best=5)
+    numbers = [t.number for t in capped]
+    assert numbers == sorted(numbers) and len(capped) == 12 and running.number in numbers
+    best5 = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)[:5]
+    assert {t.number for t in best5} <= set(numbers)
+    assert numbers[-6:] == list(range(25, 31))  # then the most recent
+
+    study = optuna.create_study()
+    rng = random.Random(0)
+    incremental = IncrementalGroups(True)
+    for _ in range(40):  # conditional parameters, as a per-optimizer learning rate makes them
+        opt = rng.choice(["a", "b", "c"])
+        dists = {"opt": optuna.distributions.CategoricalDistribution(["a", "b", "c"]),
+                 f"lr[{opt}]": optuna.distributions.FloatDistribution(1e-5, 1.0, log=True)}
+        params = {"opt": opt, f"lr[{opt}]": rng.uniform(1e-5, 1.0)}
+        if opt == "c":
+            dists["d0"], params["d0"] = optuna.distributions.FloatDistribution(1e-8, 1e-4, log=True), 1e-6
+        study.add_trial(optuna.create_trial(params=params, distributions=dists, value=rng.random()))
+        groups = incremental.calculate(study).search_spaces
+        assert groups == _GroupDecomposedSearchSpace(True).calculate(study).search_spaces
+    assert len(groups) == 4  # opt | lr[a] | lr[b] | lr[c], d0

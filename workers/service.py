@@ -9,9 +9,12 @@ once: the retry takes its slot. Queued trials (baselines, retries) are always ru
 
 from __future__ import annotations
 
+import copy
 import datetime
+import heapq
 import json
 import math
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -25,7 +28,7 @@ from .errors import UsageError
 from .samplers import build_pruner, build_sampler
 from .space import grid_space
 from .spec import StudySpec, make_baseline, parse_spec, recipe, spec_digest
-from .storage import open_storage, redact, study_lock
+from .storage import TrialView, budget_counts, open_storage, redact, study_lock
 
 SPEC_ATTR = "dlnn:spec"  # study user attr: the validated spec (parsed TOML), so every worker builds the same sampler/pruner
 DIGEST_ATTR = "dlnn:spec_digest"
@@ -74,28 +77,79 @@ def first_start(trials: list[FrozenTrial]) -> datetime.datetime | None:
 
 
 class ServiceStudy(optuna.Study):
-    """An Optuna study whose `ask` respects the study-wide budget, checked under a per-study lock."""
+    """An Optuna study whose `ask` respects the study-wide budget, checked under a per-study lock,
+    and whose sampler sees at most `history` trials (see `sampler_history`)."""
 
-    def __init__(self, study_name: str, storage, sampler, pruner, *, budget: int, timeout_s: float | None):
+    def __init__(self, study_name: str, storage, sampler, pruner, *, budget: int, timeout_s: float | None,
+                 history: int | None = None):
+        if isinstance(storage, optuna.storages.RDBStorage):
+            storage = TrialView(storage)
         super().__init__(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
         self.budget, self.timeout_s = budget, timeout_s
+        self.history = history if history and len(self.directions) == 1 else None
+        self._capped = threading.local()
+
+    def get_trials(self, deepcopy: bool = True, states=None) -> list[FrozenTrial]:
+        """Every trial: pruners, callbacks and users see the whole study."""
+        return self._storage.get_all_trials(self._study_id, deepcopy=deepcopy, states=states)
+
+    def _get_trials(self, deepcopy: bool = True, states=None, use_cache: bool = False) -> list[FrozenTrial]:
+        """What samplers read (Optuna's samplers use this private accessor, the public one
+        serves everything else): capped to `history` trials when the study is larger."""
+        trials = super()._get_trials(deepcopy=False, states=None, use_cache=use_cache)
+        if self.history is not None and len(trials) > self.history:
+            # The same cap until the trials change (a new view generation, or a new list without one).
+            key = self._storage.generation(self._study_id) if isinstance(self._storage, TrialView) else id(trials)
+            cached = getattr(self._capped, "value", None)
+            if cached is None or cached[0] != key:
+                cached = (key, sampler_history(trials, self.history, self.direction))
+                self._capped.value = cached
+            trials = cached[1]
+        if states is not None:
+            trials = [t for t in trials if t.state in states]
+        return copy.deepcopy(trials) if deepcopy else trials
 
     def ask(self, fixed_distributions=None) -> optuna.Trial:
-        with study_lock(self._storage, self._study_id):
-            trials = self._storage.get_all_trials(self._study_id, deepcopy=False)
-            if self.timeout_s is not None:
-                start = first_start(trials)
-                if start is not None and (datetime.datetime.now() - start).total_seconds() > self.timeout_s:
+        if isinstance(self._storage, TrialView):
+            self._storage.refresh(self._study_id)  # queued trials and new peers seen fresh
+        with study_lock(self._storage, self._study_id) as conn:
+            if conn is not None:
+                used, waiting, start = budget_counts(conn, self._study_id)
+            else:
+                trials = self._storage.get_all_trials(self._study_id, deepcopy=False)
+                used, start = counted(trials), first_start(trials)
+                waiting = sum(t.state == TrialState.WAITING for t in trials)
+            if self.timeout_s is not None and start is not None:
+                if (datetime.datetime.now() - start).total_seconds() > self.timeout_s:
                     raise BudgetReached(f"the study's timeout ({self.timeout_s:g} s from its first trial) has passed")
-            if not any(t.state == TrialState.WAITING for t in trials) and counted(trials) >= self.budget:
+            if not waiting and used >= self.budget:
                 raise BudgetReached(f"the study's budget of {self.budget} trials is used")
             return super().ask(fixed_distributions)
+
+
+def sampler_history(trials: list[FrozenTrial], history: int, direction, best: int = 100) -> list[FrozenTrial]:
+    """The trials a sampler models once a study outgrows `history`: every unfinished trial, the
+    `best` completed feasible ones, and the most recent finished ones up to `history`, in number
+    order. TPE's "good" group is at most the 25 best trials, so it is unchanged; its "bad" group
+    becomes a recent sample, which TPE's own weights already favour; and the cost of a suggestion
+    stops growing with the study."""
+    finished = [t for t in trials if t.state.is_finished()]
+    keep = {t.number for t in trials if not t.state.is_finished()}
+    sign = 1.0 if direction == optuna.study.StudyDirection.MINIMIZE else -1.0
+    complete = [t for t in finished if t.state == TrialState.COMPLETE and t.value is not None and feasible(t)]
+    keep.update(t.number for t in heapq.nsmallest(best, complete, key=lambda t: sign * t.value))
+    for t in reversed(finished):
+        if len(keep) >= history:
+            break
+        keep.add(t.number)
+    return [t for t in trials if t.number in keep]
 
 
 def build_study(storage, name: str, spec: StudySpec, seed: int) -> ServiceStudy:
     sampler = build_sampler(spec.sampler, spec.sampler_options, seed, grid_space(spec.space))
     pruner = build_pruner(spec.pruner, spec.pruner_options, spec.base.epochs)
-    return ServiceStudy(name, storage, sampler, pruner, budget=spec.trials, timeout_s=spec.timeout_s)
+    history = spec.sampler_options.get("max_history") if spec.sampler == "tpe" else None
+    return ServiceStudy(name, storage, sampler, pruner, budget=spec.trials, timeout_s=spec.timeout_s, history=history)
 
 
 # ----------------------------------------------------------------------------------- launch

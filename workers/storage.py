@@ -9,10 +9,12 @@ workers fit into PostgreSQL's default 100 connections and a restarted database i
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime
 import importlib.util
 import os
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
@@ -64,30 +66,89 @@ class ServiceRDBStorage(optuna.storages.RDBStorage):
             self.remove_session()  # the next beat gets a fresh, pre-pinged connection
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        """Optuna's stale trials, plus RUNNING trials that never recorded a heartbeat and started
-        longer than the grace period ago (their worker died, or lost the database, before its
-        first beat); Optuna skips those, so they would stay RUNNING forever."""
+        """Optuna's rule (RUNNING, last heartbeat older than the grace period), plus RUNNING trials
+        that never recorded a heartbeat and started longer than the grace period ago (their worker
+        died, or lost the database, before its first beat): Optuna skips those, so they would stay
+        RUNNING forever. One query, as Optuna's own."""
         from optuna.storages._rdb import models
 
-        stale = super()._get_stale_trial_ids(study_id)
-        grace = self.grace_period or 2 * (self.heartbeat_interval or 1)
-        now = datetime.datetime.now()  # the clock datetime_start was written with
+        grace = datetime.timedelta(seconds=self.grace_period or 2 * (self.heartbeat_interval or 1))
         session = self.scoped_session()
         try:
+            db_now = session.execute(sqlalchemy.func.now()).scalar().replace(tzinfo=None)
             rows = (session.query(models.TrialModel)
                     .options(sqlalchemy.orm.selectinload(models.TrialModel.heartbeats))
                     .filter(models.TrialModel.state == optuna.trial.TrialState.RUNNING)
                     .filter(models.TrialModel.study_id == study_id).all())
+            now = datetime.datetime.now()  # the clock datetime_start was written with
+            stale = []
             for t in rows:
-                if not t.heartbeats and t.datetime_start is not None and (now - t.datetime_start).total_seconds() > grace:
+                if t.heartbeats:
+                    if db_now - t.heartbeats[0].heartbeat > grace:
+                        stale.append(t.trial_id)
+                elif t.datetime_start is not None and now - t.datetime_start > grace:
                     stale.append(t.trial_id)
             session.commit()
+            return stale
         except Exception:
             session.rollback()
             raise
         finally:
             session.close()
-        return stale
+
+
+class TrialView(optuna.storages._CachedStorage):
+    """Optuna's trial cache plus a cached, sorted view per state filter, refreshed from the
+    database at most every `max_staleness_s`. Sampling one trial asks for the study's trials
+    a dozen times (TPE per parameter group, the search space, constant liar) and pruning asks at
+    every epoch; with Optuna's own cache each ask is a database query for the unfinished trials
+    plus a sort of every trial, so at 5,000 trials that is most of the per-trial cost. Here the
+    view is rebuilt only when the cache changed, and the database is read only when the view is
+    older than the staleness bound or `refresh` was called (the worker does before each ask, so
+    queued trials and the budget are always seen fresh). Samplers and pruners already work with
+    views that other workers have moved on from; half a second more changes nothing for them."""
+
+    def __init__(self, backend: optuna.storages.RDBStorage, max_staleness_s: float = 0.5):
+        super().__init__(backend)
+        self.max_staleness_s = max_staleness_s
+        self._read_at: dict[int, float] = {}
+        self._generation: dict[int, int] = {}
+        self._views: dict[tuple, tuple[int, list]] = {}
+
+    def refresh(self, study_id: int) -> None:
+        self._read_at.pop(study_id, None)
+
+    def generation(self, study_id: int) -> int:
+        """Changes whenever the cached trials of the study change."""
+        return self._generation.get(study_id, 0)
+
+    def _read_trials_from_remote_storage(self, study_id: int) -> None:
+        now = time.monotonic()
+        last = self._read_at.get(study_id)
+        if last is not None and now - last < self.max_staleness_s:
+            return
+        super()._read_trials_from_remote_storage(study_id)
+        self._read_at[study_id] = now
+
+    def _add_trials_to_cache(self, study_id: int, trials: list) -> None:
+        super()._add_trials_to_cache(study_id, trials)
+        if trials:
+            self._generation[study_id] = self._generation.get(study_id, 0) + 1
+
+    def get_all_trials(self, study_id: int, deepcopy: bool = True, states=None) -> list:
+        self._read_trials_from_remote_storage(study_id)
+        with self._lock:
+            key = (study_id, None if states is None else tuple(sorted(s.value for s in states)))
+            generation = self._generation.get(study_id, 0)
+            cached = self._views.get(key)
+            if cached is None or cached[0] != generation:
+                trials = self._studies[study_id].trials.values()
+                if states is not None:
+                    trials = [t for t in trials if t.state in states]
+                cached = (generation, sorted(trials, key=lambda t: t.number))
+                self._views[key] = cached
+            trials = list(cached[1])
+        return copy.deepcopy(trials) if deepcopy else trials
 
 
 def normalize_url(url: str) -> str:
@@ -106,14 +167,16 @@ def is_grpc(url: str) -> bool:
 
 
 def engine_kwargs(url: str, jobs: int = 1) -> dict[str, Any]:
-    """A small pool: one connection kept (Optuna closes its session after every call), bursts for
-    the heartbeat thread, the budget lock and --jobs threads; pre-ping and recycle so connections
-    dropped by a restarted database or a proxy are replaced instead of failing a trial."""
+    """A small pool: two connections kept per worker (Optuna closes its session after every call;
+    the heartbeat thread or the budget lock needs a second one at the same time), bursts for
+    --jobs threads; pre-ping and recycle so connections dropped by a restarted database or a
+    proxy are replaced instead of failing a trial. 40 workers hold 80 connections, within
+    PostgreSQL's default max_connections of 100; beyond that, put the gRPC proxy in front."""
     if url.startswith("sqlite"):
         return {"connect_args": {"timeout": 120}, "pool_pre_ping": True}
     return {
-        "pool_size": 1,
-        "max_overflow": 2 + 2 * max(1, jobs),
+        "pool_size": 2,  # kept: the trial's session and the heartbeat's (or the budget lock's)
+        "max_overflow": 1 + 2 * max(1, jobs),
         "pool_pre_ping": True,
         "pool_recycle": 300,
         "pool_timeout": 120,
@@ -191,37 +254,60 @@ def rdb_of(storage: optuna.storages.BaseStorage) -> optuna.storages.RDBStorage |
 
 
 @contextlib.contextmanager
-def study_lock(storage: optuna.storages.BaseStorage, study_id: int) -> Iterator[None]:
+def study_lock(storage: optuna.storages.BaseStorage, study_id: int) -> Iterator[sqlalchemy.engine.Connection | None]:
     """Serialize the budget check + trial creation of one study across processes and machines:
     a PostgreSQL transaction-scoped advisory lock (released if the holder dies), a MySQL named
-    lock, or a file lock beside an SQLite database. Other storages get no cross-process lock,
-    so a study's budget may be overshot by up to (workers - 1) trials there."""
+    lock, or a file lock beside an SQLite database. Yields a connection for the budget query
+    (None for storages without one). Other storages get no cross-process lock, so a study's
+    budget may be overshot by up to (workers - 1) trials there."""
     with _thread_lock:
         rdb = rdb_of(storage)
         if rdb is None:
-            yield
+            yield None
             return
         dialect = rdb.engine.dialect.name
         if dialect == "postgresql":
             with rdb.engine.connect() as conn, conn.begin():
                 conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:ns, :id)"), {"ns": LOCK_NAMESPACE, "id": study_id})
-                yield
+                yield conn
         elif dialect == "mysql":
             name = f"dlnn-study-{study_id}"
             with rdb.engine.connect() as conn:
                 conn.execute(sqlalchemy.text("SELECT GET_LOCK(:n, -1)"), {"n": name})
                 try:
-                    yield
+                    yield conn
                 finally:
                     conn.execute(sqlalchemy.text("SELECT RELEASE_LOCK(:n)"), {"n": name})
         elif dialect == "sqlite" and rdb.engine.url.database not in (None, "", ":memory:"):
             import fcntl
 
-            with open(f"{rdb.engine.url.database}.dlnn-lock", "a") as handle:
+            with open(f"{os.path.abspath(rdb.engine.url.database)}.dlnn-lock", "a") as handle:
                 fcntl.flock(handle, fcntl.LOCK_EX)
-                yield
+                with rdb.engine.connect() as conn:
+                    yield conn
         else:
-            yield
+            with rdb.engine.connect() as conn:
+                yield conn
+
+
+def budget_counts(conn: sqlalchemy.engine.Connection, study_id: int) -> tuple[int, int, datetime.datetime | None]:
+    """(trials that use budget, queued trials, first start) in one query: a retry of a failed
+    trial (it carries Optuna's `retry_history` system attr) takes its original's slot."""
+    from optuna.storages._rdb import models
+
+    trial, attr = models.TrialModel, models.TrialSystemAttributeModel
+    retry = sqlalchemy.exists().where(attr.trial_id == trial.trial_id, attr.key == "retry_history")
+    query = sqlalchemy.select(
+        sqlalchemy.func.coalesce(sqlalchemy.func.sum(sqlalchemy.case((retry, 0), else_=1)), 0),
+        sqlalchemy.func.coalesce(sqlalchemy.func.sum(sqlalchemy.case((trial.state == optuna.trial.TrialState.WAITING, 1), else_=0)), 0),
+        sqlalchemy.func.min(trial._datetime_start_utc),  # Optuna 5 stores naive UTC
+    ).where(trial.study_id == study_id)
+    counted, waiting, first = conn.execute(query).one()
+    if isinstance(first, str):  # SQLite returns min() of a DATETIME column as text
+        first = datetime.datetime.fromisoformat(first)
+    if first is not None:
+        first = first.replace(tzinfo=datetime.timezone.utc).astimezone().replace(tzinfo=None)
+    return int(counted), int(waiting), first
 
 
 def artifact_store(path: str | Path) -> optuna.artifacts.FileSystemArtifactStore:

@@ -16,14 +16,14 @@ How a worker behaves:
   optuna.TrialPruned). A trial that diverges or runs out of GPU memory is recorded as PRUNED with
   its reason and the constraint `diverged` = 1: a pruned trial keeps its learning curve, and
   TPE ranks infeasible trials below every feasible one, so the sampler learns to avoid that
-  region instead of ignoring it (a FAIL is invisible to samplers). Every other finished trial
-  gets `diverged` = 0. GP and CMA-ES model completed trials only, so for them a diverged trial is
+  region instead of ignoring it (a FAIL is invisible to samplers). Other trials carry no
+  constraint, which Optuna reads as feasible. GP and CMA-ES model completed trials only, so for them a diverged trial is
   simply not a candidate for the best. Any other exception fails that trial alone (with its
   reason) and the worker goes on.
 - Each trial stores (user attrs) `config` (the full TrainConfig), `worker` (host, pid, sampler seed,
   package versions), `device`, `metrics` (everything fit measured, wall time included), `status`
-  and, when not ok, `reason`; as artifacts its checkpoint, metrics JSON and a predicted-vs-true
-  rollout plot. Few attrs, few writes: each is one database round trip.
+  (not ok: pruned, diverged, out_of_memory, interrupted, error) with its `reason`; as artifacts
+  its checkpoint and a predicted-vs-true rollout plot. Few attrs, few writes: each is one database round trip.
 """
 
 from __future__ import annotations
@@ -110,8 +110,11 @@ def _finite(x: Any) -> Any:
 
 
 def _set_constraint(trial: optuna.Trial, value: float, retry: bool = False) -> None:
-    """trial.set_constraint, except that a retried trial (which inherits its original's system
-    attrs, constraint included) gets its own verdict: there the attr is written, not set-once."""
+    """Mark a trial infeasible (value > 0). Feasible is what a trial without constraints is, so
+    nothing is written for it, except on a retry: that one inherits its original's system attrs
+    (constraint included) and needs its own verdict written, not set-once."""
+    if value <= 0 and not retry:
+        return
     if retry:
         key = f"constraints:{CONSTRAINT}"  # Optuna 5's storage format of trial.set_constraint
         trial.storage.set_trial_system_attr(trial._trial_id, key, float(value))
@@ -215,7 +218,6 @@ class Objective:
                 return self._infeasible(trial, "diverged", f"non-finite objective {dict(zip(spec.metrics, values))}", retry)
             if result.checkpoint:
                 self._upload(trial, Path(result.checkpoint))
-                self._upload(trial, Path(out) / "metrics.json")
                 if self.plots:
                     try:
                         from .plots import rollout_png
@@ -223,7 +225,8 @@ class Objective:
                         self._upload(trial, rollout_png(result.checkpoint, Path(out) / "rollout.png"))
                     except Exception as exc:  # a plot never fails a trial
                         trial.set_user_attr("artifact_error", f"rollout plot: {type(exc).__name__}: {exc}"[:500])
-        trial.set_user_attr("status", "ok")
+        if retry:
+            trial.set_user_attr("status", "ok")
         _set_constraint(trial, 0.0, retry)
         return values[0] if single else values
 
