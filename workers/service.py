@@ -15,7 +15,6 @@ import heapq
 import json
 import math
 import threading
-import time
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -393,12 +392,3 @@ def format_status(s: dict[str, Any]) -> str:
         for f in s["failures"]:
             lines.append(f"    trial {f['trial']} {f['state'].lower()}: {f['reason']}")
     return "\n".join(lines)
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()

@@ -7,7 +7,8 @@ A spec has these tables (see studies/quick.toml for a commented example):
   [objective]  metric = "val_rel_mse" (or metrics = [...] for a Pareto study), direction(s)
   [budget]     trials (counted across all workers), timeout_s (wall clock from the first trial)
   [worker]     heartbeat_interval, grace_period (seconds), max_retry
-  [sampler]    name = tpe | random | cmaes | gp | grid | nsga2, and its options
+  [sampler]    name = tpe | random | cmaes | gp | grid | nsga2, and its options (tpe: n_startup_trials,
+               multivariate, group, constant_liar: all on by default; max_history = 2000)
   [pruner]     name = none | median | percentile | successive_halving | hyperband, and its options
   [base]       the fixed TrainConfig (nested like a config file; `preset = "..."` allowed)
   [space.*]    searched settings, keyed by their TrainConfig path:
@@ -42,7 +43,7 @@ from dlnn_core.optim import OPTIMIZERS, SCHEDULERS
 
 from .errors import UsageError
 from .samplers import PRUNERS, SAMPLERS, check_options
-from .space import PARENTS, Param, contains, describe, params_for
+from .space import PARENTS, Param, describe, params_for
 
 # Metrics a study can optimize (keys of FitResult.metrics), with their natural direction.
 METRICS: dict[str, str] = {
@@ -726,12 +727,3 @@ def make_baseline(name: str, base: TrainConfig, space: list[Param] | tuple[Param
     base_flat = base.to_flat()
     overrides = {k: v for k, v in full.items() if k not in searched and base_flat.get(k) != v} if strict else {}
     return Baseline(name=name, config=cfg, params=params, overrides=overrides)
-
-
-def fixed_flat(spec: StudySpec) -> dict[str, Any]:
-    """Fixed params of the space as flat overrides (applied to every trial)."""
-    return {p.key: p.value for p in spec.space if p.kind == "fixed"}
-
-
-def is_contained(param: Param, value: Any, parent_value: Any = None) -> bool:
-    return contains(param.distribution(parent_value), value)

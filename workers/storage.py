@@ -195,6 +195,11 @@ def open_storage(url: str, *, create_schema: bool = False, jobs: int = 1, heartb
         except (ValueError, RuntimeError, ConnectionError) as exc:
             raise UsageError(str(exc)) from None
     given, url = url, normalize_url(url)
+    if not create_schema and url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        path = url[len("sqlite:///"):]
+        if path and not os.path.exists(path):  # do not leave an empty database file behind
+            raise UsageError(f"{given} does not exist here ({os.path.abspath(path)}): run `dlnn launch SPEC` first, "
+                             "or pass --storage / set DLNN_STORAGE")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)

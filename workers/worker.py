@@ -20,6 +20,9 @@ How a worker behaves:
   constraint, which Optuna reads as feasible. GP and CMA-ES model completed trials only, so for them a diverged trial is
   simply not a candidate for the best. Any other exception fails that trial alone (with its
   reason) and the worker goes on.
+- Reading the study is cheap however large it grows: samplers and pruners read a cached, sorted
+  view refreshed at most twice a second (storage.TrialView), TPE models at most `max_history`
+  trials (service.sampler_history) and its parameter groups are updated incrementally.
 - Each trial stores (user attrs) `config` (the full TrainConfig), `worker` (host, pid, sampler seed,
   package versions), `device`, `metrics` (everything fit measured, wall time included), `status`
   (not ok: pruned, diverged, out_of_memory, interrupted, error) with its `reason`; as artifacts
