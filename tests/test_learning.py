@@ -30,13 +30,18 @@ def test_lnn_cannot_fit_decay_but_dlnn_does(tmp_path):
     assert lnn.metrics["val_rel_mse"] > 10 * dlnn.metrics["val_rel_mse"]
 
 
+@pytest.mark.slow
 def test_rollout_loss_lowers_rollout_error(tmp_path):
-    base = {**OSC, "data.kind": "trajectories", "data.n_train": 6, "data.n_val": 2, "data.n_test": 2, "data.duration": 4.0,
-            "data.noise": 0.02, "model.form": "free", "model.kind": "dlnn", "epochs": 12, "batch_size": 64}
+    """Noisy positions at 30 Hz: Savitzky–Golay q̈ targets amplify the noise by 1/dt², while a
+    4-step rollout matches the (smoothed) states themselves, so it learns better dynamics. Measured
+    over seeds 0-2: rollout error 0.46/0.44/0.52 without, 0.40/0.27/0.32 with the rollout loss."""
+    base = {**OSC, "seed": 0, "data.kind": "trajectories", "data.n_train": 6, "data.n_val": 2, "data.n_test": 4,
+            "data.duration": 4.0, "data.noise": 0.02, "data.derivatives": "savgol", "data.savgol_window": 7,
+            "model.form": "structured", "model.kind": "dlnn", "epochs": 12, "batch_size": 64}
     plain = fit(TrainConfig().with_flat(base), cache_dir=tmp_path)
     with_rollout = fit(TrainConfig().with_flat({**base, "rollout_horizon": 4, "rollout_weight": 10.0}), cache_dir=tmp_path)
     assert with_rollout.status == plain.status == "ok"
-    assert with_rollout.metrics["test_rollout_error"] < plain.metrics["test_rollout_error"]
+    assert with_rollout.metrics["test_rollout_error"] < 0.95 * plain.metrics["test_rollout_error"]
 
 
 def test_rollout_horizon_needs_trajectories():

@@ -2,21 +2,18 @@
 
 import importlib.util
 import signal
-import socket
 import subprocess
 import sys
 import time
-import uuid
-from pathlib import Path
+import tomllib
 
 import optuna
-import psycopg2
 import pytest
+from service_support import REPO, create_pg_database, drop_pg_database, free_port, tiny_spec
 
-from workers import proxy
-
-ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-REPO = Path(__file__).resolve().parents[1]
+from workers import proxy, service
+from workers.spec import parse_spec
+from workers.storage import normalize_url
 
 
 def test_parse_proxy_url():
@@ -37,22 +34,13 @@ needs_grpc = pytest.mark.skipif(importlib.util.find_spec("grpc") is None, reason
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def served():
     """A fresh database with one study, served by `python -m workers.proxy`; yields (db url, proxy url, name)."""
-    name = f"dlnn_proxy_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(ADMIN_URL)
-    admin.autocommit = True
-    admin.cursor().execute(f'CREATE DATABASE "{name}"')
-    db_url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
+    name, db_url = create_pg_database()
+    db_url = normalize_url(db_url)
     optuna.create_study(study_name="s", storage=db_url)  # the launcher's job, directly on PostgreSQL
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "workers.proxy", "--storage", db_url, "--host", "127.0.0.1",
                              "--port", str(port), "--threads", "4"], cwd=REPO, stderr=subprocess.PIPE, text=True)
     try:
@@ -61,8 +49,7 @@ def served():
         if proc.poll() is None:
             proc.kill()
         proc.wait()
-        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+        drop_pg_database(name)
 
 
 @needs_grpc
@@ -77,6 +64,15 @@ def test_workers_optimize_through_the_proxy_and_it_stops_on_sigterm(served):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
     assert "gRPC storage proxy stopped" in proc.stderr.read()
+
+
+@needs_grpc
+def test_status_reads_a_launched_study_through_the_proxy(served):
+    db_url, url, _ = served
+    service.launch(parse_spec(tomllib.loads(tiny_spec(name="via_proxy", trials=3))), db_url, log=lambda m: None)
+    s = service.status(url, "via_proxy")
+    assert s["study"] == "via_proxy" and s["budget"] == {"trials": 3, "used": 0, "timeout_s": None}
+    assert s["best"] is None and s["running"] == [] and s["failures"] == []
 
 
 @needs_grpc
@@ -111,4 +107,4 @@ def test_a_dead_workers_trial_is_failed_and_retried_and_a_live_one_is_not(served
 @needs_grpc
 def test_connect_fails_clearly_without_a_proxy():
     with pytest.raises(ConnectionError, match="no gRPC storage proxy answers"):
-        proxy.connect(f"grpc://127.0.0.1:{_free_port()}", timeout=1)
+        proxy.connect(f"grpc://127.0.0.1:{free_port()}", timeout=1)

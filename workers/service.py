@@ -27,7 +27,7 @@ from .errors import UsageError
 from .samplers import build_pruner, build_sampler
 from .space import grid_space
 from .spec import StudySpec, make_baseline, parse_spec, recipe, spec_digest
-from .storage import TrialView, budget_counts, open_storage, redact, study_lock
+from .storage import TrialView, budget_counts, close_storage, open_storage, redact, study_lock
 
 SPEC_ATTR = "dlnn:spec"  # study user attr: the validated spec (parsed TOML), so every worker builds the same sampler/pruner
 DIGEST_ATTR = "dlnn:spec_digest"
@@ -187,8 +187,6 @@ def launch(spec: StudySpec, url: str, *, name: str | None = None, update: bool =
     try:
         return _launch(storage, spec, url, update, from_study, top, log, seed_with)
     finally:
-        from .storage import close_storage
-
         close_storage(storage)
 
 
@@ -321,9 +319,8 @@ def status(url: str, name: str, now: datetime.datetime | None = None) -> dict[st
         spec = stored_spec(storage, name)
         study = optuna.load_study(study_name=name, storage=storage)
         trials = study.get_trials(deepcopy=False)
+        ranked = ranked_trials(study)  # before closing: a gRPC storage cannot be read once closed
     finally:
-        from .storage import close_storage
-
         close_storage(storage)
     now = now or datetime.datetime.now()
     states: dict[str, int] = {s.name: 0 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)}
@@ -333,7 +330,6 @@ def status(url: str, name: str, now: datetime.datetime | None = None) -> dict[st
     for t in trials:
         if RETRY_KEY in t.system_attrs:
             retried[t.system_attrs[RETRY_KEY][-1]] = t.number
-    ranked = ranked_trials(study)
     best = None
     if ranked:
         b = ranked[0]

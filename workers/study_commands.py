@@ -240,8 +240,9 @@ def run_run(args: argparse.Namespace) -> int:
     launched = launch(spec, url, name=args.name, log=lambda m: None if m.startswith("  ") else print(m))
     name = launched.name
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
-    command = [sys.executable, "-m", "workers.cli", "work", name, "--storage", url, "--threads", str(threads),
+    command = [sys.executable, "-m", "workers.cli", "work", name, "--threads", str(threads),
                "--artifacts", str(artifacts_dir(args.artifacts))]
+    env = {**os.environ, ENV_STORAGE: url}  # not on the command line, where `ps` would show a password
     if args.device:
         command += ["--device", args.device]
     if args.timeout:
@@ -249,7 +250,7 @@ def run_run(args: argparse.Namespace) -> int:
     print(f"starting {args.workers} workers ({threads} torch threads each); Ctrl-C stops them after the current epoch")
     # Own sessions: a terminal Ctrl-C reaches only this process, which forwards exactly one SIGTERM
     # per signal, so the first stops the workers gracefully and a second one stops them at once.
-    procs = [subprocess.Popen(command, start_new_session=True) for _ in range(args.workers)]
+    procs = [subprocess.Popen(command, start_new_session=True, env=env) for _ in range(args.workers)]
 
     def forward(signum, _frame):
         for proc in procs:
