@@ -13,8 +13,11 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+import sys
 import time
 from pathlib import Path
+
+import torch
 
 from dlnn_core.config import PRESETS, TrainConfig
 from dlnn_core.train import fit
@@ -35,8 +38,9 @@ SIZES = {  # per system: (states, trajectories) for training, epochs
     "damped_pendulum": {"states": 4096, "trajectories": 24, "epochs": 60},
     "damped_double_pendulum": {"states": 8192, "trajectories": 48, "epochs": 150},
 }
+TARGETS = {"damped_pendulum": (1e-5, 120.0), "damped_double_pendulum": (1e-3, 600.0)}  # val_rel_mse within seconds
 COLUMNS = ("val_rel_mse", "val_rel_mse_median", "test_rollout_error_100", "test_rollout_error_500",
-           "test_valid_steps", "test_energy_error", "ood_rel_mse", "ood_rollout_error_500", "wall_time_s")
+           "test_valid_steps", "test_energy_error", "ood_rel_mse", "ood_rollout_error_500", "wall_time_s", "time_to_target_s")
 
 
 def config_for(system: str, variant: str, mode: str, seed: int, epochs: int) -> TrainConfig:
@@ -51,6 +55,45 @@ def config_for(system: str, variant: str, mode: str, seed: int, epochs: int) -> 
     base = {"model.hidden": 128, "model.depth": 2, "model.activation": "swish", "optimizer.name": "adam",
             "optimizer.lr": 1e-3, "batch_size": 256, "loss": "mse"}
     return TrainConfig().with_flat({**base, **data, **loop, **VARIANTS[variant]})
+
+
+def time_to_target(history: list[dict], target: float) -> float:
+    """Seconds of training until the validation error first reached the target (inf if never)."""
+    return next((h["time_s"] for h in history if h["val_rel_mse"] is not None and h["val_rel_mse"] <= target), math.inf)
+
+
+def mean(values: list[float]) -> float:
+    return statistics.fmean(values) if values and all(math.isfinite(v) for v in values) else math.inf
+
+
+def verdicts(results: dict[tuple[str, str, str], list[dict]]) -> list[str]:
+    """The issue's targets, checked on the means over seeds; only those whose runs are in this table."""
+    lines = []
+
+    def m(system, mode, variant, column):
+        return mean([r.get(column, math.inf) for r in results.get((system, mode, variant), [])])
+
+    for system, (target, seconds) in TARGETS.items():
+        if (system, "exact", "dlnn_structured") in results:
+            val, t = m(system, "exact", "dlnn_structured", "val_rel_mse"), m(system, "exact", "dlnn_structured", "time_to_target_s")
+            ok = val <= target and t <= seconds
+            lines.append(f"- {system}, exact: structured DLNN val_rel_mse {val:.3g} (target ≤ {target:g}), reached in "
+                         f"{t:.0f} s (target ≤ {seconds:g} s): **{'met' if ok else 'not met'}**")
+    for system, mode in sorted({(s, d) for s, d, _ in results}):
+        if (system, mode, "dlnn_structured") not in results:
+            continue
+        dlnn = m(system, mode, "dlnn_structured", "test_rollout_error_500")
+        if (system, mode, "lnn") in results:
+            lnn = m(system, mode, "lnn", "test_rollout_error_500")
+            lines.append(f"- {system}, {mode}: DLNN / LNN 500-step rollout error = {dlnn / lnn:.3g} (target ≤ 0.1): "
+                         f"**{'met' if dlnn <= 0.1 * lnn else 'not met'}**")
+        if (system, mode, "mlp") in results:
+            mlp = m(system, mode, "mlp", "test_rollout_error_500")
+            ood_d, ood_m = m(system, mode, "dlnn_structured", "ood_rel_mse"), m(system, mode, "mlp", "ood_rel_mse")
+            ok = dlnn < mlp and ood_d < ood_m
+            lines.append(f"- {system}, {mode}: DLNN vs MLP, 500-step rollout {dlnn:.3g} vs {mlp:.3g}, OOD rel. MSE "
+                         f"{ood_d:.3g} vs {ood_m:.3g}: **{'DLNN better on both' if ok else 'not met'}**")
+    return lines
 
 
 def mean_std(values: list[float]) -> str:
@@ -74,6 +117,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/science.md")
     args = parser.parse_args()
     seeds = 1 if args.quick else args.seeds
+    results: dict[tuple[str, str, str], list[dict]] = {}
     header = "| system | data | model | " + " | ".join(COLUMNS) + " | status |"
     lines = [header, "|" + "---|" * (len(COLUMNS) + 4)]
     print(header, flush=True)
@@ -85,17 +129,22 @@ def main() -> None:
                 for seed in range(seeds):
                     start = time.perf_counter()
                     result = fit(config_for(system, variant, mode, seed, epochs))
-                    metrics = dict(result.metrics, wall_time_s=time.perf_counter() - start)
+                    metrics = dict(result.metrics, wall_time_s=time.perf_counter() - start,
+                                   time_to_target_s=time_to_target(result.history, TARGETS[system][0]))
                     runs.append((result.status, metrics))
+                results[(system, mode, variant)] = [m for _, m in runs]
                 cells = [mean_std([m.get(c, math.inf) for _, m in runs]) for c in COLUMNS]
                 status = ", ".join(sorted({s for s, _ in runs}))
                 line = f"| {system} | {mode} | {variant} | " + " | ".join(cells) + f" | {status} |"
                 lines.append(line)
                 print(line, flush=True)
+    checks = verdicts(results)
+    print("\n".join(checks))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(f"Measured by `python {' '.join(['benchmarks/science.py'] + [a for a in __import__('sys').argv[1:]])}`"
-                   f" ({seeds} seed(s), CPU)\n\n" + "\n".join(lines) + "\n")
+    out.write_text(f"Measured by `python {' '.join(['benchmarks/science.py'] + sys.argv[1:])}` ({seeds} seed(s), "
+                   f"{torch.get_num_threads()} CPU threads, torch {torch.__version__})\n\n" + "\n".join(lines)
+                   + "\n\nTargets (means over seeds):\n\n" + "\n".join(checks) + "\n")
     print(f"wrote {out}")
 
 

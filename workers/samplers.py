@@ -129,7 +129,7 @@ SAMPLERS: dict[str, SamplerInfo] = {
             "group": Option(BOOL, True),
             "constant_liar": Option(BOOL, True),
             # Trials TPE models once the study is larger: the 100 best + the most recent (0: all).
-            "max_history": Option(INT, 2000, _non_negative),
+            "max_history": Option(INT, 1000, _non_negative),
         }, True, "TPE, multivariate and grouped (conditional spaces), constant liar for parallel workers"),
         SamplerInfo("random", _random, {}, True, "uniform random search"),
         SamplerInfo("cmaes", _cmaes, {

@@ -8,7 +8,7 @@ A spec has these tables (see studies/quick.toml for a commented example):
   [budget]     trials (counted across all workers), timeout_s (wall clock from the first trial)
   [worker]     heartbeat_interval, grace_period (seconds), max_retry
   [sampler]    name = tpe | random | cmaes | gp | grid | nsga2, and its options (tpe: n_startup_trials,
-               multivariate, group, constant_liar: all on by default; max_history = 2000)
+               multivariate, group, constant_liar: all on by default; max_history = 1000)
   [pruner]     name = none | median | percentile | successive_halving | hyperband, and its options
   [base]       the fixed TrainConfig (nested like a config file; `preset = "..."` allowed)
   [space.*]    searched settings, keyed by their TrainConfig path:
