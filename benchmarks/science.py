@@ -24,7 +24,7 @@ from dlnn_core.train import fit
 
 # Model variants: overrides on top of the base config (published: the preset as published).
 VARIANTS = {
-    "dlnn_free": {"model.kind": "dlnn", "model.form": "free", "model.init": "lnn"},
+    "dlnn_free": {"model.kind": "dlnn", "model.form": "free"},  # init "auto": orthogonal
     "dlnn_structured": {"model.kind": "dlnn", "model.form": "structured"},
     "lnn": {"model.kind": "lnn", "model.form": "structured"},
     "mlp": {"model.kind": "mlp"},

@@ -38,6 +38,7 @@ def _init_orthogonal(linears: list[nn.Linear]) -> None:
 
 
 INITS = {"default": lambda linears: None, "lnn": _init_lnn, "orthogonal": _init_orthogonal}
+INIT_CHOICES = ("auto", *INITS)  # auto: orthogonal for the free form, PyTorch's default otherwise
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class ModelConfig:
     nonneg_dissipation: bool = True  # free form: D = softplus(net) ≥ 0 instead of a raw output
     angle_features: bool = True  # feed sin/cos of rotational coordinates instead of the angle
     mass_eps: float = 1e-3  # structured form: M = LLᵀ + εI keeps ∂²L/∂q̇² invertible
-    init: str = "default"  # default (PyTorch), lnn (Cranmer et al. unit-scale), orthogonal (published DLNN)
+    init: str = "auto"  # auto, default (PyTorch), lnn (Cranmer et al. unit-scale), orthogonal (published DLNN)
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
@@ -64,11 +65,21 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"model.{name}", value, "a positive integer")
-        if self.init not in INITS:
-            raise ConfigError("model.init", self.init, sorted(INITS))
+        if self.init not in INIT_CHOICES:
+            raise ConfigError("model.init", self.init, INIT_CHOICES)
         if not (isinstance(self.mass_eps, (int, float)) and self.mass_eps > 0):
             raise ConfigError("model.mass_eps", self.mass_eps, "a positive number")
         get_activation(self.activation, for_lagrangian=self.kind != "mlp")
+
+    @property
+    def init_scheme(self) -> str:
+        """The INITS entry to use. "auto" picks orthogonal for a free-form L and PyTorch's default
+        otherwise. Measured (damped pendulum, Adam 1e-3, swish 128, 30 epochs): the free form reaches
+        val_rel_mse 1.6e-4 from orthogonal but stalls near 1 from PyTorch's (1.08) or the LNN paper's
+        init (1.49); the structured form does better from PyTorch's (1.9e-6 against 1.9e-5)."""
+        if self.init != "auto":
+            return self.init
+        return "orthogonal" if self.kind != "mlp" and self.form == "free" else "default"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -111,8 +122,8 @@ class FreeLagrangian(nn.Module):
         in_dim = features.q_dim + n
         self.shared = cfg.shared_trunk and with_dissipation
         outs = 2 if self.shared else 1
-        self.l_net = mlp(in_dim, cfg.hidden, cfg.depth, outs, cfg.activation, init=cfg.init)
-        self.d_net = mlp(in_dim, cfg.hidden, cfg.depth, 1, cfg.activation, init=cfg.init) if with_dissipation and not self.shared else None
+        self.l_net = mlp(in_dim, cfg.hidden, cfg.depth, outs, cfg.activation, init=cfg.init_scheme)
+        self.d_net = mlp(in_dim, cfg.hidden, cfg.depth, 1, cfg.activation, init=cfg.init_scheme) if with_dissipation and not self.shared else None
         self.with_dissipation = with_dissipation
 
     def _x(self, q: Tensor, v: Tensor) -> Tensor:
@@ -145,9 +156,9 @@ class StructuredLagrangian(nn.Module):
         sizes = [self.tri, 1] + ([self.tri] if with_dissipation else [])
         in_dim = features.q_dim
         if cfg.shared_trunk:
-            self.nets = nn.ModuleList([mlp(in_dim, cfg.hidden, cfg.depth, sum(sizes), cfg.activation, init=cfg.init)])
+            self.nets = nn.ModuleList([mlp(in_dim, cfg.hidden, cfg.depth, sum(sizes), cfg.activation, init=cfg.init_scheme)])
         else:
-            self.nets = nn.ModuleList([mlp(in_dim, cfg.hidden, cfg.depth, s, cfg.activation, init=cfg.init) for s in sizes])
+            self.nets = nn.ModuleList([mlp(in_dim, cfg.hidden, cfg.depth, s, cfg.activation, init=cfg.init_scheme) for s in sizes])
         self.sizes = sizes
         self.with_dissipation = with_dissipation
         # Start near M ≈ I (softplus(x + shift) ≈ 1 at x ≈ 0), so the first solves are benign.
@@ -206,7 +217,7 @@ class MLPModel(nn.Module):
     def __init__(self, cfg: ModelConfig, system: System, method: str = DEFAULT_METHOD):
         super().__init__()
         self.features = StateFeatures(system.angles, cfg.angle_features)
-        self.net = mlp(self.features.q_dim + system.n, cfg.hidden, cfg.depth, system.n, cfg.activation, for_lagrangian=False, init=cfg.init)
+        self.net = mlp(self.features.q_dim + system.n, cfg.hidden, cfg.depth, system.n, cfg.activation, for_lagrangian=False, init=cfg.init_scheme)
 
     def forward(self, q: Tensor, v: Tensor) -> Tensor:
         return self.net(torch.cat([self.features.q_features(q), v], dim=1))

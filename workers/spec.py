@@ -39,6 +39,7 @@ from dlnn_core import ACTIVATIONS, METHODS, MODEL_FORMS, MODEL_KINDS, SYSTEMS, C
 from dlnn_core.activations import ZERO_CURVATURE
 from dlnn_core.config import PRESETS, TrainConfig
 from dlnn_core.losses import LOSSES
+from dlnn_core.models import INIT_CHOICES
 from dlnn_core.optim import OPTIMIZERS, SCHEDULERS
 
 from .errors import UsageError
@@ -66,6 +67,7 @@ NAMED = {
     "model.activation": ("activation", ACTIVATIONS),
     "model.kind": ("model kind", MODEL_KINDS),
     "model.form": ("model form", MODEL_FORMS),
+    "model.init": ("initialization", INIT_CHOICES),
     "data.system": ("system", SYSTEMS),
     "method": ("method", METHODS),
 }
