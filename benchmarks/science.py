@@ -6,6 +6,7 @@ Markdown table (mean ± std over seeds) and writes it to --out.
     python benchmarks/science.py                        # the full comparison (long on 2 CPU cores)
     python benchmarks/science.py --quick                # one seed, fewer epochs: a smoke run
     python benchmarks/science.py --systems damped_pendulum --variants dlnn_structured lnn --seeds 3
+    python benchmarks/science.py --variants dlnn_structured --modes exact --epochs 600 --set optimizer.lr=3e-3
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 
 from dlnn_core.config import PRESETS, TrainConfig
 from dlnn_core.train import fit
+from workers.train_commands import parse_overrides
 
 # Model variants: overrides on top of the base config (published: the preset as published).
 VARIANTS = {
@@ -36,14 +38,14 @@ DATA_MODES = {
 }
 SIZES = {  # per system: (states, trajectories) for training, epochs
     "damped_pendulum": {"states": 4096, "trajectories": 24, "epochs": 60},
-    "damped_double_pendulum": {"states": 8192, "trajectories": 48, "epochs": 150},
+    "damped_double_pendulum": {"states": 8192, "trajectories": 24, "epochs": 150},
 }
 TARGETS = {"damped_pendulum": (1e-5, 120.0), "damped_double_pendulum": (1e-3, 600.0)}  # val_rel_mse within seconds
 COLUMNS = ("val_rel_mse", "val_rel_mse_median", "test_rollout_error_100", "test_rollout_error_500",
-           "test_valid_steps", "test_energy_error", "ood_rel_mse", "ood_rollout_error_500", "wall_time_s", "time_to_target_s")
+           "test_valid_steps", "test_energy_error", "ood_rel_mse", "ood_rollout_error_500", "dissipation_rel_error", "wall_time_s", "time_to_target_s")
 
 
-def config_for(system: str, variant: str, mode: str, seed: int, epochs: int) -> TrainConfig:
+def config_for(system: str, variant: str, mode: str, seed: int, epochs: int, overrides: dict | None = None) -> TrainConfig:
     size = SIZES[system]
     n_train = size["states"] if mode == "exact" else size["trajectories"]
     n_val = 2048 if mode == "exact" else 8
@@ -51,10 +53,10 @@ def config_for(system: str, variant: str, mode: str, seed: int, epochs: int) -> 
             "data.n_rollout": 8, "data.rollout_steps": 500, **DATA_MODES[mode]}
     loop = {"epochs": epochs, "seed": seed, "device": "cpu"}
     if VARIANTS[variant] is None:
-        return PRESETS["published_dlnn"].with_flat({**data, **loop})
+        return PRESETS["published_dlnn"].with_flat({**data, **loop, **(overrides or {})})
     base = {"model.hidden": 128, "model.depth": 2, "model.activation": "swish", "optimizer.name": "adam",
             "optimizer.lr": 1e-3, "batch_size": 256, "loss": "mse"}
-    return TrainConfig().with_flat({**base, **data, **loop, **VARIANTS[variant]})
+    return TrainConfig().with_flat({**base, **data, **loop, **VARIANTS[variant], **(overrides or {})})
 
 
 def time_to_target(history: list[dict], target: float) -> float:
@@ -96,7 +98,10 @@ def verdicts(results: dict[tuple[str, str, str], list[dict]]) -> list[str]:
     return lines
 
 
-def mean_std(values: list[float]) -> str:
+def mean_std(values: list[float | None]) -> str:
+    if all(v is None for v in values):
+        return "–"  # not defined for this model (an LNN or MLP has no D)
+    values = [math.inf if v is None else v for v in values]
     finite = [v for v in values if math.isfinite(v)]
     if not finite:
         return "inf"
@@ -114,9 +119,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=None, help="override the per-system epochs")
     parser.add_argument("--quick", action="store_true", help="1 seed, a fifth of the epochs")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a setting of every run by its dotted name, e.g. optimizer.lr=3e-3 (repeatable)")
     parser.add_argument("--out", default="benchmarks/results/science.md")
     args = parser.parse_args()
     seeds = 1 if args.quick else args.seeds
+    overrides = parse_overrides(args.overrides)
     results: dict[tuple[str, str, str], list[dict]] = {}
     header = "| system | data | model | " + " | ".join(COLUMNS) + " | status |"
     lines = [header, "|" + "---|" * (len(COLUMNS) + 4)]
@@ -128,12 +136,13 @@ def main() -> None:
                 runs = []
                 for seed in range(seeds):
                     start = time.perf_counter()
-                    result = fit(config_for(system, variant, mode, seed, epochs))
+                    result = fit(config_for(system, variant, mode, seed, epochs, overrides))
                     metrics = dict(result.metrics, wall_time_s=time.perf_counter() - start,
                                    time_to_target_s=time_to_target(result.history, TARGETS[system][0]))
                     runs.append((result.status, metrics))
                 results[(system, mode, variant)] = [m for _, m in runs]
-                cells = [mean_std([m.get(c, math.inf) for _, m in runs]) for c in COLUMNS]
+                # A diverged run has no metrics (inf); a metric an ok run lacks does not apply to its model (None).
+                cells = [mean_std([m.get(c, math.inf if status == "diverged" else None) for status, m in runs]) for c in COLUMNS]
                 status = ", ".join(sorted({s for s, _ in runs}))
                 line = f"| {system} | {mode} | {variant} | " + " | ".join(cells) + f" | {status} |"
                 lines.append(line)

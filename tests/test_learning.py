@@ -19,6 +19,16 @@ def test_structured_dlnn_learns_damped_oscillator(tmp_path):
     assert result.status == "ok"
     assert result.metrics["val_rel_mse"] < 1e-3
     assert result.metrics["dissipation_negative_fraction"] == 0.0
+    assert result.metrics["dissipation_rel_error"] < 1e-3  # the learned D decelerates as the true one does
+
+
+def test_learned_dissipation_vanishes_on_undamped_data(tmp_path):
+    """With ρ = 0 the data holds no decay, and the DLNN's D must learn to do (almost) nothing."""
+    cfg = TrainConfig().with_flat({**OSC, "data.params": {"rho": 0.0}, "data.n_train": 1024, "model.form": "structured",
+                                   "epochs": 30, "model.activation": "swish"})
+    metrics = fit(cfg, cache_dir=tmp_path).metrics
+    assert metrics["true_dissipation_share"] == 0.0 and "dissipation_rel_error" not in metrics
+    assert metrics["dissipation_share"] < 1e-4
 
 
 def test_lnn_cannot_fit_decay_but_dlnn_does(tmp_path):
