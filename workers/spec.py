@@ -6,7 +6,8 @@ A spec has these tables (see studies/quick.toml for a commented example):
   [study]      name, description
   [objective]  metric = "val_rel_mse" (or metrics = [...] for a Pareto study), direction(s)
   [budget]     trials (counted across all workers), timeout_s (wall clock from the first trial)
-  [worker]     heartbeat_interval, grace_period (seconds), max_retry
+  [worker]     heartbeat_interval, grace_period (seconds), max_retry (retries of a trial whose worker
+               died; a stopped or cut trial is always re-queued)
   [sampler]    name = tpe | random | cmaes | gp | grid | nsga2, and its options (tpe: n_startup_trials,
                multivariate, group, constant_liar: all on by default; max_history = 1000)
   [pruner]     name = none | median | percentile | successive_halving | hyperband, and its options

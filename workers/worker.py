@@ -12,6 +12,8 @@ How a worker behaves:
   reason and re-queued (retryable, not complete), the connections are released and the worker
   exits 0. A second signal exits at once (its trial is then retried after the grace period);
   only while a stopped trial is being failed and re-queued does it wait for those few writes.
+  A trial cut by a lost database connection is re-queued the same way once the database is back.
+  Neither counts against the spec's max_retry, which bounds only the retries of dead workers' trials.
 - Each epoch reports the validation error for pruning (fit's report callback raises
   optuna.TrialPruned). A trial that diverges or runs out of GPU memory is recorded as PRUNED with
   its reason and the constraint `diverged` = 1: a pruned trial keeps its learning curve, and
@@ -337,13 +339,26 @@ def run_worker(url: str, name: str, *, n_trials: int | None = None, timeout: flo
     objective = Objective(spec, stop, worker_identity(seed, device, versions()), device,
                           artifact_store(artifacts) if artifacts else None, fit_fn, log, plots)
     counter = {"done": 0}
+    # A stopped or cut trial is not at fault: it is re-queued with the same params however often it
+    # happens (max_retry bounds only trials whose worker died). Re-queues that the lost database
+    # refused wait here and are written once it is back.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        requeue = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=None)
+    unqueued: list[FrozenTrial] = []
+
+    def flush_requeues(study: optuna.Study) -> None:
+        while unqueued:
+            requeue(study, unqueued[0])
+            unqueued.pop(0)
 
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
         counter["done"] += 1
         log(_describe(trial, spec))
         interrupted = trial.user_attrs.get("status") == "interrupted" or trial._trial_id in objective.lost
         if trial.state == TrialState.FAIL and interrupted:
-            stale_callback(study, trial)  # re-queue with the same params, as for a dead worker
+            unqueued.append(trial)
+            flush_requeues(study)
         stop.release()
         if stop.signal:
             study.stop()
@@ -363,6 +378,7 @@ def run_worker(url: str, name: str, *, n_trials: int | None = None, timeout: flo
                 reason = "this worker's own limit (--n-trials/--timeout) reached"
                 break
             try:
+                flush_requeues(study)
                 try:
                     study.optimize(objective, n_trials=left_trials, timeout=left_time, n_jobs=jobs, catch=(Exception,),
                                    callbacks=[after_trial])
@@ -388,6 +404,8 @@ def run_worker(url: str, name: str, *, n_trials: int | None = None, timeout: flo
                 stop.sleep(spec.heartbeat_interval)
         if stop.signal:
             reason = f"stopped by {stop.signal}"
+            with contextlib.suppress(Exception):
+                flush_requeues(study)
     finally:
         close_storage(storage)
         stop.release()
