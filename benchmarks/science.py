@@ -147,14 +147,16 @@ def main() -> None:
                 line = f"| {system} | {mode} | {variant} | " + " | ".join(cells) + f" | {status} |"
                 lines.append(line)
                 print(line, flush=True)
-    checks = verdicts(results)
-    print("\n".join(checks))
-    out = Path(args.out)
+                write_table(Path(args.out), lines, verdicts(results), seeds)  # after every row: a cut run keeps its rows
+    print("\n".join(verdicts(results)))
+    print(f"wrote {args.out}")
+
+
+def write_table(out: Path, lines: list[str], checks: list[str], seeds: int) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(f"Measured by `python {' '.join(['benchmarks/science.py'] + sys.argv[1:])}` ({seeds} seed(s), "
                    f"{torch.get_num_threads()} CPU threads, torch {torch.__version__})\n\n" + "\n".join(lines)
                    + "\n\nTargets (means over seeds):\n\n" + "\n".join(checks) + "\n")
-    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
