@@ -1,7 +1,8 @@
 """Everything a trained model is judged on: q̈ error on held-out and out-of-distribution states
 (mean and median, so a few exploding states cannot hide the rest), rollouts against the true
 trajectories (state error after 100 and 500 steps, valid prediction time, energy error), and the
-learned dissipation's sanity (its sign, and the deceleration it causes against the true one). One flat dict of floats, so it can be stored and compared."""
+learned dissipation's sanity (its sign, and the deceleration it causes against the true one).
+One flat dict of floats, so it can be stored and compared."""
 
 from __future__ import annotations
 
