@@ -6,6 +6,7 @@ worker processes with the real `fit`."""
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 
@@ -15,11 +16,13 @@ import yaml
 from optuna.trial import TrialState
 from service_support import fake_fit, pg_url, storage_url, tiny_spec, write_spec  # noqa: F401 (fixtures)
 
-from workers import cli
+from workers import cli, records
 from workers.errors import UsageError
 from workers.export import export
 from workers.refine import refine
+from dlnn_core.optim import OPTIMIZERS
 from workers.service import launch, status
+from workers.space import lr_from_position
 from workers.spec import load_spec
 from workers.storage import normalize_url
 from workers.worker import run_worker
@@ -37,6 +40,10 @@ def _launch(url, tmp_path, text, **kw):
     return launch(load_spec(write_spec(tmp_path, text)), url, log=lambda m: None, **kw)
 
 
+def study_of(url, name):
+    return optuna.load_study(study_name=name, storage=normalize_url(url))
+
+
 def _trials(url, name):
     return optuna.load_study(study_name=name, storage=normalize_url(url)).get_trials(deepcopy=False)
 
@@ -51,7 +58,9 @@ def test_launch_is_idempotent_and_refuses_a_changed_spec(storage_url, tmp_path, 
     assert "already launched with this spec; nothing changed" in capsys.readouterr().out
     trials = _trials(storage_url, "tiny")
     assert [t.state for t in trials] == [TrialState.WAITING]  # the baseline, enqueued once
-    assert trials[0].system_attrs["fixed_params"] == {"optimizer.name": "adam", "optimizer.lr[adam]": 1e-3}
+    fixed = trials[0].system_attrs["fixed_params"]
+    assert fixed.keys() == {"optimizer.name", "optimizer.lr_position"} and fixed["optimizer.name"] == "adam"
+    assert lr_from_position(fixed["optimizer.lr_position"], *OPTIMIZERS["adam"].lr_range) == pytest.approx(1e-3, rel=1e-12)
 
     path.write_text(tiny_spec(trials=5, extra=extra))
     assert cli.main(["launch", str(path), "--storage", storage_url]) == 1
@@ -75,10 +84,13 @@ def test_budget_is_exact_and_trials_record_everything(storage_url, tmp_path):
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     assert done
     t = done[0]
-    assert set(t.user_attrs) >= {"config", "metrics", "device", "worker"} and "reason" not in t.user_attrs
-    assert t.user_attrs["config"]["optimizer"]["name"] == t.params["optimizer.name"]
-    assert t.user_attrs["metrics"]["wall_time_s"] > 0
-    assert t.user_attrs["worker"]["host"] and t.user_attrs["worker"]["versions"]["torch"]
+    assert set(t.user_attrs) >= {"val_rel_mse", "wall_time_s", "device", "worker", "lr_rel"} and "reason" not in t.user_attrs
+    assert not any(isinstance(v, dict) for v in t.user_attrs.values())  # one short, sortable cell each in the dashboard
+    assert records.trial_config(t)["optimizer"]["name"] == t.params["optimizer.name"]
+    assert records.trial_metrics(t)["wall_time_s"] > 0 and t.user_attrs["wall_time_s"] > 0
+    assert records.trial_worker(t)["host"] and records.trial_worker(t)["versions"]["torch"]
+    assert t.value == pytest.approx(math.log10(t.user_attrs["val_rel_mse"]))  # error objectives are stored as log10
+    assert study_of(storage_url, "tiny").metric_names == ["log10(val_rel_mse)"]
     assert t.constraints == {}  # feasible: no constraint written
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     for t in pruned:
@@ -108,12 +120,13 @@ per_optimizer = true
     assert len(failed) == 1 and failed[0].user_attrs["reason"] == "RuntimeError: boom on call 2"
     for t in by_opt["sgd"]:
         if t.state != TrialState.FAIL:
-            assert t.state == TrialState.PRUNED and t.constraints == {"diverged": 1.0}
+            assert t.state == TrialState.PRUNED and t.constraints["diverged"] == 1.0
+            assert t.system_attrs["constraints"] == [1.0]  # the form optuna-dashboard draws as infeasible
             assert t.user_attrs["status"] == "diverged" and t.user_attrs["reason"] == "diverged at epoch 2: training loss is nan"
             assert list(t.intermediate_values) == [1]  # it keeps its learning curve up to the divergence
     for t in by_opt["rmsprop"]:
         if t.state != TrialState.FAIL:
-            assert t.state == TrialState.PRUNED and t.constraints == {"diverged": 1.0}
+            assert t.state == TrialState.PRUNED and t.constraints["diverged"] == 1.0
             assert t.user_attrs["reason"].startswith("out of memory at epoch 1: CUDA out of memory")
     s = status(storage_url, "tiny")
     reasons = [f["reason"] for f in s["failures"]]
@@ -139,7 +152,8 @@ def test_status_and_export_agree_with_the_storage(storage_url, tmp_path, capsys)
     assert cli.main(["status", "tiny", "--json", "--storage", storage_url]) == 0
     s = json.loads(capsys.readouterr().out)
     assert s["states"]["COMPLETE"] == 5 and s["budget"] == {"trials": 5, "used": 5, "timeout_s": None}
-    assert s["best"]["trial"] == study.best_trial.number and s["best"]["values"]["val_rel_mse"] == study.best_value
+    assert s["best"]["trial"] == study.best_trial.number
+    assert s["best"]["values"]["val_rel_mse"] == pytest.approx(10 ** study.best_value) == study.best_trial.user_attrs["val_rel_mse"]
     assert cli.main(["status", "tiny", "--storage", storage_url]) == 0
     text = capsys.readouterr().out
     assert f"best: trial {study.best_trial.number}" in text and "budget: 5/5 trials used" in text
@@ -149,10 +163,10 @@ def test_status_and_export_agree_with_the_storage(storage_url, tmp_path, capsys)
     assert [e.trial for e in result.items] == [t.number for t in ranked[:3]]
     first = result.items[0]
     config = json.loads(first.config_path.read_text())
-    assert config == {**study.best_trial.user_attrs["config"], "device": "auto"}
+    assert config == {**records.trial_config(study.best_trial), "device": "auto"}
     meta = json.loads(first.meta_path.read_text())
     assert meta["study"] == "tiny" and meta["trial"] == study.best_trial.number
-    assert meta["objective"]["val_rel_mse"]["value"] == study.best_value
+    assert meta["objective"]["val_rel_mse"]["value"] == pytest.approx(10 ** study.best_value)
     assert "storage" not in json.dumps(meta["provenance"]) and meta["provenance"]["spec_digest"]
     assert (result.folder / "summary.md").read_text().count("| ") > 3 and (result.folder / "summary.csv").exists()
     yaml_result = export(storage_url, "tiny", top=1, out=tmp_path / "y", fmt="yaml")
@@ -196,8 +210,25 @@ def test_launch_from_an_old_study_enqueues_its_best_configs(storage_url, tmp_pat
     waiting = _trials(storage_url, "tiny-v2")
     best = sorted(old.trials, key=lambda t: t.value)[:2]
     assert [t.state for t in waiting] == [TrialState.WAITING] * 2
-    assert [t.system_attrs["fixed_params"] for t in waiting] == [t.params for t in best]
+    for t, b in zip(waiting, best):
+        fixed = t.system_attrs["fixed_params"]
+        assert fixed.keys() == b.params.keys() and fixed["optimizer.name"] == b.params["optimizer.name"]
+        assert fixed["optimizer.lr_position"] == pytest.approx(b.params["optimizer.lr_position"], rel=1e-12)
     assert [t.user_attrs["seeded_from"] for t in waiting] == [f"tiny#{t.number}" for t in best]
+
+
+def test_launch_from_enqueues_each_config_once(storage_url, tmp_path):
+    """The old study's baseline and its rerun share one config: the new study runs it once."""
+    extra = '[[baseline]]\nname = "adam"\nparams = { "optimizer.name" = "adam", "optimizer.lr" = 1e-3, "model.hidden" = 16 }\n'
+    _launch(storage_url, tmp_path, tiny_spec(trials=4, extra=extra, sampler='name = "random"'))
+    old = study_of(storage_url, "tiny")
+    old.enqueue_trial(old.trials[0].system_attrs["fixed_params"], user_attrs={"baseline": "again"})
+    _work(storage_url, "tiny", tmp_path, fake_fit())
+    configs = [records.trial_flat(t)["optimizer.lr"] for t in _trials(storage_url, "tiny")[:2]]
+    assert configs[0] == pytest.approx(configs[1])
+    _launch(storage_url, tmp_path, tiny_spec(name="tiny-v2", trials=6), from_study="tiny", top=4)
+    enqueued = [t.system_attrs["fixed_params"] for t in _trials(storage_url, "tiny-v2")]
+    assert len(enqueued) == len({json.dumps(p, sort_keys=True) for p in enqueued}) == 3
 
 
 def test_unknown_study_and_storage_errors(storage_url, tmp_path, capsys):

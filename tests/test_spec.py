@@ -175,7 +175,7 @@ choices = [64, 128]
         opt = flat["optimizer.name"]
         seen.add(opt)
         assert ("optimizer.d0" in params) == (opt == "dadaptadam")
-        assert set(k for k in params if k.startswith("optimizer.lr")) == {f"optimizer.lr[{opt}]"}
+        assert set(k for k in params if k.startswith("optimizer.lr")) == {"optimizer.lr_position"}
         if opt == "lion":
             assert 1e-6 <= flat["optimizer.lr"] <= 1e-5
         assert ("scheduler.warmup_t" in params) == (flat["scheduler.name"] == "cosine")

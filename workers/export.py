@@ -13,6 +13,7 @@ from typing import Any
 
 import optuna
 
+from . import records
 from .errors import UsageError
 from .service import DIGEST_ATTR, SPEC_ATTR, ranked_trials, stored_spec
 from .storage import close_storage, open_storage
@@ -62,13 +63,14 @@ def export(url: str, name: str, *, top: int = 5, out: str | Path = "exports", fm
     try:
         spec = stored_spec(storage, name)
         study = optuna.load_study(study_name=name, storage=storage)
-        ranked = ranked_trials(study)
+        ranked = all_ranked = ranked_trials(study)
+        scales = records.stored_scales(study)
         if per is None:
             ranked = ranked[:top]
         else:
             groups: dict[str, list] = {}
             for t in ranked:  # groups keep the order of their best trial
-                groups.setdefault(str(TrainConfig.from_dict(t.user_attrs["config"]).to_flat()[per]), []).append(t)
+                groups.setdefault(str(records.trial_flat(t)[per]), []).append(t)
             ranked = [t for group in groups.values() for t in group[:top]]
         digest = study.user_attrs.get(DIGEST_ATTR)
         raw_spec = study.user_attrs.get(SPEC_ATTR)
@@ -77,26 +79,32 @@ def export(url: str, name: str, *, top: int = 5, out: str | Path = "exports", fm
         close_storage(storage)
     if not ranked:
         raise UsageError(f"study {name!r} has no completed feasible trial to export yet (see `dlnn status {name}`)")
+    from .verify import robust_winner
+
+    winner = robust_winner(url, name)
+    if winner is not None and winner.trial not in {t.number for t in ranked}:  # the robust winner is always exported
+        ranked += [t for t in all_ranked if t.number == winner.trial]
 
     folder = Path(out) / name
     folder.mkdir(parents=True, exist_ok=True)
     exported = []
     for rank, t in enumerate(ranked, start=1):
-        config = TrainConfig.from_dict(t.user_attrs["config"]).with_flat({"device": "auto"})  # portable: any machine
+        config = TrainConfig.from_dict(records.trial_config(t)).with_flat({"device": "auto"})  # portable: any machine
         stem = f"rank{rank:02d}-trial{t.number:04d}"
         config_path = folder / f"{stem}.{fmt}"
         meta_path = folder / f"{stem}.meta.{fmt}"
-        values = dict(zip(spec.metrics, t.values))
+        values = dict(zip(spec.metrics, records.raw_values(scales, t)))
+        metrics = records.trial_metrics(t)
         header = (f"# {name} trial {t.number} (rank {rank}): " + ", ".join(f"{m} = {v:.4g}" for m, v in values.items())
                   + f"\n# retrain: dlnn train {config_path.name}\n")
         _dump(config.to_dict(), config_path, fmt, header)
-        worker = t.user_attrs.get("worker", {})
+        worker = records.trial_worker(t)
         meta = {
             "study": name,
             "trial": t.number,
             "rank": rank,
-            "objective": {m: {"direction": d, "value": v} for (m, d), v in zip(zip(spec.metrics, spec.directions), t.values)},
-            "metrics": t.user_attrs.get("metrics", {}),
+            "objective": {m: {"direction": d, "value": v} for (m, d), v in zip(zip(spec.metrics, spec.directions), values.values())},
+            "metrics": metrics,
             "params": t.params,
             "provenance": {
                 "spec_digest": digest,
@@ -108,20 +116,24 @@ def export(url: str, name: str, *, top: int = 5, out: str | Path = "exports", fm
                 "trained_on": t.user_attrs.get("device"),
                 "host": worker.get("host"),
                 "completed": t.datetime_complete.isoformat() if t.datetime_complete else None,
-                "wall_time_s": (t.user_attrs.get("metrics") or {}).get("wall_time_s"),
+                "wall_time_s": metrics.get("wall_time_s"),
                 "versions": worker.get("versions", {}),
                 "exported": datetime.datetime.now().isoformat(timespec="seconds"),
             },
             "config_file": config_path.name,
         }
+        if winner is not None:  # `dlnn verify` retrained the best configs with fresh seeds
+            meta["robust_winner"] = t.number == winner.trial
+            if t.number == winner.trial:
+                meta["over_seeds"] = {"mean": winner.mean, "std": winner.std, "seeds_ok": winner.n_ok, "seeds_diverged": winner.n_diverged}
         _dump(meta, meta_path, fmt)
-        exported.append(Exported(rank, t.number, config_path, meta_path, values, t.user_attrs.get("metrics", {})))
+        exported.append(Exported(rank, t.number, config_path, meta_path, values, metrics))
     (folder / "spec.json").write_text(json.dumps(raw_spec, indent=2) + "\n")
-    text = _summary(folder, name, spec.metrics, exported)
+    text = _summary(folder, name, spec.metrics, exported, winner.trial if winner else None)
     return ExportResult(folder, exported, text)
 
 
-def _summary(folder: Path, name: str, objective: tuple[str, ...], exported: list[Exported]) -> str:
+def _summary(folder: Path, name: str, objective: tuple[str, ...], exported: list[Exported], robust: int | None) -> str:
     columns = list(objective) + [m for m in SUMMARY_METRICS if m not in objective]
     rows = []
     for e in exported:
@@ -132,6 +144,8 @@ def _summary(folder: Path, name: str, objective: tuple[str, ...], exported: list
                "loss": cfg["loss"], "batch": cfg["batch_size"]}
         for m in columns:
             row[m] = e.values.get(m, e.metrics.get(m))
+        if robust is not None:
+            row["robust"] = "winner" if e.trial == robust else ""
         row["config"] = e.config_path.name
         rows.append(row)
     keys = list(rows[0])

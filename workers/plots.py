@@ -52,3 +52,47 @@ def rollout_png(checkpoint: str | Path, out: str | Path, trajectories: int = 3, 
     fig.savefig(out, dpi=90)
     plt.close(fig)
     return out
+
+
+def rollouts_overlay(checkpoints: dict[str, str | Path], trajectories: int = 2, cache_dir: str | Path | None = None):
+    """One figure: the true held-out rollouts (solid) and each model's from the same initial
+    states (dashed), one panel per coordinate; the data are those of the first checkpoint."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from dlnn_core.data import load_data
+    from dlnn_core.rollout import rollout
+    from dlnn_core.train import DTYPES, load_checkpoint
+
+    loaded = {label: load_checkpoint(path, "cpu") for label, path in checkpoints.items()}
+    _, config, _ = next(iter(loaded.values()))
+    traj = load_data(config.data, config.data_seed, cache_dir).rollouts["test"]
+    k = min(trajectories, traj.q.shape[0])
+    dt = float(traj.t[1] - traj.t[0])
+    n = traj.q.shape[2]
+    fig, axes = plt.subplots(n, k, figsize=(5 * k, 2.4 * n), sharex=True, squeeze=False)
+    for j in range(n):
+        for i in range(k):
+            ax = axes[j, i]
+            ax.plot(traj.t, traj.q[i, :, j], color="k", lw=1.8, label="true")
+            finite = traj.q[i, :, j]
+            pad = 0.5 * (finite.max() - finite.min() + 1e-9)
+            ax.set_ylim(finite.min() - pad, finite.max() + pad)  # a diverging rollout must not flatten the truth
+            ax.set_ylabel(f"q{j + 1}")
+    for c, (label, (model, cfg, _)) in enumerate(loaded.items()):
+        dtype = DTYPES[cfg.dtype]
+        q0 = torch.as_tensor(traj.q[:k, 0], dtype=dtype)
+        v0 = torch.as_tensor(traj.qdot[:k, 0], dtype=dtype)
+        model.eval()
+        with torch.no_grad():
+            q, _ = rollout(model, q0, v0, dt, traj.q.shape[1] - 1, substeps=2)
+        q = q.double().numpy()
+        for j in range(n):
+            for i in range(k):
+                axes[j, i].plot(traj.t, q[i, :, j], color=f"C{c}", lw=1.2, ls="--", label=label)
+    axes[0, 0].legend(fontsize=7, loc="upper right")
+    for i in range(k):
+        axes[-1, i].set_xlabel("t [s]")
+    return fig

@@ -3,9 +3,10 @@
 The new study fixes the best trial's categorical choices (optimizer, scheduler, activation, ...)
 and grids each numeric setting over the range the top `--around` trials with those same choices
 span (widened a little when they agree, clipped to the old space), `--points` values per setting
-plus the best trial's own value. The top trials are copied into the new study as completed
-trials (its seeds), so its best is never worse than the old best and the grid's own run of the
-best values shows how reproducible that result is.
+plus the best trial's own value. Those top trials with the same choices (and only those: others
+would mix incomparable trials into its plots and importances) are copied into the new study as
+completed trials (its seeds), so its best is never worse than the old best and the grid's own
+run of the best values shows how reproducible that result is.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import optuna
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from . import records
 from .errors import UsageError
 from .service import CONSTRAINT, ranked_trials, stored_spec
 from .space import Param
@@ -89,7 +91,7 @@ def refine_spec(spec: StudySpec, ranked: list[FrozenTrial], *, name: str, around
         best = chosen[0]
     else:
         best = ranked[0]
-    flat = {t.number: TrainConfig.from_dict(t.user_attrs["config"]).to_flat() for t in ranked[: max(around, 1)] + [best]}
+    flat = {t.number: records.trial_flat(t) for t in ranked[: max(around, 1)] + [best]}
     best_flat = flat[best.number]
     categorical = [p for p in spec.space if p.kind == "categorical"]
     same = [t for t in ranked[:around] if all(flat[t.number].get(p.key) == best_flat.get(p.key) for p in categorical)]
@@ -99,6 +101,9 @@ def refine_spec(spec: StudySpec, ranked: list[FrozenTrial], *, name: str, around
     raw["study"] = {**raw.get("study", {}), "name": name,
                     "description": f"grid refinement of {spec.name} around trial {best.number} (top {around})"}
     raw["sampler"] = {"name": "grid"}
+    # Its points are all near the best: a median pruner's cut among near-equal curves is a coin
+    # toss (on quick-refine it cut the winner's own rerun at epoch 2), so a refine never prunes.
+    raw["pruner"] = {"name": "none"}
     raw.pop("baseline", None)
     raw.get("budget", {}).pop("timeout_s", None)
     base = raw.setdefault("base", {})
@@ -127,7 +132,7 @@ def refine_spec(spec: StudySpec, ranked: list[FrozenTrial], *, name: str, around
     if not sizes:
         raise UsageError("the best trials agree on every setting: there is nothing left to refine")
     raw["space"] = space
-    seeds = ranked[:around]
+    seeds = same
     raw.setdefault("budget", {})["trials"] = size + len(seeds)
     new = parse_spec(raw, source=f"refine spec for {spec.name}")
     return new, seeds
@@ -137,10 +142,9 @@ def seed_trials(study: optuna.Study, spec: StudySpec, seeds: list[FrozenTrial], 
     """Copy finished trials into the new study (values, config, metrics); params that fit the new
     space keep their distribution there, so the dashboard plots them beside the grid's trials."""
     params_by_name = {p.key: p for p in spec.space if p.kind != "fixed"}
-    from dlnn_core.config import TrainConfig
-
     for t in seeds:
-        flat = TrainConfig.from_dict(t.user_attrs["config"]).to_flat()
+        flat = records.trial_flat(t)
+        metrics = records.trial_metrics(t)
         params, dists = {}, {}
         for key, p in params_by_name.items():
             value = flat.get(key)
@@ -151,11 +155,13 @@ def seed_trials(study: optuna.Study, spec: StudySpec, seeds: list[FrozenTrial], 
             else:
                 dist = FloatDistribution(min(p.low, value), max(p.high, value), log=p.log)
             params[key], dists[key] = value, dist
-        user_attrs = {k: v for k, v in t.user_attrs.items() if k in ("config", "metrics", "device", "worker")}
-        user_attrs.update(seeded_from=f"{origin}#{t.number}", status="ok")
+        user_attrs = {k: v for k, v in t.user_attrs.items() if k not in ("reason", "baseline", "overrides")}
+        user_attrs.update(seeded_from=f"{origin}#{t.number}", status=records.OK)
+        system_attrs = {k: t.system_attrs[k] for k in (records.CONFIG, records.METRICS, records.WORKER) if k in t.system_attrs}
+        values = [records.to_stored(m, metrics[m]) if m in metrics else v for m, v in zip(spec.metrics, t.values)]
         study.add_trial(optuna.create_trial(
-            state=TrialState.COMPLETE, values=t.values, params=params, distributions=dists, user_attrs=user_attrs,
-            system_attrs={f"constraints:{CONSTRAINT}": 0.0}, intermediate_values=t.intermediate_values))
+            state=TrialState.COMPLETE, values=values, params=params, distributions=dists, user_attrs=user_attrs,
+            system_attrs={**system_attrs, f"constraints:{CONSTRAINT}": 0.0}, intermediate_values=t.intermediate_values))
     return len(seeds)
 
 

@@ -23,6 +23,7 @@ import optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import FrozenTrial, TrialState
 
+from . import records
 from .errors import UsageError
 from .samplers import build_pruner, build_sampler
 from .space import grid_space
@@ -212,7 +213,7 @@ def _launch(storage, spec: StudySpec, url: str, update: bool, from_study: str | 
         study.set_user_attr("description", spec.description)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
-        study.set_metric_names(list(spec.metrics))
+        study.set_metric_names(records.metric_names(spec.metrics))
     enqueued = 0
     for b in spec.baselines:
         study.enqueue_trial(b.params, user_attrs={"baseline": b.name, "overrides": b.overrides})
@@ -267,13 +268,13 @@ def seed_configs(storage, old: str, spec: StudySpec, top: int) -> list[tuple[str
     if not ranked:
         raise UsageError(f"--from {old}: the study has no completed feasible trials to start from")
     out = []
+    seen = set()
     for trial in ranked:
-        config = trial.user_attrs.get("config")
-        if not isinstance(config, dict):
+        flat = recipe(records.trial_flat(trial))
+        key = json.dumps(flat, sort_keys=True)
+        if not flat or key in seen:  # the same config twice (a rerun baseline) is enqueued once
             continue
-        from dlnn_core.config import TrainConfig
-
-        flat = recipe(TrainConfig.from_dict(config).to_flat())
+        seen.add(key)
         b = make_baseline(f"{old}#{trial.number}", spec.base, spec.space, flat, f"--from {old} trial {trial.number}",
                           lambda msg: None, strict=False)
         if b is not None:
@@ -320,6 +321,7 @@ def status(url: str, name: str, now: datetime.datetime | None = None) -> dict[st
         study = optuna.load_study(study_name=name, storage=storage)
         trials = study.get_trials(deepcopy=False)
         ranked = ranked_trials(study)  # before closing: a gRPC storage cannot be read once closed
+        scales = records.stored_scales(study)
     finally:
         close_storage(storage)
     now = now or datetime.datetime.now()
@@ -333,12 +335,12 @@ def status(url: str, name: str, now: datetime.datetime | None = None) -> dict[st
     best = None
     if ranked:
         b = ranked[0]
-        best = {"trial": b.number, "values": dict(zip(spec.metrics, b.values)), "params": b.params,
-                "config": b.user_attrs.get("config"), "metrics": b.user_attrs.get("metrics", {})}
+        best = {"trial": b.number, "values": dict(zip(spec.metrics, records.raw_values(scales, b))), "params": b.params,
+                "config": records.trial_config(b), "metrics": records.trial_metrics(b)}
     running = []
     for t in trials:
         if t.state == TrialState.RUNNING:
-            worker = t.user_attrs.get("worker", {})
+            worker = records.trial_worker(t)
             running.append({"trial": t.number, "worker": worker.get("id", "?"), "device": worker.get("device"),
                             "age_s": round((now - t.datetime_start).total_seconds(), 1) if t.datetime_start else None,
                             "last_epoch": max(t.intermediate_values) if t.intermediate_values else None})
@@ -353,7 +355,7 @@ def status(url: str, name: str, now: datetime.datetime | None = None) -> dict[st
         if t.number in retried:
             reason += f"; retried as trial {retried[t.number]}"
         failures.append({"trial": t.number, "state": t.state.name, "reason": reason,
-                         "worker": t.user_attrs.get("worker", {}).get("id")})
+                         "worker": records.trial_worker(t).get("id")})
         if len(failures) >= 10:
             break
     return {
@@ -387,4 +389,5 @@ def format_status(s: dict[str, Any]) -> str:
         lines.append("recent failures:")
         for f in s["failures"]:
             lines.append(f"    trial {f['trial']} {f['state'].lower()}: {f['reason']}")
+    lines.append(f"what it answers (per choice, lr tolerance, failures): dlnn report {s['study']}  (writes reports/{s['study']}/report.html)")
     return "\n".join(lines)

@@ -3,8 +3,10 @@
 Each `Param` is one dotted `TrainConfig` key ("optimizer.lr", "model.hidden"). Parameters under
 the optimizer or the scheduler may be conditional (`only_for`): `optimizer.d0` is only drawn for
 D-Adaptation/Prodigy, `scheduler.warmup_t` only for schedulers that read it. A per-optimizer
-learning rate becomes one Optuna parameter per optimizer ("optimizer.lr[adam]"), each over that
-optimizer's own range, which is how conditional spaces are written for Optuna's grouped TPE.
+learning rate is one unit-free Optuna parameter, "optimizer.lr_position": the position of lr in
+the chosen optimizer's own log range (0 = its low end, 1 = its high end). One parameter across
+optimizers is what importance and parallel coordinates need (Optuna cannot give one parameter
+name different ranges), and each optimizer still gets exactly its own range.
 """
 
 from __future__ import annotations
@@ -18,6 +20,16 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 
 # Parameters that name a registry entry; their children can be conditional on the chosen entry.
 PARENTS = {"optimizer": "optimizer.name", "scheduler": "scheduler.name"}
+# The Optuna parameter of a per-optimizer learning rate, in [0, 1] (see the module docstring).
+LR_POSITION = "optimizer.lr_position"
+
+
+def lr_from_position(position: float, low: float, high: float) -> float:
+    return float(low * (high / low) ** position)
+
+
+def position_from_lr(lr: float, low: float, high: float) -> float:
+    return math.log(lr / low) / math.log(high / low)
 
 
 @dataclass(frozen=True)
@@ -47,18 +59,17 @@ class Param:
         if self.kind == "fixed":
             return []
         if self.per_optimizer:
-            return [f"{self.key}[{choice}]" for choice in self.per_choice]
+            return [LR_POSITION]
         return [self.key]
 
     def name_for(self, parent_value: Any) -> str:
-        return f"{self.key}[{parent_value}]" if self.per_optimizer else self.key
+        return LR_POSITION if self.per_optimizer else self.key
 
     def distribution(self, parent_value: Any = None) -> BaseDistribution:
         if self.kind == "categorical":
             return CategoricalDistribution(list(self.choices))
         if self.per_optimizer:
-            low, high = self.per_choice[parent_value]
-            return FloatDistribution(low, high, log=True)
+            return FloatDistribution(0.0, 1.0)
         if self.kind == "int":
             return IntDistribution(int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
         return FloatDistribution(float(self.low), float(self.high), log=self.log, step=self.step)
@@ -99,8 +110,7 @@ def suggest(trial: optuna.Trial, params: tuple[Param, ...], base_flat: Mapping[s
         if param.kind == "categorical":
             flat[param.key] = trial.suggest_categorical(name, list(param.choices))
         elif param.per_optimizer:
-            low, high = param.per_choice[pv]
-            flat[param.key] = trial.suggest_float(name, low, high, log=True)
+            flat[param.key] = lr_from_position(trial.suggest_float(name, 0.0, 1.0), *param.per_choice[pv])
         elif param.kind == "int":
             flat[param.key] = trial.suggest_int(name, int(param.low), int(param.high), step=int(param.step or 1), log=param.log)
         else:
@@ -138,6 +148,14 @@ def params_for(params: tuple[Param, ...], flat: Mapping[str, Any]) -> tuple[dict
             continue
         dist = param.distribution(pv)
         value = flat.get(param.key)
+        if param.per_optimizer:
+            low, high = param.per_choice[pv]
+            dist = FloatDistribution(low, high, log=True)
+            if contains(dist, value):
+                out[LR_POSITION] = min(1.0, max(0.0, position_from_lr(value, low, high)))
+            else:
+                misses.append((param, value, dist))
+            continue
         if contains(dist, value):
             out[param.name_for(pv)] = int(value) if isinstance(dist, IntDistribution) else value
         else:

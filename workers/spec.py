@@ -54,9 +54,12 @@ METRICS: dict[str, str] = {
     **{f"{s}_valid_steps": "maximize" for s in ("test", "ood")},
     "rollout_error": "minimize",  # = test_rollout_error
     "energy_error": "minimize",  # = test_energy_error
+    "dissipation_rel_error": "minimize",  # learned vs true deceleration from D (damped systems only)
     "wall_time_s": "minimize",
     "epochs": "minimize",
 }
+# Error metrics: positive, minimized, spanning decades. Studies store them as log10 (workers/records.py).
+LOG_METRICS = frozenset(m for m, d in METRICS.items() if d == "minimize" and m not in ("wall_time_s", "epochs"))
 # The value each epoch reports to the pruner (fit's report callback).
 PRUNING_METRIC = "val_rel_mse"
 
@@ -719,7 +722,8 @@ def make_baseline(name: str, base: TrainConfig, space: list[Param] | tuple[Param
     # Searched settings the baseline does not give are left to the sampler; the ones it gives must fit the space.
     given = {k for k in flat}
     explicit = {p.key for p in space if p.key in given}
-    params = {name: value for name, value in params.items() if name.split("[")[0] in explicit}
+    key_of = {n: p.key for p in space for n in p.names()}
+    params = {name: value for name, value in params.items() if key_of.get(name) in explicit}
     misses = [m for m in misses if m[0].key in explicit]
     for param, value, dist in misses:
         if strict:

@@ -1,4 +1,4 @@
-"""The study commands of `dlnn`: launch, work, status, export, refine, dashboard, run.
+"""The study commands of `dlnn`: launch, work, status, export, refine, report, verify, dashboard, run.
 Each entry of COMMANDS is (configure(parser), run(args) -> exit code); cli.py merges them."""
 
 from __future__ import annotations
@@ -195,6 +195,88 @@ def run_refine(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------ report
+
+
+def configure_report(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study", help="study name")
+    p.add_argument("--out", type=Path, default=Path("reports"), help="output directory (default reports/): writes OUT/STUDY/report.html, "
+                                                                     "report.md and figures/")
+    p.add_argument("--no-save", action="store_true", help="do not save the report into the study (dashboard note and figure artifacts)")
+    _storage(p)
+    _artifacts(p)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """Write what a study answers (per choice, lr tolerance, d0, interactions, importances, failures) as HTML and Markdown."""
+    from .report import report
+
+    written = report(storage_url(args.storage), args.study, args.out, artifacts=artifacts_dir(args.artifacts), save_to_study=not args.no_save)
+    print(written.headline)
+    print(f"\nreport: {written.html}  (Markdown: {written.markdown})"
+          + ("; also the study's note in the dashboard" if written.note_saved else ""))
+    return 0
+
+
+# ------------------------------------------------------------------------------------ verify
+
+
+def configure_verify(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study", help="a study with completed trials")
+    p.add_argument("--top", type=_positive, default=3, help="how many of the best configs (default 3)")
+    p.add_argument("--seeds", type=_positive, default=3, help="fresh seeds per config (default 3)")
+    p.add_argument("--reference", action="append", default=[], metavar="PRESET",
+                   help="also retrain this preset (e.g. published_dlnn) on the study's data and epochs with the same seeds (repeatable)")
+    p.add_argument("--workers", type=int, default=0, help="also run this many local workers on it until it is done (default 0: "
+                                                           "launch only, then `dlnn work STUDY-verify` anywhere)")
+    p.add_argument("--threads", type=_positive, default=None, help="torch threads per local worker (default: cores / workers)")
+    _storage(p)
+    _artifacts(p)
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    """Retrain the best configs with fresh seeds as trials of STUDY-verify; the report ranks them by mean ± std."""
+    from .verify import verify
+
+    url = storage_url(args.storage)
+    child, _ = verify(url, args.study, top=args.top, seeds=args.seeds, references=tuple(args.reference))
+    if args.workers > 0:
+        codes = _local_workers(url, child, args.workers, args.threads, artifacts_dir(args.artifacts))
+        if any(codes):
+            print(f"workers exited with {codes}")
+            return 1
+        print(f"done; see the ranking: dlnn report {args.study}")
+    return 0
+
+
+def _local_workers(url: str, name: str, n: int, threads: int | None, artifacts: Path, device: str | None = None,
+                   timeout: float | None = None) -> list[int]:
+    """Run n worker processes on study `name` until its budget is used; returns their exit codes."""
+    threads = threads or max(1, (os.cpu_count() or 1) // n)
+    command = [sys.executable, "-m", "workers.cli", "work", name, "--threads", str(threads), "--artifacts", str(artifacts)]
+    env = {**os.environ, ENV_STORAGE: url}  # not on the command line, where `ps` would show a password
+    if device:
+        command += ["--device", device]
+    if timeout:
+        command += ["--timeout", str(timeout)]
+    print(f"starting {n} workers on {name} ({threads} torch threads each); Ctrl-C stops them after the current epoch")
+    # Own sessions: a terminal Ctrl-C reaches only this process, which forwards exactly one SIGTERM
+    # per signal, so the first stops the workers gracefully and a second one stops them at once.
+    procs = [subprocess.Popen(command, start_new_session=True, env=env) for _ in range(n)]
+
+    def forward(signum, _frame):
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return [proc.wait() for proc in procs]
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
 # --------------------------------------------------------------------------------- dashboard
 
 
@@ -222,6 +304,7 @@ def configure_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default=None, help="study name (default: the spec's)")
     p.add_argument("--top", type=_positive, default=3, help="configs to export at the end (default 3)")
     p.add_argument("--out", type=Path, default=Path("exports"), help="export directory (default exports/)")
+    p.add_argument("--reports", type=Path, default=Path("reports"), help="report directory (default reports/)")
     p.add_argument("--device", type=_device, default=None, help="device for every worker (default: the spec's)")
     p.add_argument("--threads", type=_positive, default=None, help="torch threads per worker (default: cores / workers)")
     p.add_argument("--timeout", type=_seconds, default=None, help="stop the workers starting trials after this many seconds")
@@ -239,34 +322,17 @@ def run_run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     launched = launch(spec, url, name=args.name, log=lambda m: None if m.startswith("  ") else print(m))
     name = launched.name
-    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
-    command = [sys.executable, "-m", "workers.cli", "work", name, "--threads", str(threads),
-               "--artifacts", str(artifacts_dir(args.artifacts))]
-    env = {**os.environ, ENV_STORAGE: url}  # not on the command line, where `ps` would show a password
-    if args.device:
-        command += ["--device", args.device]
-    if args.timeout:
-        command += ["--timeout", str(args.timeout)]
-    print(f"starting {args.workers} workers ({threads} torch threads each); Ctrl-C stops them after the current epoch")
-    # Own sessions: a terminal Ctrl-C reaches only this process, which forwards exactly one SIGTERM
-    # per signal, so the first stops the workers gracefully and a second one stops them at once.
-    procs = [subprocess.Popen(command, start_new_session=True, env=env) for _ in range(args.workers)]
-
-    def forward(signum, _frame):
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-
-    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        codes = [proc.wait() for proc in procs]
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
+    codes = _local_workers(url, name, args.workers, args.threads, artifacts_dir(args.artifacts), args.device, args.timeout)
     print()
     print(format_status(status(url, name)))
     if any(codes):
         print(f"\nworkers exited with {codes}")
+    from .report import report
+
+    written = report(url, name, args.reports, artifacts=artifacts_dir(args.artifacts))
+    print(f"\nwhat the study answers (best {spec.metrics[0]} and trial outcomes per choice):")
+    print(written.headline)
+    print(f"\nreport:             {written.html}  (also the study's note in the dashboard)")
     try:
         result = export(url, name, top=args.top, out=args.out)
     except UsageError as exc:
@@ -276,6 +342,7 @@ def run_run(args: argparse.Namespace) -> int:
     print(result.table)
     storage_flag = f" --storage {redact(url)}" if args.storage else ""
     print(f"\nretrain the best:   dlnn train {result.items[0].config_path}")
+    print(f"check the winners:  dlnn verify {name} --top 3 --seeds 3 --workers {args.workers}{storage_flag}")
     print(f"open the dashboard: dlnn dashboard{storage_flag}   then http://127.0.0.1:8080/dashboard")
     return 0 if not any(codes) else 1
 
@@ -286,6 +353,8 @@ COMMANDS = {
     "status": (configure_status, run_status),
     "export": (configure_export, run_export),
     "refine": (configure_refine, run_refine),
+    "report": (configure_report, run_report),
+    "verify": (configure_verify, run_verify),
     "dashboard": (configure_dashboard, run_dashboard),
     "run": (configure_run, run_run),
 }

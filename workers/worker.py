@@ -25,10 +25,10 @@ How a worker behaves:
 - Reading the study is cheap however large it grows: samplers and pruners read a cached, sorted
   view refreshed at most twice a second (storage.TrialView), TPE models at most `max_history`
   trials (service.sampler_history) and its parameter groups are updated incrementally.
-- Each trial stores (user attrs) `config` (the full TrainConfig), `worker` (host, pid, sampler seed,
-  package versions), `device`, `metrics` (everything fit measured, wall time included), `status`
-  (not ok: pruned, diverged, out_of_memory, interrupted, error) with its `reason`; as artifacts
-  its checkpoint and a predicted-vs-true rollout plot. Few attrs, few writes: each is one database round trip.
+- Each trial stores what workers/records.py lists (the config, the worker, every metric as its
+  own sortable attr, its `status` and `reason`) and, as artifacts, its checkpoint and a
+  predicted-vs-true rollout plot. Error objectives are reported and returned as log10 (the
+  per-epoch values too), so an exploding trial does not flatten the dashboard's plots.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ import optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import FrozenTrial, TrialState
 
+from . import records
 from .errors import UsageError
 from .service import CONSTRAINT, BudgetReached, build_study, stored_spec
 from .space import suggest
@@ -105,24 +106,17 @@ class StopFlag:
         self._event.wait(seconds)
 
 
-def _finite(x: Any) -> Any:
-    """JSON-safe metrics: the dashboard parses user attrs with JSON.parse, which has no Infinity/NaN."""
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, float) and not math.isfinite(x):
-        return str(x)
-    return x
-
-
 def _set_constraint(trial: optuna.Trial, value: float, retry: bool = False) -> None:
     """Mark a trial infeasible (value > 0). Feasible is what a trial without constraints is, so
     nothing is written for it, except on a retry: that one inherits its original's system attrs
     (constraint included) and needs its own verdict written, not set-once."""
     if value <= 0 and not retry:
         return
+    # optuna-dashboard 0.21 reads only the older list form: with it, diverged trials are drawn as
+    # infeasible (grey) in its history plot. Optuna reads both forms; the verdict is the same.
+    records.set_system_attr(trial, records.DASHBOARD_CONSTRAINTS, [float(value)])
     if retry:
-        key = f"constraints:{CONSTRAINT}"  # Optuna 5's storage format of trial.set_constraint
-        trial.storage.set_trial_system_attr(trial._trial_id, key, float(value))
+        records.set_system_attr(trial, f"constraints:{CONSTRAINT}", float(value))  # Optuna 5's format of set_constraint
         return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
@@ -161,7 +155,8 @@ class Objective:
         spec = self.spec
         # A retry (heartbeat or signal) carries its original's attrs: clear the verdict, own the constraint.
         retry = "worker" in trial.user_attrs
-        trial.set_user_attr("worker", self.worker)
+        trial.set_user_attr("worker", self.worker["id"])
+        records.set_system_attr(trial, records.WORKER, self.worker)
         if retry and "status" in trial.user_attrs:
             trial.set_user_attr("status", "running")
             trial.set_user_attr("reason", None)
@@ -178,17 +173,22 @@ class Objective:
             trial.set_user_attr("status", "error")
             trial.set_user_attr("reason", f"invalid config: {exc}")
             raise
-        trial.set_user_attr("config", config.to_dict())
+        records.set_system_attr(trial, records.CONFIG, config.to_dict())
+        from dlnn_core.optim import OPTIMIZERS
+
+        trial.set_user_attr(records.LR_REL, config.optimizer.lr / OPTIMIZERS[config.optimizer.name].default_lr)
         single = len(spec.metrics) == 1
+        # Baselines and re-seeded verification runs are references: the pruner never stops them.
+        prunable = not any(k in trial.user_attrs for k in ("baseline", "verify_of"))
         last = {"epoch": 0, "value": None}
 
         def report(epoch: int, value: float) -> None:
             last["epoch"], last["value"] = epoch, value
             if self.stop.signal:
                 raise GracefulStop(f"stopped by {self.stop.signal} at epoch {epoch}")
-            if single:
-                trial.report(value, step=epoch)
-                if trial.should_prune():
+            if single and math.isfinite(value):  # a diverging epoch is judged by fit, not the pruner
+                trial.report(records.to_stored(PRUNING_METRIC, value), step=epoch)
+                if prunable and trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at epoch {epoch}: {PRUNING_METRIC} {value:.4g} ({spec.pruner} pruner)")
 
         with tempfile.TemporaryDirectory(prefix=f"dlnn-trial{trial.number}-") as out:
@@ -211,7 +211,7 @@ class Objective:
                 trial.set_user_attr("reason", f"{type(exc).__name__}: {exc}"[:2000])
                 raise
             trial.set_user_attr("device", result.device)
-            trial.set_user_attr("metrics", _finite({**result.metrics, "wall_time_s": result.wall_time_s, "epochs": result.epochs_run}))
+            records.record_metrics(trial, {**result.metrics, "wall_time_s": result.wall_time_s, "epochs": result.epochs_run})
             if result.status != "ok":
                 self._upload(trial, Path(out) / "diverged.json")
                 return self._infeasible(trial, "diverged", f"diverged at epoch {result.diverged_epoch}: {result.reason}", retry)
@@ -233,7 +233,8 @@ class Objective:
         if retry:
             trial.set_user_attr("status", "ok")
         _set_constraint(trial, 0.0, retry)
-        return values[0] if single else values
+        stored = [records.to_stored(m, v) for m, v in zip(spec.metrics, values)]
+        return stored[0] if single else stored
 
     def _connection_lost(self, trial: optuna.Trial, exc: BaseException):
         """The database went away mid-trial: not the trial's fault, so it is re-queued like a
@@ -254,6 +255,10 @@ class Objective:
         trial.set_user_attr("status", status)
         trial.set_user_attr("reason", reason)
         _set_constraint(trial, 1.0, retry)
+        with contextlib.suppress(Exception):  # the dashboard shows a trial's note under its state badge
+            from optuna_dashboard import save_note
+
+            save_note(trial, f"**{status.replace('_', ' ').upper()}** (not pruned): {reason}")
         raise optuna.TrialPruned(reason)
 
     def _upload(self, trial: optuna.Trial, path: Path) -> None:
@@ -291,11 +296,12 @@ def _free_gpu_memory() -> None:
 
 
 def _describe(t: FrozenTrial, spec: StudySpec) -> str:
-    name = t.params.get("optimizer.name") or (t.user_attrs.get("config") or {}).get("optimizer", {}).get("name", "?")
-    wall = (t.user_attrs.get("metrics") or {}).get("wall_time_s")
+    name = t.params.get("optimizer.name") or (records.trial_config(t) or {}).get("optimizer", {}).get("name", "?")
+    metrics = records.trial_metrics(t)
+    wall = metrics.get("wall_time_s")
     wall = f", {wall:.1f} s" if isinstance(wall, (int, float)) else ""
     if t.state == TrialState.COMPLETE:
-        values = ", ".join(f"{m} {v:.4g}" for m, v in zip(spec.metrics, t.values))
+        values = ", ".join(f"{m} {metrics.get(m, float('nan')):.4g}" for m in spec.metrics)
         return f"trial {t.number} complete: {values} ({name}{wall})"
     reason = t.user_attrs.get("reason") or ""
     return f"trial {t.number} {t.state.name.lower()}: {reason} ({name}{wall})"
