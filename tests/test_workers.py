@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 from service_support import (dlnn, fake_fit, free_port, pg_url, spawn, storage_url, tiny_spec, wait_until,  # noqa: F401
                              write_spec)
 
+from workers import records
 from workers.service import launch
 from workers.spec import load_spec
 from workers.storage import normalize_url
@@ -66,8 +67,9 @@ def test_three_workers_share_the_budget_and_export_retrains(storage_url, tmp_pat
     trials = study.get_trials()
     assert sorted(t.number for t in trials) == list(range(7)), logs  # exactly the budget, no duplicates
     assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
-    assert len({t.user_attrs["worker"]["id"] for t in trials}) >= 2  # the work was shared
-    assert len({t.user_attrs["worker"]["sampler_seed"] for t in trials}) == len({t.user_attrs["worker"]["id"] for t in trials})
+    workers = [records.trial_worker(t) for t in trials]
+    assert len({w["id"] for w in workers}) >= 2  # the work was shared
+    assert len({w["sampler_seed"] for w in workers}) == len({w["id"] for w in workers})
     assert logs.count("budget of 7 trials is used") == 3
 
     # status and export agree with the storage
@@ -88,16 +90,16 @@ def test_three_workers_share_the_budget_and_export_retrains(storage_url, tmp_pat
     # retraining the exported config reproduces the stored metrics
     dlnn("train", str(best_file), "--out", str(tmp_path / "retrain"), "--no-progress", cwd=tmp_path)
     retrained = json.loads((tmp_path / "retrain" / "metrics.json").read_text())["metrics"]
-    stored = study.best_trial.user_attrs["metrics"]
+    stored = records.trial_metrics(study.best_trial)
     for key in ("val_rel_mse", "test_rel_mse", "ood_rel_mse", "rollout_error", "energy_error"):
         assert retrained[key] == pytest.approx(stored[key], rel=1e-6), key
-    assert retrained["val_rel_mse"] == pytest.approx(study.best_value, rel=1e-6)
+    assert retrained["val_rel_mse"] == pytest.approx(10 ** study.best_value, rel=1e-6)  # the study stores log10
 
 
 def _running_trial_of(url: str, name: str, pid: int, min_epoch: int = 1):
     try:
         for t in _study(url, name).get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if t.user_attrs.get("worker", {}).get("pid") == pid and len(t.intermediate_values) >= min_epoch:
+            if records.trial_worker(t).get("pid") == pid and len(t.intermediate_values) >= min_epoch:
                 return t
     except Exception:  # the study may be busy (SQLite) while workers write
         return None
