@@ -22,12 +22,14 @@ How a worker behaves:
   constraint, which Optuna reads as feasible. GP and CMA-ES model completed trials only, so for them a diverged trial is
   simply not a candidate for the best. Any other exception fails that trial alone (with its
   reason) and the worker goes on.
+- A trial still training when the study's budget.timeout_s has passed stops at that epoch
+  (PRUNED, status "timeout"): no trial outlives the study by more than one epoch.
 - Reading the study is cheap however large it grows: samplers and pruners read a cached, sorted
   view refreshed at most twice a second (storage.TrialView), TPE models at most `max_history`
   trials (service.sampler_history) and its parameter groups are updated incrementally.
 - Each trial stores (user attrs) `config` (the full TrainConfig), `worker` (host, pid, sampler seed,
   package versions), `device`, `metrics` (everything fit measured, wall time included), `status`
-  (not ok: pruned, diverged, out_of_memory, interrupted, error) with its `reason`; as artifacts
+  (not ok: pruned, timeout, diverged, out_of_memory, interrupted, error) with its `reason`; as artifacts
   its checkpoint and a predicted-vs-true rollout plot. Few attrs, few writes: each is one database round trip.
 """
 
@@ -63,6 +65,19 @@ CONNECTION_PATIENCE_S = 600.0  # how long a worker waits for a lost database bef
 
 class GracefulStop(Exception):
     """Raised at the next epoch after SIGTERM/SIGINT: the trial is failed and re-queued."""
+
+
+class StudyTimeout(optuna.TrialPruned):
+    """Raised at the first epoch that ends after the study's budget.timeout_s: the trial is
+    recorded as pruned (status "timeout") with its learning curve so far."""
+
+
+def _study_deadline(trial: optuna.Trial, timeout_s: float | None) -> float | None:
+    """The study's end as a time.time() value: timeout_s after its first trial started."""
+    if timeout_s is None:
+        return None
+    starts = [t.datetime_start for t in trial.study.get_trials(deepcopy=False) if t.datetime_start is not None]
+    return min(starts).timestamp() + timeout_s if starts else time.time() + timeout_s
 
 
 @dataclass
@@ -181,6 +196,7 @@ class Objective:
         trial.set_user_attr("config", config.to_dict())
         single = len(spec.metrics) == 1
         last = {"epoch": 0, "value": None}
+        deadline = _study_deadline(trial, spec.timeout_s)
 
         def report(epoch: int, value: float) -> None:
             last["epoch"], last["value"] = epoch, value
@@ -190,12 +206,14 @@ class Objective:
                 trial.report(value, step=epoch)
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at epoch {epoch}: {PRUNING_METRIC} {value:.4g} ({spec.pruner} pruner)")
+            if deadline is not None and time.time() > deadline:
+                raise StudyTimeout(f"study timeout reached at epoch {epoch} (budget.timeout_s = {spec.timeout_s:g} s)")
 
         with tempfile.TemporaryDirectory(prefix=f"dlnn-trial{trial.number}-") as out:
             try:
                 result = self.fit(config, report=report, out_dir=out)
             except optuna.TrialPruned as exc:
-                trial.set_user_attr("status", "pruned")
+                trial.set_user_attr("status", "timeout" if isinstance(exc, StudyTimeout) else "pruned")
                 trial.set_user_attr("reason", str(exc))
                 _set_constraint(trial, 0.0, retry)
                 raise
