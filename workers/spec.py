@@ -30,7 +30,6 @@ import hashlib
 import importlib.util
 import json
 import math
-import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +43,7 @@ from dlnn_core.models import INIT_CHOICES
 from dlnn_core.optim import OPTIMIZERS, SCHEDULERS
 
 from .errors import UsageError
+from .names import NAME_RE, name_problem  # noqa: F401 (NAME_RE: re-exported where it was defined)
 from .samplers import PRUNERS, SAMPLERS, check_options
 from .space import PARENTS, Param, describe, params_for
 
@@ -91,7 +91,6 @@ TABLES = {
 # Settings checked together in space() (largest batch vs smallest training set), so each alone is
 # checked with its partner at its most permissive value.
 PAIRED = {"batch_size": {"data.n_train": LIMITS["data.n_train"].high}, "data.n_train": {"batch_size": 1}}
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 
 
 @dataclass(frozen=True)
@@ -153,9 +152,12 @@ def load_spec(path: str | Path) -> StudySpec:
     """Read and validate a spec file; raises SpecError listing every problem."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"{path}: cannot read the spec ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: the spec is not UTF-8 text (byte {exc.start} is {exc.object[exc.start:exc.start + 1]!r}); "
+                         "save it as UTF-8 (TOML requires it)") from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -274,8 +276,8 @@ class _Validator:
 
     def study(self, t: dict, default_name: str | None) -> tuple[str, str]:
         name = t.get("name", default_name)
-        if not isinstance(name, str) or not NAME_RE.match(name):
-            self.err(f"study.name: {name!r} must be 1-128 letters, digits, '_', '-' or '.', starting with a letter or digit")
+        if name_problem(name) is not None:
+            self.err(f"study.name: {name_problem(name)}")
         description = t.get("description", "")
         if not isinstance(description, str):
             self.err("study.description: must be a string")
