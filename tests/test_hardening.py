@@ -127,3 +127,106 @@ def test_a_trial_stops_within_an_epoch_of_the_study_timeout(storage_url, tmp_pat
     epoch = int(t.user_attrs["reason"].split("epoch ")[1].split()[0])
     assert 10 <= epoch < 2000 and max(t.intermediate_values) == epoch  # its learning curve is kept
     assert (t.datetime_complete - t.datetime_start).total_seconds() < 1.0 + 2.0
+
+
+# ----------------------------------------------------------------------------- 4. paths and names
+
+
+def _finished_study(url, tmp_path, name="tiny"):
+    launch(load_spec(write_spec(tmp_path, tiny_spec(name=name, trials=3))), url, log=lambda m: None)
+    _work(url, name, tmp_path, fake_fit())
+
+
+def _files(root):
+    return {p for p in root.rglob("*") if p.is_file()}
+
+
+def test_export_stays_inside_out_whatever_the_stored_name(storage_url, tmp_path):
+    """Studies created through the Optuna API (with database access) may carry any name."""
+    from workers.export import export
+
+    _finished_study(storage_url, tmp_path)
+    out = tmp_path / "a" / "b" / "out"
+    outside = tmp_path / "abs" / "target"
+    bad = ["../../x", str(outside), "..", ".", "a/../../../y", "sp ace\nnew-line"]
+    for name in bad:
+        optuna.copy_study(from_study_name="tiny", from_storage=normalize_url(storage_url), to_storage=normalize_url(storage_url),
+                          to_study_name=name)
+    before = _files(tmp_path) - _files(out) if out.exists() else _files(tmp_path)
+    folders = []
+    for name in bad:
+        result = export(storage_url, name, top=1, out=out)
+        assert result.folder.resolve().parent == out.resolve(), (name, result.folder)
+        assert (result.folder / "summary.md").exists() and result.items[0].config_path.parent == result.folder
+        folders.append(result.folder.name)
+    assert len(set(folders)) == len(bad)  # different unsafe names never share a folder
+    assert _files(tmp_path) - _files(out) == before  # nothing written outside out
+    assert not (tmp_path / "a" / "x").exists() and not outside.exists() and not (tmp_path / "y").exists()
+    assert export(storage_url, "tiny", top=1, out=out).folder == out / "tiny"  # valid names are used as they are
+
+
+def test_study_names_are_checked_the_same_way_wherever_they_enter(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    rule = "must be 1-128 letters, digits, '_', '-' or '.', starting with a letter or digit"
+    assert _problems(tiny_spec(name="../x")) == [f"study.name: '../x' {rule}"]
+    path = write_spec(tmp_path, tiny_spec())
+    for argv, field in ((["launch", str(path), "--name", "../x"], "--name"), (["run", str(path), "--name", "/abs/x"], "--name"),
+                        (["refine", "tiny", "--name", "a b"], "--name")):
+        assert cli.main([*argv, "--storage", url]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f": error: {field}: " in err and rule in err, err
+    assert not (tmp_path / "x.db").exists()  # refused before the storage is touched
+
+
+# ----------------------------------------------------------------------------- 5. clean errors
+
+
+def _one_line_error(capsys, *needles):
+    captured = capsys.readouterr()
+    err = captured.err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def test_a_spec_that_is_not_utf8(tmp_path, capsys):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(tiny_spec().replace('name = "tiny"', 'name = "tiny"\ndescription = "Pr\u00fcfung"').encode("latin-1"))
+    assert cli.main(["launch", str(path), "--storage", f"sqlite:///{tmp_path / 'x.db'}"]) == 1
+    _one_line_error(capsys, "latin1.toml: the spec is not UTF-8 text (byte", "save it as UTF-8")
+
+
+@pytest.mark.parametrize("value", ["1e12", "1000000000000"])
+def test_train_refuses_a_huge_setting_before_allocating_it(value, tmp_path, capsys):
+    assert cli.main(["train", "structured_adam", "--set", f"data.n_train={value}", "--out", str(tmp_path / "run"), "--no-progress"]) == 1
+    _one_line_error(capsys, "data.n_train: 1000000000000 is not allowed; expected at most 100,000,000")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("port", ["99999", "0", "http"])
+def test_dashboard_port_is_checked_before_anything_is_created(port, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["dashboard", "--port", port, "--artifacts", str(tmp_path / "art")]) == 1
+    _one_line_error(capsys, "argument --port:", "is not a port number (1-65535)")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_long_values_are_shortened_in_messages(tmp_path, capsys):
+    from dlnn_core.errors import shorten
+
+    long = "n" * 10_000
+    assert len(shorten(long, 80)) == 80 and shorten("short", 80) == "short"
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    path = write_spec(tmp_path, tiny_spec())
+    assert cli.main(["launch", str(path), "--name", long, "--storage", url]) == 1
+    assert len(_one_line_error(capsys, "--name: 'nnn")) < 300
+    assert cli.main(["launch", str(path), "--storage", url]) == 0
+    capsys.readouterr()
+    for argv in (["status", long], ["export", long], ["work", long], ["refine", long]):
+        assert cli.main([*argv, "--storage", url]) == 1
+        assert len(_one_line_error(capsys, "no study named 'nnn")) < 300, argv
+    assert cli.main(["train", "structured_adam", "--set", f"optimizer.name={long}"]) == 1
+    assert len(_one_line_error(capsys, "optimizer.name: 'nnn")) < 400
+    assert cli.main(["launch", str(path), "--storage", url, "--bogus", long]) == 1
+    assert len(_one_line_error(capsys, "unrecognized arguments")) < 400
