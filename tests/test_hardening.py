@@ -3,8 +3,10 @@ the study, files that stay where the user said, and full disks that say so (issu
 
 from __future__ import annotations
 
+import errno
 import time
 import tomllib
+from pathlib import Path
 
 import optuna
 import pytest
@@ -230,3 +232,94 @@ def test_long_values_are_shortened_in_messages(tmp_path, capsys):
     assert len(_one_line_error(capsys, "optimizer.name: 'nnn")) < 400
     assert cli.main(["launch", str(path), "--storage", url, "--bogus", long]) == 1
     assert len(_one_line_error(capsys, "unrecognized arguments")) < 400
+
+
+# ----------------------------------------------------------------------------- 6. full disks
+
+
+class _FullDiskStore(optuna.artifacts.FileSystemArtifactStore):
+    """An artifact store on a disk that fills up mid-write: a partial file, then ENOSPC."""
+
+    def write(self, artifact_id, content_body):
+        with open(f"{self._base_path}/{artifact_id}", "wb") as f:
+            f.write(content_body.read(3))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def _fit_with_checkpoint(inner):
+    """fake_fit that also writes a checkpoint file, so the worker uploads it."""
+    from dataclasses import replace
+
+    def fit(config, report=None, out_dir=None):
+        result = inner(config, report=report, out_dir=out_dir)
+        path = Path(out_dir) / "model.pt"
+        path.write_bytes(b"checkpoint" * 100)
+        return replace(result, checkpoint=str(path))
+
+    return fit
+
+
+def test_every_artifact_failure_is_recorded_and_partial_files_removed(storage_url, tmp_path, monkeypatch):
+    import workers.plots
+    import workers.worker
+
+    store_dir = tmp_path / "artifacts"
+    store_dir.mkdir()
+    monkeypatch.setattr(workers.worker, "artifact_store", lambda path: _FullDiskStore(str(store_dir)))
+    monkeypatch.setattr(workers.plots, "rollout_png", lambda checkpoint, out: Path(out).write_bytes(b"png" * 100) and Path(out))
+    launch(load_spec(write_spec(tmp_path, tiny_spec(trials=2))), storage_url, log=lambda m: None)
+    _work(storage_url, "tiny", tmp_path, _fit_with_checkpoint(fake_fit()))
+    trials = _trials(storage_url, "tiny")
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2  # a full artifact disk never fails a trial
+    for t in trials:
+        errors = t.user_attrs["artifact_error"]
+        assert [e.split(":")[0] for e in errors] == ["model.pt", "rollout.png"], errors
+        assert all("OSError: [Errno 28] No space left on device" in e for e in errors)
+    assert list(store_dir.iterdir()) == []  # no 0-byte or partial file left behind
+
+
+def test_a_full_tmpdir_says_so(storage_url, tmp_path, monkeypatch):
+    import shutil
+    import tempfile
+
+    import workers.disk
+
+    launch(load_spec(write_spec(tmp_path, tiny_spec(trials=3))), storage_url, log=lambda m: None)
+    calls = {"n": 0}
+    inner = fake_fit()
+
+    def fit(config, report=None, out_dir=None):
+        calls["n"] += 1
+        if calls["n"] == 1:  # an OSError from our own writes (config.json, metrics.json, the dataset cache)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        if calls["n"] == 2:  # torch.save on a full disk hides the errno; TMPDIR is (nearly) full
+            monkeypatch.setattr(workers.disk.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 4096, 4096))
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+        return inner(config, report=report, out_dir=out_dir)
+
+    _work(storage_url, "tiny", tmp_path, fit)
+    monkeypatch.undo()
+    first, second, third = sorted(_trials(storage_url, "tiny"), key=lambda t: t.number)
+    assert first.state == second.state == TrialState.FAIL
+    assert first.user_attrs["reason"].startswith("no space left on device while writing the dataset cache or the trial's checkpoint")
+    assert "OSError: [Errno 28] No space left on device" in first.user_attrs["reason"]
+    assert second.user_attrs["reason"].startswith(
+        f"no space left on device in TMPDIR={tempfile.gettempdir()} (0.0 MiB free) while writing the dataset cache or the trial's checkpoint")
+    assert third.state == TrialState.COMPLETE
+
+
+def test_a_full_tmpdir_before_training_says_so(tmp_path, monkeypatch):
+    import tempfile
+
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    launch(load_spec(write_spec(tmp_path, tiny_spec(trials=1))), url, log=lambda m: None)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "/tmp/dlnn-trial0-x")
+
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", full)
+    _work(url, "tiny", tmp_path, fake_fit())
+    monkeypatch.undo()
+    (t,) = _trials(url, "tiny")
+    assert t.state == TrialState.FAIL and t.user_attrs["status"] == "error"
+    assert t.user_attrs["reason"].startswith("no space left on device") and "while writing the trial's temporary directory" in t.user_attrs["reason"]

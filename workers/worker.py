@@ -54,6 +54,7 @@ import optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import FrozenTrial, TrialState
 
+from .disk import CleanArtifactStore, no_space_reason
 from .errors import UsageError
 from .service import CONSTRAINT, BudgetReached, build_study, stored_spec
 from .space import suggest
@@ -151,7 +152,8 @@ class Objective:
                  fit_fn: Callable | None, log: Callable[[str], None], artifact_plots: bool = True):
         self.spec, self.stop, self.worker = spec, stop, worker
         self.lost: set[int] = set()  # trial ids whose run was cut by a lost database connection
-        self.device, self.store, self.log, self.plots = device, store, log, artifact_plots
+        self.device, self.log, self.plots = device, log, artifact_plots
+        self.store = CleanArtifactStore(store) if store is not None else None
         self.base_flat = spec.base.to_flat()
         if fit_fn is None:
             from dlnn_core.train import fit as fit_fn
@@ -169,7 +171,8 @@ class Objective:
             elif trial.user_attrs.get("status") in (None, "running"):  # a bug outside fit: still say what happened
                 with contextlib.suppress(Exception):
                     trial.set_user_attr("status", "error")
-                    trial.set_user_attr("reason", f"{type(exc).__name__}: {exc}"[:2000])
+                    trial.set_user_attr("reason", no_space_reason(exc, "the trial's temporary directory")
+                                        or f"{type(exc).__name__}: {exc}"[:2000])
             raise
 
     def _run(self, trial: optuna.Trial):
@@ -226,7 +229,8 @@ class Objective:
                     _free_gpu_memory()
                     return self._infeasible(trial, "out_of_memory", f"out of memory at epoch {last['epoch'] + 1}: {str(exc).splitlines()[0][:300]}", retry)
                 trial.set_user_attr("status", "error")
-                trial.set_user_attr("reason", f"{type(exc).__name__}: {exc}"[:2000])
+                trial.set_user_attr("reason", no_space_reason(exc, "the dataset cache or the trial's checkpoint")
+                                    or f"{type(exc).__name__}: {exc}"[:2000])
                 raise
             trial.set_user_attr("device", result.device)
             trial.set_user_attr("metrics", _finite({**result.metrics, "wall_time_s": result.wall_time_s, "epochs": result.epochs_run}))
@@ -247,7 +251,7 @@ class Objective:
 
                         self._upload(trial, rollout_png(result.checkpoint, Path(out) / "rollout.png"))
                     except Exception as exc:  # a plot never fails a trial
-                        trial.set_user_attr("artifact_error", f"rollout plot: {type(exc).__name__}: {exc}"[:500])
+                        _artifact_error(trial, f"rollout plot: {type(exc).__name__}: {exc}")
         if retry:
             trial.set_user_attr("status", "ok")
         _set_constraint(trial, 0.0, retry)
@@ -280,8 +284,14 @@ class Objective:
         try:
             mimetype = "application/octet-stream" if path.suffix == ".pt" else None  # not "snesdev-page-table"
             optuna.artifacts.upload_artifact(artifact_store=self.store, file_path=str(path), study_or_trial=trial, mimetype=mimetype)
-        except Exception as exc:
-            trial.set_user_attr("artifact_error", f"{path.name}: {type(exc).__name__}: {exc}"[:500])
+        except Exception as exc:  # the store removed any partial file (CleanArtifactStore)
+            _artifact_error(trial, f"{path.name}: {type(exc).__name__}: {exc}")
+
+
+def _artifact_error(trial: optuna.Trial, text: str) -> None:
+    """Add one failure to the trial's `artifact_error` list: every failed upload is kept, not the last."""
+    errors = trial.user_attrs.get("artifact_error") or []
+    trial.set_user_attr("artifact_error", [*([errors] if isinstance(errors, str) else errors), text[:500]])
 
 
 def _is_oom(exc: BaseException) -> bool:
