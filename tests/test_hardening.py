@@ -3,7 +3,11 @@ the study, files that stay where the user said, and full disks that say so (issu
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import shutil
+import subprocess
+import threading
 import time
 import tomllib
 from pathlib import Path
@@ -11,7 +15,7 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
-from service_support import fake_fit, pg_url, storage_url, tiny_spec, write_spec  # noqa: F401 (fixtures)
+from service_support import fake_fit, pg_url, storage_url, tiny_spec, wait_until, write_spec  # noqa: F401 (fixtures)
 
 from dlnn_core import ConfigError
 from dlnn_core.config import LIMITS, PRESETS, TrainConfig
@@ -323,3 +327,108 @@ def test_a_full_tmpdir_before_training_says_so(tmp_path, monkeypatch):
     (t,) = _trials(url, "tiny")
     assert t.state == TrialState.FAIL and t.user_attrs["status"] == "error"
     assert t.user_attrs["reason"].startswith("no space left on device") and "while writing the trial's temporary directory" in t.user_attrs["reason"]
+
+
+# ----------------------------------------------------------------------------- 2. database outage
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+class OwnPostgres:
+    """A PostgreSQL server of the test's own (initdb in a temporary directory, its own port), so
+    the test can really stop the database without touching the shared one."""
+
+    def __init__(self):
+        import os
+        import tempfile
+
+        from service_support import free_port
+
+        self.dir = Path(tempfile.mkdtemp(prefix="dlnn-own-pg-"))
+        self.port = free_port()
+        self.as_postgres = os.geteuid() == 0  # initdb and postgres refuse to run as root
+        if self.as_postgres:
+            shutil.chown(self.dir, "postgres", "postgres")
+        self._pg("initdb", "-D", str(self.dir / "data"), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _pg(self, tool: str, *args: str) -> None:
+        command = [str(PG_BIN / tool), *args]
+        if self.as_postgres:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, f"{tool} failed: {proc.stdout}\n{proc.stderr}"
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._pg("pg_ctl", "-D", str(self.dir / "data"), "-l", str(self.dir / "log"), "-o", options, "-w", "start")
+
+    def stop(self, mode: str = "immediate") -> None:
+        self._pg("pg_ctl", "-D", str(self.dir / "data"), "-m", mode, "-w", "stop")
+
+    def remove(self) -> None:
+        with contextlib.suppress(AssertionError, subprocess.SubprocessError):
+            self.stop("immediate")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _running_mid_trial(url: str) -> set[int]:
+    """Ids of the RUNNING trials that have reported at least two epochs."""
+    import psycopg2
+
+    try:
+        conn = psycopg2.connect(url, connect_timeout=2)
+    except psycopg2.OperationalError:
+        return set()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT t.trial_id FROM trials t JOIN trial_intermediate_values v ON v.trial_id = t.trial_id "
+                        "WHERE t.state = 'RUNNING' GROUP BY t.trial_id HAVING count(*) >= 2")
+            return {row[0] for row in cur.fetchall()}
+    finally:
+        conn.close()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (PG_BIN / "initdb").exists(), reason="needs PostgreSQL 15's server binaries to run a database of its own")
+def test_trials_cut_by_a_database_outage_are_requeued_when_it_is_back(tmp_path):
+    """The database stops mid-trial for longer than the heartbeat grace period, twice. With
+    max_retry = 0 the heartbeat path may not retry anything, so every cut trial must come back
+    through the worker's own re-queue: the study still ends with its whole budget complete."""
+    pg = OwnPostgres()
+    try:
+        pg.start()
+        text = tiny_spec(trials=6, epochs=8).replace("grace_period = 3", "grace_period = 3\nmax_retry = 0")
+        launch(load_spec(write_spec(tmp_path, text)), pg.url, log=lambda m: None)
+        done: dict = {}
+
+        def work():
+            try:
+                done["logs"] = _work(pg.url, "tiny", tmp_path, fake_fit(epochs_delay=0.25), timeout=300)
+            except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+                done["error"] = exc
+
+        thread = threading.Thread(target=work)
+        thread.start()
+        cut_ids: set[int] = set()
+        for _ in range(2):  # each time a new trial: the last one may still be RUNNING until the worker is back
+            cut_ids |= wait_until(lambda: _running_mid_trial(pg.url) - cut_ids, timeout=120, interval=0.05,
+                                  what="a new trial in mid-training")
+            pg.stop()
+            time.sleep(6)  # > grace_period (3 s): the heartbeat of the cut trial goes stale
+            pg.start()
+        thread.join(360)
+        assert not thread.is_alive() and "error" not in done, done.get("error")
+        trials = _trials(pg.url, "tiny")
+        counted = [t for t in trials if "retry_history" not in t.system_attrs]
+        cut = [t for t in trials if t.state == TrialState.FAIL]
+        summary = [(t.number, t.state.name, t.user_attrs.get("reason"), t.system_attrs.get("retry_history")) for t in trials]
+        summary += done.get("logs", [])
+        assert len(counted) == 6 and len(cut) >= 2, "\n".join(map(str, summary))
+        assert sum(t.state == TrialState.COMPLETE for t in trials) == 6, summary  # none lost
+        assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)], summary
+        retried = {t.system_attrs["retry_history"][-1] for t in trials if "retry_history" in t.system_attrs}
+        assert {t.number for t in cut} <= retried, summary  # every cut trial was re-queued
+        assert all("connection lost" in (t.user_attrs.get("reason") or "") for t in cut), summary
+    finally:
+        pg.remove()

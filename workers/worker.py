@@ -56,7 +56,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from .disk import CleanArtifactStore, no_space_reason
 from .errors import UsageError
-from .service import CONSTRAINT, BudgetReached, build_study, stored_spec
+from .service import CONSTRAINT, RETRY_KEY, BudgetReached, build_study, stored_spec
 from .space import suggest
 from .spec import PRUNING_METRIC, StudySpec
 from .storage import artifact_store, close_storage, is_connection_error, open_storage, redact
@@ -152,6 +152,7 @@ class Objective:
                  fit_fn: Callable | None, log: Callable[[str], None], artifact_plots: bool = True):
         self.spec, self.stop, self.worker = spec, stop, worker
         self.lost: set[int] = set()  # trial ids whose run was cut by a lost database connection
+        self.unfinished: set[int] = set()  # trial ids started here whose end after_trial has not seen yet
         self.device, self.log, self.plots = device, log, artifact_plots
         self.store = CleanArtifactStore(store) if store is not None else None
         self.base_flat = spec.base.to_flat()
@@ -160,6 +161,7 @@ class Objective:
         self.fit = fit_fn
 
     def __call__(self, trial: optuna.Trial):
+        self.unfinished.add(trial._trial_id)
         try:
             return self._run(trial)
         except (optuna.TrialPruned, GracefulStop):
@@ -380,7 +382,27 @@ def run_worker(url: str, name: str, *, n_trials: int | None = None, timeout: flo
             requeue(study, unqueued[0])
             unqueued.pop(0)
 
+    def recover_unfinished(study: optuna.Study) -> None:
+        """Trials whose end Optuna could not record because the database was down (it then raises
+        UnboundLocalError and skips after_trial): once the database is back, fail each one still
+        RUNNING and re-queue it, before any heartbeat check fails it against max_retry."""
+        for trial_id in sorted(objective.unfinished):
+            frozen = storage.get_trial(trial_id)
+            if frozen.state == TrialState.RUNNING:
+                with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                    storage.set_trial_user_attr(trial_id, "status", "interrupted")
+                    storage.set_trial_user_attr(trial_id, "reason", "storage connection lost while the trial ended; re-queued")
+                    storage.set_trial_state_values(trial_id, TrialState.FAIL)
+                frozen = storage.get_trial(trial_id)
+            retried = any((t.system_attrs.get(RETRY_KEY) or [None])[-1] == frozen.number
+                          for t in storage.get_all_trials(study._study_id, deepcopy=False))
+            if frozen.state == TrialState.FAIL and not retried and all(t._trial_id != trial_id for t in unqueued):
+                log(f"trial {frozen.number}: cut by the lost database; re-queued")
+                unqueued.append(frozen)
+            objective.unfinished.discard(trial_id)
+
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+        objective.unfinished.discard(trial._trial_id)
         counter["done"] += 1
         log(_describe(trial, spec))
         interrupted = trial.user_attrs.get("status") == "interrupted" or trial._trial_id in objective.lost
@@ -406,6 +428,7 @@ def run_worker(url: str, name: str, *, n_trials: int | None = None, timeout: flo
                 reason = "this worker's own limit (--n-trials/--timeout) reached"
                 break
             try:
+                recover_unfinished(study)
                 flush_requeues(study)
                 try:
                     study.optimize(objective, n_trials=left_trials, timeout=left_time, n_jobs=jobs, catch=(Exception,),
@@ -433,6 +456,7 @@ def run_worker(url: str, name: str, *, n_trials: int | None = None, timeout: flo
         if stop.signal:
             reason = f"stopped by {stop.signal}"
             with contextlib.suppress(Exception):
+                recover_unfinished(study)
                 flush_requeues(study)
     finally:
         close_storage(storage)
