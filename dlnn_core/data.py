@@ -269,7 +269,10 @@ def load_data(cfg: DataConfig, seed: int, cache_dir: str | Path | None = None) -
     for name, traj in splits.rollouts.items():
         arrays[f"rollout.{name}.q"], arrays[f"rollout.{name}.qdot"] = traj.q, traj.qdot
     arrays[HASH_KEY] = np.array(content_hash(arrays))
-    _write_atomic(path, arrays)
+    try:
+        _write_atomic(path, arrays)
+    except OSError as exc:  # a full or read-only cache disk costs a regeneration next time, not the run
+        warnings.warn(f"cannot write the dataset cache file {path} ({exc}); using the data uncached", RuntimeWarning, stacklevel=2)
     return splits
 
 

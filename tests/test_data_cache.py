@@ -127,3 +127,16 @@ def test_processes_regenerating_one_file_at_once_both_succeed(start, tmp_path):
     _, problem = _read_cache(path, _expected_shapes(cfg))
     assert problem is None
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_a_cache_that_cannot_be_written_costs_a_warning_not_the_run(tmp_path, monkeypatch):
+    import errno
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full)
+    with pytest.warns(RuntimeWarning, match=r"cannot write the dataset cache file .*No space left on device"):
+        splits = load_data(CFG, 5, tmp_path)
+    assert np.array_equal(splits.train.q, generate(CFG, 5).train.q)
+    assert list(tmp_path.iterdir()) == []  # the temporary file is gone too

@@ -294,7 +294,7 @@ def test_a_full_tmpdir_says_so(storage_url, tmp_path, monkeypatch):
 
     def fit(config, report=None, out_dir=None):
         calls["n"] += 1
-        if calls["n"] == 1:  # an OSError from our own writes (config.json, metrics.json, the dataset cache)
+        if calls["n"] == 1:  # an OSError from our own writes (config.json, metrics.json)
             raise OSError(errno.ENOSPC, "No space left on device")
         if calls["n"] == 2:  # torch.save on a full disk hides the errno; TMPDIR is (nearly) full
             monkeypatch.setattr(workers.disk.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 4096, 4096))
@@ -305,10 +305,10 @@ def test_a_full_tmpdir_says_so(storage_url, tmp_path, monkeypatch):
     monkeypatch.undo()
     first, second, third = sorted(_trials(storage_url, "tiny"), key=lambda t: t.number)
     assert first.state == second.state == TrialState.FAIL
-    assert first.user_attrs["reason"].startswith("no space left on device while writing the dataset cache or the trial's checkpoint")
+    assert first.user_attrs["reason"].startswith("no space left on device while writing the trial's checkpoint and run files")
     assert "OSError: [Errno 28] No space left on device" in first.user_attrs["reason"]
     assert second.user_attrs["reason"].startswith(
-        f"no space left on device in TMPDIR={tempfile.gettempdir()} (0.0 MiB free) while writing the dataset cache or the trial's checkpoint")
+        f"no space left on device in TMPDIR={tempfile.gettempdir()} (0.0 MiB free) while writing the trial's checkpoint and run files")
     assert third.state == TrialState.COMPLETE
 
 

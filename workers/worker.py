@@ -231,7 +231,7 @@ class Objective:
                     _free_gpu_memory()
                     return self._infeasible(trial, "out_of_memory", f"out of memory at epoch {last['epoch'] + 1}: {str(exc).splitlines()[0][:300]}", retry)
                 trial.set_user_attr("status", "error")
-                trial.set_user_attr("reason", no_space_reason(exc, "the dataset cache or the trial's checkpoint")
+                trial.set_user_attr("reason", no_space_reason(exc, "the trial's checkpoint and run files")
                                     or f"{type(exc).__name__}: {exc}"[:2000])
                 raise
             trial.set_user_attr("device", result.device)
