@@ -15,7 +15,7 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
-from service_support import fake_fit, pg_url, storage_url, tiny_spec, wait_until, write_spec  # noqa: F401 (fixtures)
+from service_support import fake_fit, storage_url, tiny_spec, wait_until, write_spec  # noqa: F401 (storage_url is a fixture)
 
 from dlnn_core import ConfigError
 from dlnn_core.config import LIMITS, PRESETS, TrainConfig
