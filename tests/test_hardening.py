@@ -131,8 +131,8 @@ def test_a_trial_stops_within_an_epoch_of_the_study_timeout(storage_url, tmp_pat
     assert t.state == TrialState.PRUNED and t.user_attrs["status"] == "timeout"
     assert t.user_attrs["reason"].startswith("study timeout reached at epoch ")
     epoch = int(t.user_attrs["reason"].split("epoch ")[1].split()[0])
-    assert 10 <= epoch < 2000 and max(t.intermediate_values) == epoch  # its learning curve is kept
-    assert (t.datetime_complete - t.datetime_start).total_seconds() < 1.0 + 2.0
+    assert 2 <= epoch < 2000 and max(t.intermediate_values) == epoch  # its learning curve is kept
+    assert (t.datetime_complete - t.datetime_start).total_seconds() < 5.0  # not the 20 s of its 2000 epochs
 
 
 # ----------------------------------------------------------------------------- 4. paths and names
