@@ -1,14 +1,18 @@
 """Deterministic datasets for one system: i.i.d. states with exact accelerations, or states along
 trajectories integrated with DOP853 (rtol = atol = 1e-10); train/val/test/ood from independent
-random streams of one seed; optional observation noise; cached on disk by a hash of the config."""
+random streams of one seed; optional observation noise; cached on disk by a hash of the config.
+A cache file carries a hash of its content and is verified before use: a truncated, empty,
+garbled or incomplete file is regenerated (with a warning) instead of failing every run."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
 import os
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,7 @@ DATA_KINDS = ("states", "trajectories")
 DERIVATIVES = ("exact", "savgol")
 SPLITS = ("train", "val", "test", "ood")
 CACHE_VERSION = 2  # bump when generation changes, so old cache files are not reused
+HASH_KEY = "meta.sha256"  # the cache file's own array holding the hash of every other array
 
 
 @dataclass(frozen=True)
@@ -152,10 +157,15 @@ def _ood_states(rng: np.random.Generator, system: System, count: int, scale: flo
     raise ConfigError("data.ood_scale", scale, "a scale large enough to reach energies above the training set")
 
 
+def _time_grid(duration: float, rate_hz: float) -> np.ndarray:
+    """Sample times 0, 1/rate_hz, ... up to duration (inclusive)."""
+    return np.arange(0.0, duration + 0.5 / rate_hz, 1.0 / rate_hz)
+
+
 def integrate(system: System, q0: np.ndarray, v0: np.ndarray, duration: float, rate_hz: float) -> Trajectories:
     """Solve all initial states [N, n] at once with DOP853, rtol = atol = 1e-10, sampled at rate_hz."""
     count, n = q0.shape
-    t = np.arange(0.0, duration + 0.5 / rate_hz, 1.0 / rate_hz)
+    t = _time_grid(duration, rate_hz)
 
     def rhs(_: float, y: np.ndarray) -> np.ndarray:
         q, v = y[: count * n].reshape(count, n), y[count * n :].reshape(count, n)
@@ -236,26 +246,100 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("DLNN_CACHE_DIR", Path.home() / ".cache" / "dlnn-studies"))
 
 
+def cache_path(cfg: DataConfig, seed: int, cache_dir: str | Path | None = None) -> Path:
+    return Path(cache_dir or default_cache_dir()) / f"data-{cfg.system}-{cache_key(cfg, seed)}.npz"
+
+
 def load_data(cfg: DataConfig, seed: int, cache_dir: str | Path | None = None) -> Splits:
-    """Generate or read from the cache; the file is written atomically so workers can share it."""
-    path = Path(cache_dir or default_cache_dir()) / f"data-{cfg.system}-{cache_key(cfg, seed)}.npz"
+    """Read the verified cache file, or generate the data and (re)write it atomically, so workers
+    sharing a cache volume never read a half-written file and heal a corrupt one."""
+    path = cache_path(cfg, seed, cache_dir)
+    expected = _expected_shapes(cfg)
     if path.exists():
-        with np.load(path) as f:
-            arrays = dict(f)
-        sets = {name: StateSet(arrays[f"{name}.q"], arrays[f"{name}.qdot"], arrays[f"{name}.qddot"]) for name in SPLITS}
-        rollouts = {name: Trajectories(arrays["rollout.t"], arrays[f"rollout.{name}.q"], arrays[f"rollout.{name}.qdot"]) for name in ("val", "test", "ood")}
-        return Splits(cfg.make_system(), rollouts=rollouts, **sets)
+        arrays, problem = _read_cache(path, expected)
+        if arrays is not None:
+            sets = {name: StateSet(arrays[f"{name}.q"], arrays[f"{name}.qdot"], arrays[f"{name}.qddot"]) for name in SPLITS}
+            rollouts = {name: Trajectories(arrays["rollout.t"], arrays[f"rollout.{name}.q"], arrays[f"rollout.{name}.qdot"])
+                        for name in ("val", "test", "ood")}
+            return Splits(cfg.make_system(), rollouts=rollouts, **sets)
+        warnings.warn(f"dataset cache file {path} is unusable ({problem}); regenerating it", RuntimeWarning, stacklevel=2)
     splits = generate(cfg, seed)
     arrays = {f"{name}.{key}": getattr(getattr(splits, name), key) for name in SPLITS for key in ("q", "qdot", "qddot")}
     arrays["rollout.t"] = splits.rollouts["val"].t
     for name, traj in splits.rollouts.items():
         arrays[f"rollout.{name}.q"], arrays[f"rollout.{name}.qdot"] = traj.q, traj.qdot
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    with os.fdopen(fd, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
+    arrays[HASH_KEY] = np.array(content_hash(arrays))
+    try:
+        _write_atomic(path, arrays)
+    except OSError as exc:  # a full or read-only cache disk costs a regeneration next time, not the run
+        warnings.warn(f"cannot write the dataset cache file {path} ({exc}); using the data uncached", RuntimeWarning, stacklevel=2)
     return splits
+
+
+def _expected_shapes(cfg: DataConfig) -> dict[str, tuple[int, ...]]:
+    """Every array a cache file of `cfg` holds, with its shape (all float64)."""
+    n = cfg.make_system().n
+    per_path = samples_per_trajectory(cfg) if cfg.kind == "trajectories" else 1
+    rows = {"train": cfg.n_train * per_path, "val": cfg.n_val * per_path, "test": cfg.n_test * per_path, "ood": cfg.n_test}
+    shapes = {f"{name}.{key}": (rows[name], n) for name in SPLITS for key in ("q", "qdot", "qddot")}
+    steps = len(_time_grid(cfg.rollout_steps / cfg.rate_hz, cfg.rate_hz))
+    shapes["rollout.t"] = (steps,)
+    for name in ("val", "test", "ood"):
+        shapes[f"rollout.{name}.q"] = shapes[f"rollout.{name}.qdot"] = (cfg.n_rollout, steps, n)
+    return shapes
+
+
+def content_hash(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 of the arrays' names, dtypes, shapes and bytes (the hash entry itself left out)."""
+    h = hashlib.sha256()
+    for key in sorted(k for k in arrays if k != HASH_KEY):
+        a = np.ascontiguousarray(arrays[key])
+        h.update(f"{key}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _read_cache(path: Path, expected: dict[str, tuple[int, ...]]) -> tuple[dict[str, np.ndarray] | None, str | None]:
+    """The arrays of a cache file that loads, has every expected array with its shape and dtype,
+    and matches its stored content hash; otherwise (None, what is wrong)."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {key: f[key] for key in f.files}
+    except Exception as exc:  # BadZipFile, EOFError, ValueError, zlib.error, OSError: all mean "unreadable"
+        return None, f"cannot be read: {type(exc).__name__}: {str(exc)[:200]}"
+    missing = [key for key in expected if key not in arrays]
+    if missing:
+        return None, f"missing {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}"
+    for key, shape in expected.items():
+        if arrays[key].dtype != np.float64 or arrays[key].shape != shape:
+            return None, f"{key} is {arrays[key].dtype} {arrays[key].shape}, expected float64 {shape}"
+    stored = arrays.get(HASH_KEY)
+    if stored is None or stored.shape != () or str(stored) != content_hash({k: arrays[k] for k in expected}):
+        return None, "its content hash is missing or does not match"
+    return arrays, None
+
+
+def _write_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write to a unique temporary file in the same directory, fsync it, then os.replace: readers
+    and concurrent writers of the same file see either a whole old file or a whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable where the platform allows
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
 
 def trajectory_windows(states: StateSet, samples_per_trajectory: int, horizon: int) -> tuple[np.ndarray, ...]:
@@ -272,4 +356,4 @@ def trajectory_windows(states: StateSet, samples_per_trajectory: int, horizon: i
 
 
 def samples_per_trajectory(cfg: DataConfig) -> int:
-    return len(np.arange(0.0, cfg.duration + 0.5 / cfg.rate_hz, 1.0 / cfg.rate_hz))
+    return len(_time_grid(cfg.duration, cfg.rate_hz))

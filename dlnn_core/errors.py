@@ -5,6 +5,16 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 
+def shorten(text: str, width: int = 80) -> str:
+    """`text` cut to at most `width` characters, its middle replaced by " … ", so that a huge value
+    (a 10,000-character name, a pasted file) cannot swamp the message that quotes it."""
+    text = str(text)
+    if len(text) <= width:
+        return text
+    keep = max(width - 3, 2)  # characters of the text kept: two thirds from its start, one third from its end
+    return f"{text[: keep - keep // 3]} … {text[len(text) - keep // 3:]}"
+
+
 class ConfigError(ValueError):
     """A configuration value is not allowed; the message names the field, the value and what is."""
 
@@ -12,7 +22,7 @@ class ConfigError(ValueError):
         if not isinstance(allowed, str):
             allowed = "one of " + ", ".join(repr(a) for a in allowed)
         self.field, self.value, self.allowed = field, value, allowed
-        super().__init__(f"{field}: {value!r} is not allowed; expected {allowed}")
+        super().__init__(f"{shorten(field)}: {shorten(repr(value))} is not allowed; expected {allowed}")
 
 
 def choose(registry: dict, name: str, field: str) -> Any:

@@ -8,7 +8,7 @@ import argparse
 import sys
 import warnings
 
-from dlnn_core.errors import ConfigError
+from dlnn_core.errors import ConfigError, shorten
 
 from .errors import UsageError
 
@@ -19,11 +19,19 @@ def commands() -> dict:
     return {**train_commands.COMMANDS, **study_commands.COMMANDS}
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are user errors like any other: one line and exit 1 (argparse's own
+    exit 2 would read as `dlnn train`'s "diverged")."""
+
+    def error(self, message: str):
+        raise UsageError(f"{shorten(message, 300)} (see `{self.prog} --help`)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     debug = argparse.ArgumentParser(add_help=False)
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks and library warnings")
-    parser = argparse.ArgumentParser(prog="dlnn", parents=[debug],
-                                     description="Hyperparameter studies for dissipative Lagrangian neural networks.")
+    parser = _Parser(prog="dlnn", parents=[debug],
+                     description="Hyperparameter studies for dissipative Lagrangian neural networks.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (configure, run) in commands().items():
         doc = (run.__doc__ or "").strip()
@@ -35,7 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        print(f"dlnn: error: {exc}", file=sys.stderr)
+        return 1
     debug = getattr(args, "debug", False)
     if not debug:
         import optuna

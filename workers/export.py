@@ -13,8 +13,11 @@ from typing import Any
 
 import optuna
 
+from dlnn_core.errors import shorten
+
 from . import records
 from .errors import UsageError
+from .names import study_folder
 from .service import DIGEST_ATTR, SPEC_ATTR, ranked_trials, stored_spec
 from .storage import close_storage, open_storage
 
@@ -49,7 +52,8 @@ class ExportResult:
 
 
 def export(url: str, name: str, *, top: int = 5, out: str | Path = "exports", fmt: str = "yaml", per: str | None = None) -> ExportResult:
-    """Write out/<study>/rankNN-trialNNNN.<fmt> (the config) and .meta.<fmt> (metrics and provenance).
+    """Write out/<study>/rankNN-trialNNNN.<fmt> (the config) and .meta.<fmt> (metrics and provenance);
+    a stored name that is no valid study name gets a safe folder name, always inside `out`.
     With `per` (a dotted setting such as optimizer.name): the `top` best of each of its values."""
     from dlnn_core.config import TrainConfig
 
@@ -75,17 +79,17 @@ def export(url: str, name: str, *, top: int = 5, out: str | Path = "exports", fm
         digest = study.user_attrs.get(DIGEST_ATTR)
         raw_spec = study.user_attrs.get(SPEC_ATTR)
         n_trials = len(study.get_trials(deepcopy=False))
+        from .verify import robust_winner
+
+        winner = robust_winner(storage, name, spec.directions[0])
     finally:
         close_storage(storage)
     if not ranked:
-        raise UsageError(f"study {name!r} has no completed feasible trial to export yet (see `dlnn status {name}`)")
-    from .verify import robust_winner
-
-    winner = robust_winner(url, name)
+        raise UsageError(f"study {shorten(repr(name))} has no completed feasible trial to export yet (see `dlnn status {shorten(name)}`)")
     if winner is not None and winner.trial not in {t.number for t in ranked}:  # the robust winner is always exported
         ranked += [t for t in all_ranked if t.number == winner.trial]
 
-    folder = Path(out) / name
+    folder = study_folder(out, name)  # inside `out` whatever the stored name says
     folder.mkdir(parents=True, exist_ok=True)
     exported = []
     for rank, t in enumerate(ranked, start=1):

@@ -1,7 +1,7 @@
 """What a trial stores, and how every reader gets it back: one place for the keys and the scales.
 
 A trial keeps (so the dashboard's trial table stays readable and sortable):
-- user attrs: `status` (ok, pruned, diverged, out_of_memory, interrupted, error) and `reason`,
+- user attrs: `status` (ok, pruned, timeout, diverged, out_of_memory, interrupted, error) and `reason`,
   `worker` (its id, host:pid), `device`, `lr_rel` (lr / the optimizer's default lr, a unit-free
   learning rate for every optimizer), and every metric fit measured as its own number
   (`val_rel_mse`, `test_rollout_error`, ...; non-finite ones as the string "inf");
@@ -32,8 +32,8 @@ LOG_FLOOR = -30.0  # log10 of a zero error: below any float32 or float64 error a
 
 # Trial verdicts (user attr `status`). PRUNED trials are either pruned (by the pruner) or
 # infeasible (diverged / out of memory), which the sampler must avoid.
-OK, PRUNED, DIVERGED, OUT_OF_MEMORY, INTERRUPTED, ERROR, RUNNING = (
-    "ok", "pruned", "diverged", "out_of_memory", "interrupted", "error", "running")
+OK, PRUNED, DIVERGED, OUT_OF_MEMORY, INTERRUPTED, ERROR, RUNNING, TIMEOUT = (
+    "ok", "pruned", "diverged", "out_of_memory", "interrupted", "error", "running", "timeout")
 INFEASIBLE = (DIVERGED, OUT_OF_MEMORY)
 
 

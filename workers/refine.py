@@ -22,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from . import records
 from .errors import UsageError
+from .names import check_name
 from .service import CONSTRAINT, ranked_trials, stored_spec
 from .space import Param
 from .spec import StudySpec, parse_spec
@@ -170,6 +171,8 @@ def refine(url: str, name: str, *, around: int = 5, points: int = 3, new_name: s
     """Launch the refine study on the same storage and seed it; returns its spec."""
     from .service import launch
 
+    if new_name is not None:
+        check_name(new_name, "--name")
     storage = open_storage(url)
     try:
         spec = stored_spec(storage, name)

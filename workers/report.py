@@ -81,6 +81,8 @@ def outcome(t: FrozenTrial) -> str:
     status = records.trial_status(t)
     if t.state == TrialState.COMPLETE:
         return "complete" if feasible(t) else "diverged"
+    if t.state == TrialState.PRUNED and status == records.TIMEOUT:
+        return "unfinished"  # stopped by the study's timeout: no verdict on its config
     if t.state == TrialState.PRUNED:
         return "diverged" if status in records.INFEASIBLE or not feasible(t) else "pruned"
     if t.state == TrialState.FAIL:
@@ -88,7 +90,8 @@ def outcome(t: FrozenTrial) -> str:
     return "unfinished"
 
 
-def _rows(study: optuna.Study, metric: str) -> list[Row]:
+def rows_of(study: optuna.Study) -> list[Row]:
+    """Every trial of a study as the report sees it."""
     scales = records.stored_scales(study)
     log_curve = scales[0] if scales else False
     rows = []
@@ -113,14 +116,14 @@ def load(url: str, name: str) -> StudyData:
     try:
         spec = stored_spec(storage, name)
         study = optuna.load_study(study_name=name, storage=storage)
-        rows = _rows(study, spec.metrics[0])
+        rows = rows_of(study)
         best = [t.number for t in ranked_trials(study)]
         verify: list[Row] = []
         from .verify import verify_name
 
         child = verify_name(name)
         if child in {s.study_name for s in storage.get_all_studies()}:
-            verify = _rows(optuna.load_study(study_name=child, storage=storage), spec.metrics[0])
+            verify = rows_of(optuna.load_study(study_name=child, storage=storage))
     finally:
         close_storage(storage)
     return StudyData(name, spec, spec.metrics[0], spec.directions[0], rows, best, verify)
@@ -708,21 +711,14 @@ class Written:
     note_saved: bool
 
 
-def study_folder(out: str | Path, name: str) -> Path:
-    """out/<name>, refusing a stored study name that would lead outside `out`."""
-    root = Path(out).resolve()
-    folder = (root / name).resolve()
-    if folder.parent != root:
-        raise UsageError(f"study name {name[:80]!r} is not a plain folder name; refusing to write outside {out}")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
 def report(url: str, name: str, out: str | Path = "reports", *, artifacts: str | Path | None = None, save_to_study: bool = True,
            rollout_plot: bool = True) -> Written:
     """Write out/<study>/report.md (+ figures/) and report.html; save the note and figures into the study."""
+    from .names import study_folder
+
     d = load(url, name)
     folder = study_folder(out, name)
+    folder.mkdir(parents=True, exist_ok=True)
     figs = Figures(folder / "figures")
     plotter = _rollout_plotter(url, name, artifacts) if rollout_plot and artifacts else None
     blocks = build(d, figs, plotter)

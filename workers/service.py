@@ -23,8 +23,11 @@ import optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import FrozenTrial, TrialState
 
+from dlnn_core.errors import shorten
+
 from . import records
 from .errors import UsageError
+from .names import check_name
 from .samplers import build_pruner, build_sampler
 from .space import grid_space
 from .spec import StudySpec, make_baseline, parse_spec, recipe, spec_digest
@@ -59,11 +62,11 @@ def stored_spec(storage: optuna.storages.BaseStorage, name: str) -> StudySpec:
     except KeyError:
         known = study_names(storage)
         hint = f"; studies here: {', '.join(known)}" if known else "; this storage has no studies (run `dlnn launch SPEC`)"
-        raise UsageError(f"no study named {name!r}{hint}") from None
+        raise UsageError(f"no study named {shorten(repr(name))}{hint}") from None
     raw = storage.get_study_user_attrs(study_id).get(SPEC_ATTR)
     if raw is None:
-        raise UsageError(f"study {name!r} was not created by `dlnn launch` (it has no stored spec)")
-    return parse_spec(raw, source=f"stored spec of study {name!r}")
+        raise UsageError(f"study {shorten(repr(name))} was not created by `dlnn launch` (it has no stored spec)")
+    return parse_spec(raw, source=f"stored spec of study {shorten(repr(name))}")
 
 
 def counted(trials: list[FrozenTrial]) -> int:
@@ -180,6 +183,7 @@ def launch(spec: StudySpec, url: str, *, name: str | None = None, update: bool =
     """Create the study once (schema included), keep the spec on it and enqueue its baselines;
     relaunching the same spec is a no-op, a changed one is refused unless `update`."""
     if name is not None and name != spec.name:
+        check_name(name, "--name")
         raw = json.loads(json.dumps(spec.raw))
         raw.setdefault("study", {})["name"] = name
         spec = parse_spec(raw, source=f"spec with --name {name}")

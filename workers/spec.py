@@ -30,7 +30,6 @@ import hashlib
 import importlib.util
 import json
 import math
-import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,12 +37,13 @@ from typing import Any, Mapping
 
 from dlnn_core import ACTIVATIONS, METHODS, MODEL_FORMS, MODEL_KINDS, SYSTEMS, ConfigError
 from dlnn_core.activations import ZERO_CURVATURE
-from dlnn_core.config import PRESETS, TrainConfig
+from dlnn_core.config import LIMITS, PRESETS, TrainConfig
 from dlnn_core.losses import LOSSES
 from dlnn_core.models import INIT_CHOICES
 from dlnn_core.optim import OPTIMIZERS, SCHEDULERS
 
 from .errors import UsageError
+from .names import NAME_RE, name_problem  # noqa: F401 (NAME_RE: re-exported where it was defined)
 from .samplers import PRUNERS, SAMPLERS, check_options
 from .space import PARENTS, Param, describe, params_for
 
@@ -91,7 +91,9 @@ TABLES = {
     "space": None,
     "baseline": None,
 }
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+# Settings checked together in space() (largest batch vs smallest training set), so each alone is
+# checked with its partner at its most permissive value.
+PAIRED = {"batch_size": {"data.n_train": LIMITS["data.n_train"].high}, "data.n_train": {"batch_size": 1}}
 
 
 @dataclass(frozen=True)
@@ -153,9 +155,12 @@ def load_spec(path: str | Path) -> StudySpec:
     """Read and validate a spec file; raises SpecError listing every problem."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"{path}: cannot read the spec ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: the spec is not UTF-8 text (byte {exc.start} is {exc.object[exc.start:exc.start + 1]!r}); "
+                         "save it as UTF-8 (TOML requires it)") from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -196,6 +201,13 @@ def _json_safe(x: Any, path: str, problems: list[str]) -> Any:
         return x
     problems.append(f"{path}: {type(x).__name__} values (TOML dates and times) are not allowed")
     return None
+
+
+def _extreme(p: Param, pick) -> Any:
+    """The smallest or largest value (pick = min or max) a numeric param can take, or None."""
+    values = [p.value] if p.kind == "fixed" else list(p.choices) if p.kind == "categorical" else [p.low, p.high]
+    values = [v for v in values if _is_num(v)]
+    return pick(values) if values else None
 
 
 def _config_message(exc: ConfigError) -> str:
@@ -267,8 +279,8 @@ class _Validator:
 
     def study(self, t: dict, default_name: str | None) -> tuple[str, str]:
         name = t.get("name", default_name)
-        if not isinstance(name, str) or not NAME_RE.match(name):
-            self.err(f"study.name: {name!r} must be 1-128 letters, digits, '_', '-' or '.', starting with a letter or digit")
+        if name_problem(name) is not None:
+            self.err(f"study.name: {name_problem(name)}")
         description = t.get("description", "")
         if not isinstance(description, str):
             self.err("study.description: must be a string")
@@ -432,6 +444,17 @@ class _Validator:
                     where = f"{act.path}.choices[{i}]" if act.kind == "categorical" else f"{act.path}.value"
                     self.err(f'{where}: "{choice}" cannot be used for the Lagrangian network: its second derivative is zero, '
                              "so ∂²L/∂q̇² vanishes and q̈ cannot be solved for (only a model.kind = \"mlp\" baseline may use it)")
+        # The largest batch must fit the smallest training set (PAIRED: each alone was checked without the other).
+        batch, n_train = by_key.get("batch_size"), by_key.get("data.n_train")
+        if batch is not None or n_train is not None:
+            largest = _extreme(batch, max) if batch is not None else base.batch_size
+            smallest = _extreme(n_train, min) if n_train is not None else base.data.n_train
+            if largest is not None and smallest is not None:
+                try:
+                    base.with_flat({"batch_size": largest, "data.n_train": smallest})
+                except ConfigError as exc:
+                    self.err(f"{(batch or n_train).path}: the largest batch_size ({largest}) does not fit the smallest "
+                             f"data.n_train ({smallest}): {_config_message(exc)}")
         # Children of optimizer/scheduler: resolve and check the conditions now that the parents are known.
         out = []
         for p in params:
@@ -505,7 +528,7 @@ class _Validator:
                 self.err(f"{where}.{k}: not allowed here")
         common = dict(key=key, path=where, parent=parent, only_for=only_for)
         # Values are checked with the parent set to a value the param applies to (d0 needs a D-Adaptation optimizer).
-        context = self._context(parent, only_for, key)
+        context = {**self._context(parent, only_for, key), **PAIRED.get(key, {})}
 
         if "value" in d:
             if self.check_value(base, key, d["value"], f"{where}.value", context):
@@ -561,6 +584,14 @@ class _Validator:
         log, step = d.get("log", False), d.get("step")
         integer = _is_int(low) and _is_int(high) and (step is None or _is_int(step))
         ok = True
+        fractional = set()  # bounds of an integer setting written as floats: one message, not two
+        if key in LIMITS and LIMITS[key].integer:
+            for bound, value in (("low", low), ("high", high), ("step", step)):
+                if _is_num(value) and not _is_int(value):
+                    hint = f"; write {int(value)}" if float(value).is_integer() else ""
+                    self.err(f"{where}.{bound}: {value!r} must be an integer ({key} takes whole numbers{hint})")
+                    ok = False
+                    fractional.add(bound)
         if not isinstance(log, bool):
             self.err(f"{where}.log: must be true or false")
             ok = log = False
@@ -578,7 +609,8 @@ class _Validator:
                 self.err(f"{where}.step: a log scale cannot have a step")
                 ok = False
         for bound, value in (("low", low), ("high", high)):
-            ok &= self.check_value(base, key, value, f"{where}.{bound}", context)
+            if bound not in fractional:
+                ok &= self.check_value(base, key, value, f"{where}.{bound}", context)
         grid = d.get("grid", [])
         if not isinstance(grid, list) or not all(_is_num(g) for g in grid):
             self.err(f"{where}.grid: must be a list of numbers")

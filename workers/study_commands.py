@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dlnn_core.errors import shorten
+
 from .errors import UsageError
 from .storage import DEFAULT_ARTIFACTS, ENV_ARTIFACTS, ENV_STORAGE, artifacts_dir, redact, storage_url
 
@@ -36,6 +38,17 @@ def _seconds(text: str) -> float:
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return value
+
+
+def _port(text: str) -> int:
+    """A TCP port, checked before anything (the artifacts folder included) is created."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{shorten(repr(text))} is not a port number (1-65535)")
     return value
 
 
@@ -283,7 +296,7 @@ def _local_workers(url: str, name: str, n: int, threads: int | None, artifacts: 
 def configure_dashboard(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; others need "
                                                        "DLNN_DASHBOARD_USER and DLNN_DASHBOARD_PASSWORD)")
-    p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    p.add_argument("--port", type=_port, default=8080, help="port, 1-65535 (default 8080)")
     _storage(p)
     _artifacts(p)
 

@@ -5,13 +5,14 @@ merges `COMMANDS`: name -> (configure(parser), run(args) -> exit code)."""
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from dlnn_core.config import PRESETS, TrainConfig, load_config
-from dlnn_core.errors import ConfigError
+from dlnn_core.errors import ConfigError, shorten
 
 from .errors import UsageError
 
@@ -24,19 +25,30 @@ def _configure_config(parser: argparse.ArgumentParser) -> None:
                         help="override a setting by its dotted name, e.g. optimizer.lr=1e-3 or data.params.rho=0.2 (repeatable)")
 
 
+_EXPONENT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """["optimizer.lr=1e-3", "model.hidden=64"] -> {"optimizer.lr": "1e-3" -> parsed, ...}; values are YAML."""
+    """["optimizer.lr=1e-3", "model.hidden=64"] -> {"optimizer.lr": 0.001, "model.hidden": 64}; values
+    are YAML, except that exponent notation is a number (YAML 1.1 reads "1e-3" as a string), an
+    integer when it is whole and has no decimal point ("1e4" -> 10000)."""
     import yaml
 
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise UsageError(f"--set {item!r}: expected KEY=VALUE, e.g. optimizer.lr=1e-3")
+            raise UsageError(f"--set {shorten(repr(item))}: expected KEY=VALUE, e.g. optimizer.lr=1e-3")
+        text = raw.strip()
+        if _EXPONENT.match(text):
+            mantissa, exponent = text.lower().split("e")
+            whole = "." not in mantissa and 0 <= int(exponent) <= 30  # 1e4 -> 10000; 1e-3, 2.5e3 -> floats
+            out[key.strip()] = int(mantissa) * 10 ** int(exponent) if whole else float(text)
+            continue
         try:
-            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+            out[key.strip()] = yaml.safe_load(raw) if text else None
         except yaml.YAMLError as exc:
-            raise UsageError(f"--set {item!r}: value is not valid YAML ({exc})") from None
+            raise UsageError(f"--set {shorten(repr(item))}: value is not valid YAML ({shorten(str(exc))})") from None
     return out
 
 
@@ -55,9 +67,9 @@ def load_train_config(source: str, overrides: list[str] | None = None) -> TrainC
             raise UsageError(f"config: {source!r} is neither a file nor a preset (presets: {', '.join(PRESETS)})")
         return config.with_flat(flat) if flat else config
     except ConfigError as exc:
-        raise UsageError(f"{source}: {exc}") from None
+        raise UsageError(f"{shorten(source)}: {exc}") from None
     except (ValueError, TypeError, OSError, yaml.YAMLError) as exc:  # malformed JSON/YAML or values of the wrong type
-        raise UsageError(f"{source}: cannot read config: {exc}") from None
+        raise UsageError(f"{shorten(source)}: cannot read config: {shorten(str(exc), 300)}") from None
 
 
 def _format(value: Any) -> str:

@@ -22,6 +22,8 @@ How a worker behaves:
   constraint, which Optuna reads as feasible. GP and CMA-ES model completed trials only, so for them a diverged trial is
   simply not a candidate for the best. Any other exception fails that trial alone (with its
   reason) and the worker goes on.
+- A trial still training when the study's budget.timeout_s has passed stops at that epoch
+  (PRUNED, status "timeout"): no trial outlives the study by more than one epoch.
 - Reading the study is cheap however large it grows: samplers and pruners read a cached, sorted
   view refreshed at most twice a second (storage.TrialView), TPE models at most `max_history`
   trials (service.sampler_history) and its parameter groups are updated incrementally.
@@ -53,8 +55,9 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.trial import FrozenTrial, TrialState
 
 from . import records
+from .disk import CleanArtifactStore, no_space_reason
 from .errors import UsageError
-from .service import CONSTRAINT, BudgetReached, build_study, stored_spec
+from .service import CONSTRAINT, RETRY_KEY, BudgetReached, build_study, stored_spec
 from .space import suggest
 from .spec import PRUNING_METRIC, StudySpec
 from .storage import artifact_store, close_storage, is_connection_error, open_storage, redact
@@ -64,6 +67,19 @@ CONNECTION_PATIENCE_S = 600.0  # how long a worker waits for a lost database bef
 
 class GracefulStop(Exception):
     """Raised at the next epoch after SIGTERM/SIGINT: the trial is failed and re-queued."""
+
+
+class StudyTimeout(optuna.TrialPruned):
+    """Raised at the first epoch that ends after the study's budget.timeout_s: the trial is
+    recorded as pruned (status "timeout") with its learning curve so far."""
+
+
+def _study_deadline(trial: optuna.Trial, timeout_s: float | None) -> float | None:
+    """The study's end as a time.time() value: timeout_s after its first trial started."""
+    if timeout_s is None:
+        return None
+    starts = [t.datetime_start for t in trial.study.get_trials(deepcopy=False) if t.datetime_start is not None]
+    return min(starts).timestamp() + timeout_s if starts else time.time() + timeout_s
 
 
 @dataclass
@@ -130,13 +146,16 @@ class Objective:
                  fit_fn: Callable | None, log: Callable[[str], None], artifact_plots: bool = True):
         self.spec, self.stop, self.worker = spec, stop, worker
         self.lost: set[int] = set()  # trial ids whose run was cut by a lost database connection
-        self.device, self.store, self.log, self.plots = device, store, log, artifact_plots
+        self.unfinished: set[int] = set()  # trial ids started here whose end after_trial has not seen yet
+        self.device, self.log, self.plots = device, log, artifact_plots
+        self.store = CleanArtifactStore(store) if store is not None else None
         self.base_flat = spec.base.to_flat()
         if fit_fn is None:
             from dlnn_core.train import fit as fit_fn
         self.fit = fit_fn
 
     def __call__(self, trial: optuna.Trial):
+        self.unfinished.add(trial._trial_id)
         try:
             return self._run(trial)
         except (optuna.TrialPruned, GracefulStop):
@@ -148,7 +167,8 @@ class Objective:
             elif trial.user_attrs.get("status") in (None, "running"):  # a bug outside fit: still say what happened
                 with contextlib.suppress(Exception):
                     trial.set_user_attr("status", "error")
-                    trial.set_user_attr("reason", f"{type(exc).__name__}: {exc}"[:2000])
+                    trial.set_user_attr("reason", no_space_reason(exc, "the trial's temporary directory")
+                                        or f"{type(exc).__name__}: {exc}"[:2000])
             raise
 
     def _run(self, trial: optuna.Trial):
@@ -181,6 +201,7 @@ class Objective:
         # Baselines and re-seeded verification runs are references: the pruner never stops them.
         prunable = not any(k in trial.user_attrs for k in ("baseline", "verify_of"))
         last = {"epoch": 0, "value": None}
+        deadline = _study_deadline(trial, spec.timeout_s)
 
         def report(epoch: int, value: float) -> None:
             last["epoch"], last["value"] = epoch, value
@@ -190,12 +211,14 @@ class Objective:
                 trial.report(records.to_stored(PRUNING_METRIC, value), step=epoch)
                 if prunable and trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at epoch {epoch}: {PRUNING_METRIC} {value:.4g} ({spec.pruner} pruner)")
+            if deadline is not None and time.time() > deadline:
+                raise StudyTimeout(f"study timeout reached at epoch {epoch} (budget.timeout_s = {spec.timeout_s:g} s)")
 
         with tempfile.TemporaryDirectory(prefix=f"dlnn-trial{trial.number}-") as out:
             try:
                 result = self.fit(config, report=report, out_dir=out)
             except optuna.TrialPruned as exc:
-                trial.set_user_attr("status", "pruned")
+                trial.set_user_attr("status", "timeout" if isinstance(exc, StudyTimeout) else "pruned")
                 trial.set_user_attr("reason", str(exc))
                 _set_constraint(trial, 0.0, retry)
                 raise
@@ -208,7 +231,8 @@ class Objective:
                     _free_gpu_memory()
                     return self._infeasible(trial, "out_of_memory", f"out of memory at epoch {last['epoch'] + 1}: {str(exc).splitlines()[0][:300]}", retry)
                 trial.set_user_attr("status", "error")
-                trial.set_user_attr("reason", f"{type(exc).__name__}: {exc}"[:2000])
+                trial.set_user_attr("reason", no_space_reason(exc, "the trial's checkpoint and run files")
+                                    or f"{type(exc).__name__}: {exc}"[:2000])
                 raise
             trial.set_user_attr("device", result.device)
             records.record_metrics(trial, {**result.metrics, "wall_time_s": result.wall_time_s, "epochs": result.epochs_run})
@@ -229,7 +253,7 @@ class Objective:
 
                         self._upload(trial, rollout_png(result.checkpoint, Path(out) / "rollout.png"))
                     except Exception as exc:  # a plot never fails a trial
-                        trial.set_user_attr("artifact_error", f"rollout plot: {type(exc).__name__}: {exc}"[:500])
+                        _artifact_error(trial, f"rollout plot: {type(exc).__name__}: {exc}")
         if retry:
             trial.set_user_attr("status", "ok")
         _set_constraint(trial, 0.0, retry)
@@ -267,8 +291,14 @@ class Objective:
         try:
             mimetype = "application/octet-stream" if path.suffix == ".pt" else None  # not "snesdev-page-table"
             optuna.artifacts.upload_artifact(artifact_store=self.store, file_path=str(path), study_or_trial=trial, mimetype=mimetype)
-        except Exception as exc:
-            trial.set_user_attr("artifact_error", f"{path.name}: {type(exc).__name__}: {exc}"[:500])
+        except Exception as exc:  # the store removed any partial file (CleanArtifactStore)
+            _artifact_error(trial, f"{path.name}: {type(exc).__name__}: {exc}")
+
+
+def _artifact_error(trial: optuna.Trial, text: str) -> None:
+    """Add one failure to the trial's `artifact_error` list: every failed upload is kept, not the last."""
+    errors = trial.user_attrs.get("artifact_error") or []
+    trial.set_user_attr("artifact_error", [*([errors] if isinstance(errors, str) else errors), text[:500]])
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -358,7 +388,27 @@ def run_worker(url: str, name: str, *, n_trials: int | None = None, timeout: flo
             requeue(study, unqueued[0])
             unqueued.pop(0)
 
+    def recover_unfinished(study: optuna.Study) -> None:
+        """Trials whose end Optuna could not record because the database was down (it then raises
+        UnboundLocalError and skips after_trial): once the database is back, fail each one still
+        RUNNING and re-queue it, before any heartbeat check fails it against max_retry."""
+        for trial_id in sorted(objective.unfinished):
+            frozen = storage.get_trial(trial_id)
+            if frozen.state == TrialState.RUNNING:
+                with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                    storage.set_trial_user_attr(trial_id, "status", "interrupted")
+                    storage.set_trial_user_attr(trial_id, "reason", "storage connection lost while the trial ended; re-queued")
+                    storage.set_trial_state_values(trial_id, TrialState.FAIL)
+                frozen = storage.get_trial(trial_id)
+            retried = any((t.system_attrs.get(RETRY_KEY) or [None])[-1] == frozen.number
+                          for t in storage.get_all_trials(study._study_id, deepcopy=False))
+            if frozen.state == TrialState.FAIL and not retried and all(t._trial_id != trial_id for t in unqueued):
+                log(f"trial {frozen.number}: cut by the lost database; re-queued")
+                unqueued.append(frozen)
+            objective.unfinished.discard(trial_id)
+
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+        objective.unfinished.discard(trial._trial_id)
         counter["done"] += 1
         log(_describe(trial, spec))
         interrupted = trial.user_attrs.get("status") == "interrupted" or trial._trial_id in objective.lost
@@ -384,6 +434,7 @@ def run_worker(url: str, name: str, *, n_trials: int | None = None, timeout: flo
                 reason = "this worker's own limit (--n-trials/--timeout) reached"
                 break
             try:
+                recover_unfinished(study)
                 flush_requeues(study)
                 try:
                     study.optimize(objective, n_trials=left_trials, timeout=left_time, n_jobs=jobs, catch=(Exception,),
@@ -411,6 +462,7 @@ def run_worker(url: str, name: str, *, n_trials: int | None = None, timeout: flo
         if stop.signal:
             reason = f"stopped by {stop.signal}"
             with contextlib.suppress(Exception):
+                recover_unfinished(study)
                 flush_requeues(study)
     finally:
         close_storage(storage)
