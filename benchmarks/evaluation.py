@@ -2,12 +2,14 @@
 
 The old evaluation is the package as it was before issue 16 (models included), extracted from git
 (`--baseline REV`) or read from a folder holding its `dlnn_core` (`--baseline-dir`), and loaded
-beside the current one under another name; both evaluate the same weights on the same data, in
-one process, one after the other. A trial's time is modelled as data + epochs × one epoch + the
-new evaluation, with the epoch timed by `fit` (the second of `--probe-epochs` epochs) on the
-spec's base config at the middle of its searched width, depth and batch size, swish activation. Only trials that run to their last epoch are evaluated (a pruned trial
-stops before), so the typical evaluated trial runs the spec's full epochs (rollout_vs_time: the
-median of its epochs range); the share after 5 epochs (Hyperband's min_resource) is shown too.
+beside the current one under another name; both evaluate the same weights (a `fit` of
+`--probe-epochs` epochs) on the same data, in one process, alternating. The model is the spec's
+base config at the middle of its searched width, depth and batch size, with swish.
+
+A trial's time is modelled as setup + epochs × one epoch + the new evaluation, the epoch timed by
+that fit (its second epoch). Only trials that run to their last epoch are evaluated (a pruned
+trial stops before), so the typical evaluated trial runs the spec's full epochs (rollout_vs_time:
+the middle of its epochs range); the share after 5 epochs (Hyperband's min_resource) is shown too.
 
     python benchmarks/evaluation.py [--device cpu] [--specs quick damped_pendulum ...] [--out benchmarks/results/evaluation.md]
 """
@@ -23,6 +25,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 
 import torch
@@ -33,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from dlnn_core.data import load_data  # noqa: E402
 from dlnn_core.evaluate import evaluate  # noqa: E402
 from dlnn_core.train import DTYPES, build_seeded_model, fit, load_checkpoint  # noqa: E402
-from workers.spec import load_spec  # noqa: E402
+from dlnn_core.config import TrainConfig  # noqa: E402
 
 BASELINE = "ba97447"  # main before issue 16
 SPECS = ("quick", "damped_pendulum", "damped_double_pendulum", "optimizer_shootout", "rollout_vs_time")
@@ -55,20 +58,24 @@ def load_old_package(baseline: str | None, baseline_dir: Path | None):
     return importlib.import_module("dlnn_core_old.evaluate"), importlib.import_module("dlnn_core_old.models")
 
 
-def typical_epochs(spec) -> int:
+def load_study(name: str) -> tuple[TrainConfig, dict]:
+    """A shipped spec's base TrainConfig and its raw tables (read without the study service, so no Optuna is needed)."""
+    raw = tomllib.loads((ROOT / "studies" / f"{name}.toml").read_text())
+    return TrainConfig.from_dict(raw.get("base", {})), raw
+
+
+def typical_epochs(base: TrainConfig, raw: dict) -> int:
     """Epochs of a trial that reaches its evaluation: the base epochs, or the median of a searched range."""
-    searched = spec.raw.get("space", {}).get("epochs")
-    if searched is not None:
-        low, high = searched.get("low"), searched.get("high")
-        if low is not None and high is not None:
-            return int((low + high) // 2)
-    return spec.base.epochs
+    searched = raw.get("space", {}).get("epochs")
+    if searched is not None and "low" in searched:
+        return int((searched["low"] + searched["high"]) // 2)
+    return base.epochs
 
 
-def typical_config(spec, device: torch.device, form: str):
+def typical_config(base: TrainConfig, raw: dict, device: torch.device | str, form: str) -> TrainConfig:
     """The spec's base config with the middle of each searched model size and batch size (and
     swish where the activation is searched): what a typical trial trains."""
-    space = spec.raw.get("space", {})
+    space = raw.get("space", {})
     flat = {"device": str(device), "model.form": form}
     for key in ("hidden", "depth"):
         searched = space.get("model", {}).get(key)
@@ -80,7 +87,7 @@ def typical_config(spec, device: torch.device, form: str):
     batch = space.get("batch_size", {}).get("choices")
     if batch:
         flat["batch_size"] = sorted(batch)[len(batch) // 2]
-    return spec.base.with_flat(flat)
+    return base.with_flat(flat)
 
 
 def timed(fn, device: torch.device):
@@ -106,8 +113,8 @@ def max_rel_difference(new: dict, old: dict) -> float:
 def measure(spec_name: str, form: str, device: torch.device, old: tuple, probe_epochs: int, repeat: int) -> dict:
     """Old and new evaluation of the model `fit` trained for `probe_epochs` (what a trial evaluates;
     an untrained free-form L rolls out chaotically), and that fit's epoch time."""
-    spec = load_spec(ROOT / "studies" / f"{spec_name}.toml")
-    config = typical_config(spec, device, form)
+    base, raw = load_study(spec_name)
+    config = typical_config(base, raw, device, form)
     splits = load_data(config.data, config.data_seed)
     dtype = DTYPES[config.dtype]
     with tempfile.TemporaryDirectory() as out:
@@ -129,7 +136,7 @@ def measure(spec_name: str, form: str, device: torch.device, old: tuple, probe_e
         times = [h["time_s"] for h in result.history]
         epoch = times[-1] - times[-2]
         setup = times[0]  # data, model, first validation
-        epochs = typical_epochs(spec)
+        epochs = typical_epochs(base, raw)
         trial = setup + epochs * epoch + t_new
         short = setup + min(SHORT_EPOCHS, epochs) * epoch + t_new
         row.update(epoch_s=epoch, epochs=epochs, trial_s=trial, share=t_new / trial, old_share=t_old / (trial - t_new + t_old),

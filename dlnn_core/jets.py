@@ -61,13 +61,24 @@ def supported(net: nn.Sequential) -> bool:
     return all(isinstance(layer, nn.Linear) or type(layer) in ACTIVATION_DERIVATIVES for layer in net)
 
 
+_PAIR_INDEX: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+
+def _pair_index(pairs: tuple[tuple[int, int], ...], device: torch.device) -> tuple[Tensor, Tensor]:
+    """The pairs' first and second tangents as index tensors on `device`, built once: indexing a
+    CUDA tensor with a Python list copies the list over and waits for it on every call."""
+    key = (pairs, device)
+    if key not in _PAIR_INDEX:
+        _PAIR_INDEX[key] = tuple(torch.tensor([p[i] for p in pairs], dtype=torch.long, device=device) for i in (0, 1))
+    return _PAIR_INDEX[key]
+
+
 def mlp_jet(net: nn.Sequential, x: Tensor, tangents: Tensor, pairs: tuple[tuple[int, int], ...] = ()) -> tuple[Tensor, Tensor, Tensor | None]:
     """(y [B, out], ∂y along each tangent [k, B, out], ∂²y along each pair of tangents [m, B, out])
     for input x [B, d] and tangents [k, B, d]; the input's own second derivatives must be zero
     (true for q̇ and for the angle features along pairs that involve a q̇ direction)."""
     k, batch = tangents.shape[0], x.shape[0]
-    first = [a for a, _ in pairs]
-    second = [b for _, b in pairs]
+    first, second = _pair_index(pairs, x.device) if pairs else (None, None)
     t, s = tangents, None  # s: second-order terms [m, B, H], None while they are zero
     for layer in net:
         if isinstance(layer, nn.Linear):

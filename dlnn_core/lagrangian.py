@@ -144,7 +144,8 @@ def regularized_solve(h: Tensor, rhs: Tensor, rcond: float | None = None) -> Ten
     scale = normal.diagonal(dim1=-2, dim2=-1).sum(-1) / n  # ‖H‖²_F / n
     lam = rcond**2 * scale + info.tiny**0.5
     eye = torch.eye(n, dtype=h.dtype, device=h.device)
-    return torch.linalg.solve(normal + lam[:, None, None] * eye, (ht @ rhs.unsqueeze(-1))).squeeze(-1)
+    # solve_ex: the LU solve without reading its status back, which would stall a CUDA stream on every call (λ > 0 keeps it regular)
+    return torch.linalg.solve_ex(normal + lam[:, None, None] * eye, (ht @ rhs.unsqueeze(-1))).result.squeeze(-1)
 
 
 def euler_lagrange_acceleration(
