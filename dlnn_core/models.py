@@ -321,7 +321,7 @@ class LagrangianModel(nn.Module):
 
     def inference_terms(self, q: Tensor, v: Tensor) -> tuple[Terms, Tensor | None]:
         """(∂²L/∂q̇², ∂L/∂q − (∂²L/∂q̇∂q) q̇) and ∂D/∂q̇ (None for an LNN) without a graph, for evaluation:
-        the structured form's closed form, else `lagrangian.inference_terms`."""
+        the form's own (derivatives pushed through its layers), else `lagrangian.inference_terms`."""
         own = self.body.inference_terms(q, v)
         return own if own is not None else inference_terms(self.lagrangian, self.dissipation, q, v)
 
