@@ -2,48 +2,129 @@
 (mean and median, so a few exploding states cannot hide the rest), rollouts against the true
 trajectories (state error after 100 and 500 steps, valid prediction time, energy error), and the
 learned dissipation's sanity (its sign, and the deceleration it causes against the true one).
-One flat dict of floats, so it can be stored and compared."""
+One flat dict of floats, so it can be stored and compared.
+
+Built for cost: the test and OOD trajectories roll out as one batch (every horizon read from the
+one rollout), the weights are frozen so no graph of them is built, and q̈ of the default
+("autograd") method comes from `inference_terms`, which keeps no graph and also yields ∂D/∂q̇, so
+the test states' q̈ and learned dissipation share one derivative pass."""
 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
+import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .data import Splits, StateSet, Trajectories
-from .lagrangian import DEFAULT_METHOD, euler_lagrange_acceleration
+from .lagrangian import inference_terms, regularized_solve
 from .metrics import energy_error, relative_mse, relative_se_per_sample, rollout_error, state_error, valid_prediction_steps
-from .rollout import rollout
+from .rollout import rk4_step
 
 ROLLOUT_HORIZONS = (100, 500)
+ROLLOUT_SPLITS = ("test", "ood")
+ROLLOUT_SUBSTEPS = 2  # RK4 steps per sample of the true trajectories
 VALID_THRESHOLD = 0.1  # a rollout is "valid" until its state error passes 10 % of the mean true state norm
+EVAL_BATCH = 4096
+PROGRESS_EVERY = 25  # rollout steps between two progress calls
+
+EvalProgress = Callable[[str, int, int], None]  # (stage, done, total)
 
 
-def predict(model: nn.Module, states: StateSet, dtype: torch.dtype, device: torch.device | str, batch: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-    """(q̈ predicted, q̈ true) over a state set, in batches, without building a graph."""
-    q, v, a = states.to_torch(dtype, device)
-    with torch.no_grad():
-        pred = torch.cat([model(q[i : i + batch], v[i : i + batch]) for i in range(0, len(q), batch)])
-    return pred, a
+@contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """The model with requires_grad off on every parameter (restored afterwards), in eval mode:
+    derivatives with respect to the states then build no graph of the weights."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
 
 
-def acceleration_metrics(model: nn.Module, states: StateSet, prefix: str, dtype: torch.dtype, device) -> dict[str, float]:
-    pred, true = predict(model, states, dtype, device)
+def _fast(model: nn.Module) -> bool:
+    """Whether q̈ can come from the model's `inference_terms` (a Lagrangian model on the "autograd" method)."""
+    return hasattr(model, "inference_terms") and getattr(model, "method", None) == "autograd"
+
+
+def accelerations(model: nn.Module, q: Tensor, v: Tensor) -> Tensor:
+    """q̈ [B, n] without a graph; the same values as model(q, v) under no_grad."""
+    if not _fast(model):
+        with torch.no_grad():
+            return model(q, v)
+    terms, d_grad = model.inference_terms(q, v)
+    return regularized_solve(terms.hessian_vv, terms.rhs if d_grad is None else terms.rhs - d_grad)
+
+
+def _with_dissipation(model: nn.Module, q: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """(q̈, a_D) for one batch of a model with D; a_D = q̈ without D − q̈ with D."""
+    if not _fast(model):
+        return accelerations(model, q, v), dissipative_acceleration(model.lagrangian, model.dissipation, q, v, model.method)
+    terms, d_grad = model.inference_terms(q, v)
+    damped = regularized_solve(terms.hessian_vv, terms.rhs - d_grad)
+    return damped, regularized_solve(terms.hessian_vv, terms.rhs) - damped
+
+
+def dissipative_acceleration(lagrangian, dissipation, q: Tensor, v: Tensor, method: str = "autograd") -> Tensor:
+    """a_D = (∂²L/∂q̇²)⁻¹ ∂D/∂q̇, the deceleration that D causes [B, n]: q̈ without D minus q̈ with D.
+    Unlike D itself it is identifiable: scaling L and D by one factor leaves it unchanged."""
+    from .lagrangian import euler_lagrange_acceleration
+
+    if method != "autograd":
+        with torch.no_grad():
+            undamped = euler_lagrange_acceleration(lagrangian, None, q, v, method=method)
+            return undamped - euler_lagrange_acceleration(lagrangian, dissipation, q, v, method=method)
+    terms, d_grad = inference_terms(lagrangian, dissipation, q, v)
+    return regularized_solve(terms.hessian_vv, terms.rhs) - regularized_solve(terms.hessian_vv, terms.rhs - d_grad)
+
+
+def acceleration_metrics(pred: Tensor, true: Tensor, prefix: str) -> dict[str, float]:
     return {
         f"{prefix}_rel_mse": float(relative_mse(pred, true)),
         f"{prefix}_rel_mse_median": float(relative_se_per_sample(pred, true).median()),
     }
 
 
-def rollout_metrics(model: nn.Module, splits: Splits, traj: Trajectories, prefix: str, dtype: torch.dtype, device, substeps: int = 2) -> dict[str, float]:
-    """Roll the model out from the true initial states and compare with the true trajectories."""
+def _predict(model: nn.Module, states: StateSet, dtype: torch.dtype, device, dissipation: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(q̈ predicted, q̈ true, learned a_D or None) over a state set, in batches of EVAL_BATCH."""
+    q, v, a = states.to_torch(dtype, device)
+    parts = [_with_dissipation(model, q[i : i + EVAL_BATCH], v[i : i + EVAL_BATCH]) if dissipation
+             else (accelerations(model, q[i : i + EVAL_BATCH], v[i : i + EVAL_BATCH]), None) for i in range(0, len(q), EVAL_BATCH)]
+    pred = torch.cat([p[0] for p in parts])
+    ad = torch.cat([p[1] for p in parts]) if parts and parts[0][1] is not None else None
+    return pred, a, ad
+
+
+def batched_rollout(model: nn.Module, q0: Tensor, v0: Tensor, dt: float, steps: int, substeps: int = ROLLOUT_SUBSTEPS,
+                    progress: EvalProgress | None = None) -> tuple[Tensor, Tensor]:
+    """`rollout` for evaluation: states [B, steps + 1, n] written in place, q̈ without a graph, and
+    progress("rollout", step, steps) every PROGRESS_EVERY steps."""
+    accel = lambda q, v: accelerations(model, q, v)  # noqa: E731
+    qs = q0.new_empty(q0.shape[0], steps + 1, q0.shape[1])
+    vs = torch.empty_like(qs)
+    qs[:, 0], vs[:, 0] = q0, v0
+    q, v, h = q0, v0, dt / substeps
+    for step in range(1, steps + 1):
+        for _ in range(substeps):
+            q, v = rk4_step(accel, q, v, h)
+        qs[:, step], vs[:, step] = q, v
+        if progress is not None and (step % PROGRESS_EVERY == 0 or step == steps):
+            progress("rollout", step, steps)
+    return qs, vs
+
+
+def trajectory_metrics(splits: Splits, traj: Trajectories, q: Tensor, v: Tensor, prefix: str) -> dict[str, float]:
+    """Rollout metrics of predicted states q, q̇ [N, T, n] against the true trajectories."""
     system = splits.system
-    true_q = torch.as_tensor(traj.q, dtype=dtype, device=device)
-    true_v = torch.as_tensor(traj.qdot, dtype=dtype, device=device)
-    dt = float(traj.t[1] - traj.t[0])
-    with torch.no_grad():
-        q, v = rollout(model, true_q[:, 0], true_v[:, 0], dt, true_q.shape[1] - 1, substeps)
+    true_q = torch.as_tensor(traj.q, dtype=q.dtype, device=q.device)
+    true_v = torch.as_tensor(traj.qdot, dtype=q.dtype, device=q.device)
     q, v = torch.nan_to_num(q, nan=1e6, posinf=1e6, neginf=-1e6), torch.nan_to_num(v, nan=1e6, posinf=1e6, neginf=-1e6)
     errors = state_error(q, v, true_q, true_v, system.angles)
     scale = float(torch.sqrt(true_q.square().sum(-1) + true_v.square().sum(-1)).mean())
@@ -56,45 +137,69 @@ def rollout_metrics(model: nn.Module, splits: Splits, traj: Trajectories, prefix
     return out
 
 
-def dissipative_acceleration(lagrangian, dissipation, q: torch.Tensor, v: torch.Tensor, method: str = DEFAULT_METHOD) -> torch.Tensor:
-    """a_D = (∂²L/∂q̇²)⁻¹ ∂D/∂q̇, the deceleration that D causes [B, n]: q̈ without D minus q̈ with D.
-    Unlike D itself it is identifiable: scaling L and D by one factor leaves it unchanged."""
-    undamped = euler_lagrange_acceleration(lagrangian, None, q, v, method=method)
-    return undamped - euler_lagrange_acceleration(lagrangian, dissipation, q, v, method=method)
+def rollout_metrics(model: nn.Module, splits: Splits, names: tuple[str, ...], dtype: torch.dtype, device,
+                    progress: EvalProgress | None = None) -> dict[str, float]:
+    """Roll the model out from the true initial states of every named split at once (one batch per
+    sampling interval), to the longest horizon, and score each split on its own slice."""
+    groups: dict[float, list[str]] = {}
+    for name in names:
+        t = splits.rollouts[name].t
+        groups.setdefault(float(t[1] - t[0]), []).append(name)
+    out: dict[str, float] = {}
+    for dt, members in groups.items():
+        trajs = [splits.rollouts[name] for name in members]
+        q0 = torch.as_tensor(np.concatenate([t.q[:, 0] for t in trajs]), dtype=dtype, device=device)
+        v0 = torch.as_tensor(np.concatenate([t.qdot[:, 0] for t in trajs]), dtype=dtype, device=device)
+        q, v = batched_rollout(model, q0, v0, dt, max(t.q.shape[1] for t in trajs) - 1, progress=progress)
+        start = 0
+        for name, traj in zip(members, trajs):
+            count, length = traj.q.shape[:2]
+            out.update(trajectory_metrics(splits, traj, q[start : start + count, :length], v[start : start + count, :length], name))
+            start += count
+    return out
 
 
-def dissipation_metrics(model: nn.Module, splits: Splits, dtype: torch.dtype, device) -> dict[str, float]:
+def dissipation_metrics(splits: Splits, learned_ad: Tensor | None, learned_d: Tensor | None) -> dict[str, float]:
     """The learned dissipation's sanity on the test states: the fraction with D < 0, its share of
     the acceleration (Σ|a_D|² / Σ|q̈|², learned and true: ≈ 0 on undamped data) and the relative
     error of the learned a_D against the true one (damped systems only)."""
     system = splits.system
     q64, v64 = torch.from_numpy(splits.test.q), torch.from_numpy(splits.test.qdot)
     norm = float(torch.from_numpy(splits.test.qddot).square().sum())
-    with torch.no_grad():
-        true_ad = dissipative_acceleration(system.lagrangian, system.dissipation, q64, v64)
+    true_ad = dissipative_acceleration(system.lagrangian, system.dissipation, q64, v64)
     out = {"true_dissipation_share": float(true_ad.square().sum()) / norm}
-    dissipation = getattr(model, "dissipation", None)
-    if dissipation is None:
+    if learned_ad is None or learned_d is None:
         return out
-    q, v, _ = splits.test.to_torch(dtype, device)
-    with torch.no_grad():
-        d = dissipation(q, v)
-        learned_ad = dissipative_acceleration(model.lagrangian, dissipation, q, v, model.method).double().cpu()
-    out["dissipation_negative_fraction"] = float((d < 0).float().mean())
+    learned_ad = learned_ad.double().cpu()
+    out["dissipation_negative_fraction"] = float((learned_d < 0).float().mean())
     out["dissipation_share"] = float(learned_ad.square().sum()) / norm
     if out["true_dissipation_share"] > 0:
         out["dissipation_rel_error"] = float((learned_ad - true_ad).square().sum() / true_ad.square().sum())
     return out
 
 
-def evaluate(model: nn.Module, splits: Splits, dtype: torch.dtype = torch.float32, device="cpu", rollouts: bool = True) -> dict[str, float]:
-    """All metrics of a model on a dataset; NaN-free by construction (non-finite becomes inf)."""
-    model.eval()
+def evaluate(model: nn.Module, splits: Splits, dtype: torch.dtype = torch.float32, device="cpu", rollouts: bool = True,
+             progress: EvalProgress | None = None) -> dict[str, float]:
+    """All metrics of a model on a dataset; NaN-free by construction (non-finite becomes inf).
+    `progress(stage, done, total)` hears of each stage ("states", "rollout", "dissipation")."""
     metrics: dict[str, float] = {}
-    for name in ("val", "test", "ood"):
-        metrics.update(acceleration_metrics(model, getattr(splits, name), name, dtype, device))
-    if rollouts:
-        metrics.update(rollout_metrics(model, splits, splits.rollouts["test"], "test", dtype, device))
-        metrics.update(rollout_metrics(model, splits, splits.rollouts["ood"], "ood", dtype, device))
-    metrics.update(dissipation_metrics(model, splits, dtype, device))
+    with frozen(model):
+        learned_ad = learned_d = None
+        for i, name in enumerate(("val", "test", "ood")):
+            with_d = name == "test" and getattr(model, "dissipation", None) is not None
+            pred, true, ad = _predict(model, getattr(splits, name), dtype, device, dissipation=with_d)
+            metrics.update(acceleration_metrics(pred, true, name))
+            if name == "test":
+                learned_ad = ad
+            if progress is not None:
+                progress("states", i + 1, 3)
+        if rollouts:
+            metrics.update(rollout_metrics(model, splits, ROLLOUT_SPLITS, dtype, device, progress))
+        if learned_ad is not None:
+            q, v, _ = splits.test.to_torch(dtype, device)
+            with torch.no_grad():
+                learned_d = model.dissipation(q, v)
+        metrics.update(dissipation_metrics(splits, learned_ad, learned_d))
+        if progress is not None:
+            progress("dissipation", 1, 1)
     return {k: (v if math.isfinite(v) else math.inf) for k, v in metrics.items()}

@@ -108,6 +108,28 @@ def euler_lagrange_terms(
     return Terms(h_vv, rhs)
 
 
+def inference_terms(lagrangian: ScalarFn, dissipation: ScalarFn | None, q: Tensor, qdot: Tensor) -> tuple[Terms, Tensor | None]:
+    """The "autograd" method's terms for evaluation, with ∂D/∂q̇ apart: (H, ∂L/∂q − (∂²L/∂q̇∂q) q̇) and
+    ∂D/∂q̇ (None without D). Not differentiable: ∂D/∂q̇ rides along the last second-order backward
+    pass (one autograd call fewer than a separate gradient) and no graph outlives the call."""
+    n = q.shape[1]
+    with torch.enable_grad():
+        q_, v_ = q.detach().requires_grad_(), qdot.detach().requires_grad_()
+        dl_dq, dl_dv = torch.autograd.grad(lagrangian(q_, v_).sum(), (q_, v_), create_graph=True, materialize_grads=True)
+        rows = []
+        for i in range(n):
+            outputs, inputs = [dl_dv[:, i].sum()], [q_, v_]
+            if dissipation is not None and i == n - 1:  # D sees q detached and its own q̇ leaf, so the sums stay apart
+                v_d = qdot.detach().requires_grad_()
+                outputs.append(dissipation(q.detach(), v_d).sum())
+                inputs.append(v_d)
+            rows.append(torch.autograd.grad(outputs, inputs, retain_graph=i < n - 1, materialize_grads=True))
+    h_vq = torch.stack([r[0] for r in rows], dim=1)  # [B, i, j] = ∂/∂qⱼ ∂L/∂q̇ᵢ
+    h_vv = torch.stack([r[1] for r in rows], dim=1)
+    rhs = dl_dq.detach() - (h_vq @ qdot.unsqueeze(-1)).squeeze(-1)
+    return Terms(h_vv, rhs), (rows[-1][2] if dissipation is not None else None)
+
+
 def regularized_solve(h: Tensor, rhs: Tensor, rcond: float | None = None) -> Tensor:
     """Solve H x = rhs as Tikhonov-damped least squares, (HᵀH + λI) x = Hᵀ rhs with
     λ = rcond² · ‖H‖²_F / n (+ a tiny floor). For a well-conditioned H this is H⁻¹ rhs to
@@ -122,7 +144,8 @@ def regularized_solve(h: Tensor, rhs: Tensor, rcond: float | None = None) -> Ten
     scale = normal.diagonal(dim1=-2, dim2=-1).sum(-1) / n  # ‖H‖²_F / n
     lam = rcond**2 * scale + info.tiny**0.5
     eye = torch.eye(n, dtype=h.dtype, device=h.device)
-    return torch.linalg.solve(normal + lam[:, None, None] * eye, (ht @ rhs.unsqueeze(-1))).squeeze(-1)
+    # solve_ex: the LU solve without reading its status back, which would stall a CUDA stream on every call (λ > 0 keeps it regular)
+    return torch.linalg.solve_ex(normal + lam[:, None, None] * eye, (ht @ rhs.unsqueeze(-1))).result.squeeze(-1)
 
 
 def euler_lagrange_acceleration(

@@ -10,6 +10,7 @@ import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -56,10 +57,12 @@ def lr_find(
     diverge_factor: float = 4.0,
     plot_path: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
+    progress: Callable[[dict], None] | None = None,
 ) -> LRFindResult:
     """Run the range test on `config`'s model, data, optimizer and loss (its scheduler and epochs
     are ignored). Stops when the smoothed loss exceeds `diverge_factor` × its minimum or is not
-    finite. Writes a loss-vs-lr PNG to `plot_path` when given."""
+    finite. Writes a loss-vs-lr PNG to `plot_path` when given. `progress(record)` hears of every
+    step: {"phase": "lr-find", "step", "steps", "lr", "loss" (smoothed)}."""
     default_low, default_high = default_bounds(config.optimizer.name)
     start_lr = default_low if start_lr is None else float(start_lr)
     end_lr = default_high if end_lr is None else float(end_lr)
@@ -113,6 +116,8 @@ def lr_find(
         raw.append(value)
         smooth.append(smoothed)
         best = min(best, smoothed)
+        if progress is not None:
+            progress({"phase": "lr-find", "step": i + 1, "steps": steps, "lr": lr, "loss": smoothed})
         if i >= 10 and smoothed > diverge_factor * best:
             reason, stopped = f"smoothed loss exceeded {diverge_factor:g}x its minimum at lr {lr:.3g}", True
             break

@@ -11,9 +11,10 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
+from . import jets
 from .activations import get_activation
 from .errors import ConfigError, choose
-from .lagrangian import DEFAULT_METHOD, METHODS, euler_lagrange_acceleration
+from .lagrangian import DEFAULT_METHOD, METHODS, Terms, euler_lagrange_acceleration, inference_terms
 from .systems import System
 
 MODEL_KINDS = ("dlnn", "lnn", "mlp")
@@ -99,19 +100,35 @@ def mlp(in_dim: int, hidden: int, depth: int, out_dim: int, activation: str, for
 
 
 class StateFeatures(nn.Module):
-    """(q, q̇) -> network input: angles become (sin, cos) so L is periodic in them."""
+    """(q, q̇) -> network input: angles become (sin, cos) so L is periodic in them. Which
+    coordinates are angles is fixed at build time, so no call reads a mask back from the device."""
 
     def __init__(self, angles: tuple[bool, ...], use_angle_features: bool):
         super().__init__()
-        mask = torch.tensor(angles if use_angle_features else [False] * len(angles))
-        self.register_buffer("angle_mask", mask, persistent=False)
-        self.q_dim = len(angles) + int(mask.sum())
+        flags = [bool(a) and use_angle_features for a in angles]
+        self.register_buffer("angle_index", torch.tensor([i for i, a in enumerate(flags) if a], dtype=torch.long), persistent=False)
+        self.register_buffer("other_index", torch.tensor([i for i, a in enumerate(flags) if not a], dtype=torch.long), persistent=False)
+        self.any_angle, self.all_angles = any(flags), all(flags)
+        self.q_dim = len(angles) + sum(flags)
 
     def q_features(self, q: Tensor) -> Tensor:
-        if not bool(self.angle_mask.any()):
+        if not self.any_angle:
             return q
-        a = q[:, self.angle_mask]
-        return torch.cat([q[:, ~self.angle_mask], torch.sin(a), torch.cos(a)], dim=1)
+        if self.all_angles:
+            return torch.cat([torch.sin(q), torch.cos(q)], dim=1)
+        a = q[:, self.angle_index]
+        return torch.cat([q[:, self.other_index], torch.sin(a), torch.cos(a)], dim=1)
+
+    def q_tangents(self, q: Tensor) -> Tensor:
+        """∂ q_features / ∂qⱼ for every j: [n, B, q_dim]."""
+        n, batch = q.shape[1], q.shape[0]
+        eye = torch.eye(n, dtype=q.dtype, device=q.device)[:, None, :]  # [j, 1, n]
+        if not self.any_angle:
+            return eye.expand(n, batch, n)
+        if self.all_angles:
+            return torch.cat([eye * torch.cos(q), -eye * torch.sin(q)], dim=2)
+        a, e_a = q[:, self.angle_index], eye[:, :, self.angle_index]
+        return torch.cat([eye[:, :, self.other_index].expand(n, batch, -1), e_a * torch.cos(a), -e_a * torch.sin(a)], dim=2)
 
 
 class FreeLagrangian(nn.Module):
@@ -137,14 +154,76 @@ class FreeLagrangian(nn.Module):
         raw = self.l_net(self._x(q, v))[:, 1] if self.shared else self.d_net(self._x(q, v))[:, 0]
         return nn.functional.softplus(raw) if self.nonneg else raw
 
+    def inference_terms(self, q: Tensor, v: Tensor) -> tuple[Terms, Tensor | None] | None:
+        """`lagrangian.inference_terms` by `mlp_jet`: tangents along each qⱼ and q̇ᵢ and second
+        derivatives along the pairs (q̇ᵢ, q̇ₖ) and (q̇ᵢ, qⱼ) pushed through the networks at once.
+        None when a layer has no derivative rule there."""
+        nets = [self.l_net] + ([self.d_net] if self.d_net is not None else [])
+        if not all(jets.supported(net) for net in nets):
+            return None
+        n, batch = q.shape[1], q.shape[0]
+        x, tq = self._x(q, v), self.features.q_tangents(q)
+        eye = torch.eye(n, dtype=q.dtype, device=q.device)[:, None, :].expand(n, batch, n)
+        tangents = torch.cat([torch.cat([tq, torch.zeros_like(eye)], dim=2),
+                              torch.cat([torch.zeros_like(tq), eye], dim=2)])  # [q₁..qₙ, q̇₁..q̇ₙ]
+        vv = [(i, k) for i in range(n) for k in range(n)]
+        pairs = tuple((n + i, n + k) for i, k in vv) + tuple((n + i, j) for i, j in vv)
+        y, ty, sy = jets.mlp_jet(self.l_net, x, tangents, pairs)
+        h_vv = sy[: n * n, :, 0].T.reshape(batch, n, n)
+        h_vq = sy[n * n :, :, 0].T.reshape(batch, n, n)  # [B, i, j] = ∂²L/∂q̇ᵢ∂qⱼ
+        rhs = ty[:n, :, 0].T - (h_vq @ v.unsqueeze(-1)).squeeze(-1)
+        if not self.with_dissipation:
+            return Terms(h_vv, rhs), None
+        if self.shared:
+            raw, t_raw = y[:, 1], ty[n:, :, 1]
+        else:
+            raw, t_raw, _ = jets.mlp_jet(self.d_net, x, tangents[n:])
+            raw, t_raw = raw[:, 0], t_raw[:, :, 0]
+        d_grad = (_softplus_slope(raw) * t_raw if self.nonneg else t_raw).T
+        return Terms(h_vv, rhs), d_grad
+
 
 def _lower_triangular(entries: Tensor, n: int, diag_shift: float) -> Tensor:
-    """[B, n(n+1)/2] -> lower-triangular [B, n, n] with a positive diagonal (softplus)."""
-    rows, cols = torch.tril_indices(n, n, device=entries.device)
+    """[B, n(n+1)/2] -> lower-triangular [B, n, n] with a positive diagonal (softplus); entries
+    fill the rows of the lower triangle in order (torch.tril_indices)."""
+    if n == 1:
+        return nn.functional.softplus(entries + diag_shift).unsqueeze(-1)
+    rows, cols = _TRIL[n, entries.device]
     low = entries.new_zeros(entries.shape[0], n, n)
     low = low.index_put((torch.arange(entries.shape[0], device=entries.device)[:, None], rows[None], cols[None]), entries)
     diag = nn.functional.softplus(low.diagonal(dim1=-2, dim2=-1) + diag_shift)
     return low.tril(-1) + torch.diag_embed(diag)
+
+
+class _TrilIndices(dict):
+    """(n, device) -> torch.tril_indices(n, n) there, built once instead of on every call."""
+
+    def __missing__(self, key: tuple[int, torch.device]) -> tuple[Tensor, Tensor]:
+        rows, cols = torch.tril_indices(key[0], key[0], device=key[1])
+        self[key] = (rows, cols)
+        return rows, cols
+
+
+_TRIL = _TrilIndices()
+
+
+def _softplus_slope(x: Tensor) -> Tensor:
+    """d softplus / dx, as torch's softplus (threshold 20, above which it is the identity)."""
+    return torch.where(x > 20, torch.ones_like(x), torch.sigmoid(x))
+
+
+def _lower_triangular_tangent(entries: Tensor, tangents: Tensor, n: int, diag_shift: float) -> Tensor:
+    """Tangents [k, B, n(n+1)/2] of `_lower_triangular`'s entries -> its tangents [k, B, n, n]."""
+    k, batch = tangents.shape[:2]
+    if n == 1:
+        return (_softplus_slope(entries + diag_shift) * tangents).unsqueeze(-1)
+    rows, cols = _TRIL[n, entries.device]
+    diag = entries.new_zeros(batch, n, n).index_put((torch.arange(batch, device=entries.device)[:, None], rows[None], cols[None]), entries)
+    slope = _softplus_slope(diag.diagonal(dim1=-2, dim2=-1) + diag_shift)  # [B, n]
+    low = tangents.new_zeros(k * batch, n, n)
+    low = low.index_put((torch.arange(k * batch, device=entries.device)[:, None], rows[None], cols[None]), tangents.reshape(k * batch, -1))
+    low = low.view(k, batch, n, n)
+    return low.tril(-1) + torch.diag_embed(low.diagonal(dim1=-2, dim2=-1) * slope)
 
 
 class StructuredLagrangian(nn.Module):
@@ -165,11 +244,13 @@ class StructuredLagrangian(nn.Module):
         # Start near M ≈ I (softplus(x + shift) ≈ 1 at x ≈ 0), so the first solves are benign.
         self.diag_shift = math.log(math.e - 1.0)
 
-    def _outputs(self, q: Tensor) -> list[Tensor]:
+    def _outputs(self, q: Tensor, which: tuple[int, ...]) -> list[Tensor]:
+        """The network outputs `which` (0: mass factor, 1: V, 2: damping factor); separate nets run only when asked for."""
         x = self.features.q_features(q)
         if len(self.nets) == 1:
-            return list(torch.split(self.nets[0](x), self.sizes, dim=1))
-        return [net(x) for net in self.nets]
+            parts = torch.split(self.nets[0](x), self.sizes, dim=1)
+            return [parts[i] for i in which]
+        return [self.nets[i](x) for i in which]
 
     @staticmethod
     def _quadratic(factor: Tensor, v: Tensor) -> Tensor:
@@ -177,13 +258,43 @@ class StructuredLagrangian(nn.Module):
         return 0.5 * ((factor.transpose(-1, -2) @ v.unsqueeze(-1)).squeeze(-1) ** 2).sum(-1)
 
     def lagrangian(self, q: Tensor, v: Tensor) -> Tensor:
-        out = self._outputs(q)
-        factor = _lower_triangular(out[0], self.n, self.diag_shift)
-        return self._quadratic(factor, v) + 0.5 * self.eps * (v**2).sum(-1) - out[1][:, 0]
+        mass, potential = self._outputs(q, (0, 1))
+        factor = _lower_triangular(mass, self.n, self.diag_shift)
+        return self._quadratic(factor, v) + 0.5 * self.eps * (v**2).sum(-1) - potential[:, 0]
 
     def dissipation(self, q: Tensor, v: Tensor) -> Tensor:
-        factor = _lower_triangular(self._outputs(q)[2], self.n, 0.0)
+        factor = _lower_triangular(self._outputs(q, (2,))[0], self.n, 0.0)
         return self._quadratic(factor, v)
+
+    def inference_terms(self, q: Tensor, v: Tensor) -> tuple[Terms, Tensor | None] | None:
+        """`lagrangian.inference_terms` in closed form, for evaluation: ∂²L/∂q̇² = M, ∂L/∂qⱼ =
+        ½q̇ᵀ∂ⱼM q̇ − ∂ⱼV, (∂²L/∂q̇∂q) q̇ = Σⱼ ∂ⱼM q̇ q̇ⱼ and ∂D/∂q̇ = C q̇, the ∂ⱼ pushed through the
+        networks by `mlp_jet`. None when a layer has no derivative rule there."""
+        if not all(jets.supported(net) for net in self.nets):
+            return None
+        n, batch = self.n, q.shape[0]
+        x, tx = self.features.q_features(q), self.features.q_tangents(q)
+        if len(self.nets) == 1:
+            y, ty, _ = jets.mlp_jet(self.nets[0], x, tx)
+            outs, touts = torch.split(y, self.sizes, dim=1), torch.split(ty, self.sizes, dim=2)
+        else:
+            pushed = [jets.mlp_jet(net, x, tx) for net in self.nets[:2]]
+            outs = [p[0] for p in pushed] + ([self.nets[2](x)] if self.with_dissipation else [])
+            touts = [p[1] for p in pushed]
+        factor = _lower_triangular(outs[0], n, self.diag_shift)
+        d_factor = _lower_triangular_tangent(outs[0], touts[0], n, self.diag_shift)  # [j, B, n, n]
+        eye = torch.eye(n, dtype=q.dtype, device=q.device)
+        mass = factor @ factor.transpose(-1, -2) + self.eps * eye
+        d_mass = d_factor @ factor.transpose(-1, -2)
+        d_mass = d_mass + d_mass.transpose(-1, -2)  # [j, B, n, n] = ∂M/∂qⱼ
+        d_mass_v = (d_mass @ v.unsqueeze(-1)).squeeze(-1)  # [j, B, i]
+        dl_dq = 0.5 * (d_mass_v * v).sum(-1).T - touts[1][:, :, 0].T
+        mixed = (d_mass_v * v.T.unsqueeze(-1)).sum(0)
+        d_grad = None
+        if self.with_dissipation:
+            c = _lower_triangular(outs[2], n, 0.0)
+            d_grad = (c @ (c.transpose(-1, -2) @ v.unsqueeze(-1))).squeeze(-1)
+        return Terms(mass, dl_dq - mixed), d_grad
 
 
 class LagrangianModel(nn.Module):
@@ -207,6 +318,12 @@ class LagrangianModel(nn.Module):
 
     def forward(self, q: Tensor, v: Tensor) -> Tensor:
         return euler_lagrange_acceleration(self.lagrangian, self.dissipation, q, v, method=self.method)
+
+    def inference_terms(self, q: Tensor, v: Tensor) -> tuple[Terms, Tensor | None]:
+        """(∂²L/∂q̇², ∂L/∂q − (∂²L/∂q̇∂q) q̇) and ∂D/∂q̇ (None for an LNN) without a graph, for evaluation:
+        the form's own (derivatives pushed through its layers), else `lagrangian.inference_terms`."""
+        own = self.body.inference_terms(q, v)
+        return own if own is not None else inference_terms(self.lagrangian, self.dissipation, q, v)
 
 
 class MLPModel(nn.Module):

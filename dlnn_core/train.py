@@ -144,7 +144,8 @@ def fit(
 ) -> FitResult:
     """Train the model `config` describes; see the module docstring. `report(epoch, val_rel_mse)`
     runs after every epoch and may raise to stop the run (the exception propagates, nothing is
-    written); `progress(record)` receives each epoch's history record (for progress bars)."""
+    written); `progress(record)` receives each epoch's history record (for progress bars), then
+    the final evaluation's {"phase": "evaluate", ...} records."""
     if not isinstance(config, TrainConfig):
         raise ConfigError("config", type(config).__name__, "a TrainConfig")
     start = time.perf_counter()
@@ -215,7 +216,7 @@ def fit(
     if reason is not None:
         return _diverged(config, epoch, reason, best_val, best_epoch, history, device, start, out_dir)
     model.load_state_dict(best_state)
-    metrics = _final_metrics(model, splits, dtype, device)
+    metrics = _final_metrics(model, splits, dtype, device, progress)
     metrics.update(epochs=float(epoch), best_epoch=float(best_epoch))
     wall = time.perf_counter() - start
     metrics["wall_time_s"] = wall
@@ -235,9 +236,13 @@ def _rollout_windows(config: TrainConfig, splits: Splits, dtype: torch.dtype, de
     return tuple(torch.as_tensor(x, dtype=dtype, device=device) for x in arrays)
 
 
-def _final_metrics(model: nn.Module, splits: Splits, dtype: torch.dtype, device: torch.device) -> dict[str, float]:
-    """The lead's `evaluate` plus the contract's short names for the test-rollout metrics."""
-    metrics = evaluate(model, splits, dtype, device)
+def _final_metrics(model: nn.Module, splits: Splits, dtype: torch.dtype, device: torch.device, progress: Progress | None = None) -> dict[str, float]:
+    """The lead's `evaluate` plus the contract's short names for the test-rollout metrics; its
+    progress reaches `progress` as {"phase": "evaluate", "stage", "done", "total"} records."""
+    relay = None
+    if progress is not None:
+        relay = lambda stage, done, total: progress({"phase": "evaluate", "stage": stage, "done": done, "total": total})  # noqa: E731
+    metrics = evaluate(model, splits, dtype, device, progress=relay)
     metrics["rollout_error"] = metrics["test_rollout_error"]
     metrics["energy_error"] = metrics["test_energy_error"]
     return metrics

@@ -94,6 +94,8 @@ def test_lr_find_command_prints_the_range_and_writes_the_plot(tmp_path, capsys):
     path = save_config(tiny(), tmp_path / "tiny.yaml")
     args = parser.parse_args([str(path), "--out", str(tmp_path / "scan.png"), "--steps", "100", "--set", "optimizer.name=adamw"])
     assert run(args) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "optimizer: adamw" in out and "suggested learning rate range:" in out and "plot:" in out
+    assert "lr-find" in captured.err and "loss=" in captured.err  # the progress bar, on stderr
     assert (tmp_path / "scan.png").read_bytes().startswith(PNG)

@@ -209,6 +209,21 @@ def test_train_command_writes_a_run_and_prints_metrics(tmp_path, capsys):
     assert (tmp_path / "run" / "model.pt").exists()
 
 
+def test_train_command_shows_the_evaluation_on_its_progress_bar(tmp_path, capsys):
+    path = save_config(tiny(epochs=1), tmp_path / "tiny.json")
+    assert _run("train", [str(path), "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    assert "train" in err and "evaluate rollout" in err and "10/10" in err and "evaluate dissipation" in err
+
+
+def test_fit_relays_the_evaluation_progress():
+    records = []
+    fit(tiny(epochs=1), progress=records.append)
+    evaluation = [r for r in records if r.get("phase") == "evaluate"]
+    assert records[0]["epoch"] == 1 and evaluation and records[1:] == evaluation
+    assert {"stage": "rollout", "done": 10, "total": 10} in [{k: r[k] for k in ("stage", "done", "total")} for r in evaluation]
+
+
 def test_train_command_reports_divergence_with_exit_2(tmp_path, capsys):
     path = save_config(tiny(epochs=2, optimizer__name="sgd", optimizer__lr=1e3, model__form="free"), tmp_path / "bad.yaml")
     assert _run("train", [str(path), "--out", str(tmp_path / "run"), "--no-progress"]) == 2

@@ -97,7 +97,22 @@ def run_train(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     bar = tqdm(total=config.epochs, desc="train", unit="epoch", file=sys.stderr, disable=args.no_progress, dynamic_ncols=True)
 
+    stage = [None]
+
     def progress(record: dict[str, Any]) -> None:
+        if record.get("phase") == "evaluate":  # after the last epoch: the same bar shows the evaluation's stages
+            if args.no_progress:
+                return
+            if stage[0] != record["stage"]:
+                stage[0] = record["stage"]
+                bar.set_description_str(f"evaluate {record['stage']}", refresh=False)
+                bar.unit = "step" if record["stage"] == "rollout" else "part"
+                bar.set_postfix({}, refresh=False)
+                bar.reset(total=record["total"])
+            bar.update(record["done"] - bar.n)
+            if record["done"] == record["total"]:
+                bar.refresh()  # each stage's end stays on screen, however fast it went
+            return
         postfix = {"loss": _format(record["train_loss"]), "val": _format(record["val_rel_mse"]), "lr": _format(record["lr"])}
         if "d" in record:
             postfix["d"] = _format(record["d"])
@@ -132,6 +147,7 @@ def configure_lr_find(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--start", type=float, default=None, help="first learning rate (default: the optimizer's range / 100)")
     parser.add_argument("--end", type=float, default=None, help="last learning rate (default: the optimizer's range × 100)")
     parser.add_argument("--steps", type=int, default=200, help="number of steps of the scan (default 200)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run_lr_find(args: argparse.Namespace) -> int:
@@ -139,12 +155,22 @@ def run_lr_find(args: argparse.Namespace) -> int:
     from dlnn_core.lr_find import lr_find
     from dlnn_core.optim import OPTIMIZERS
 
+    from tqdm import tqdm
+
     config = load_train_config(args.config, args.overrides)
     plot = args.out or Path(f"lr-find-{config.optimizer.name}.png")
+    bar = tqdm(total=args.steps, desc="lr-find", unit="step", file=sys.stderr, disable=getattr(args, "no_progress", False), dynamic_ncols=True)
+
+    def progress(record: dict[str, Any]) -> None:
+        bar.set_postfix({"lr": _format(record["lr"]), "loss": _format(record["loss"])}, refresh=False)
+        bar.update(record["step"] - bar.n)
+
     try:
-        result = lr_find(config, start_lr=args.start, end_lr=args.end, steps=args.steps, plot_path=plot)
+        result = lr_find(config, start_lr=args.start, end_lr=args.end, steps=args.steps, plot_path=plot, progress=progress)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
+    finally:
+        bar.close()
     what = "lr multiplier" if OPTIMIZERS[config.optimizer.name].adaptive_d else "learning rate"
     print(f"optimizer: {result.optimizer}   steps: {len(result.lrs)}   {result.reason}")
     if result.suggested:
