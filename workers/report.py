@@ -392,6 +392,8 @@ def dadaptation(d: StudyData, figs: Figures) -> list[Block]:
                      f"{100 * n['diverged'] / len(group):.0f} %", _best([r.value for r in group], d), _median([r.value for r in group])])
     out.append(p(f"{len(rs)} trials used {', '.join(sorted({r.flat['optimizer.name'] for r in rs}))}. By decade of d0:"))
     out.append(table(["d0", "trials", "complete", "pruned", "diverged", "diverged %", f"best {d.metric}", f"median {d.metric}"], rows))
+    if not any(r.outcome == "complete" for r in rs):
+        return out + [p("None of them completed, so there is no final value to plot against d0 (see Failures and Pruning).")]
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for ax, key, label in ((axes[0], "optimizer.d0", "d0"), (axes[1], "optimizer.lr", "lr multiplier")):
@@ -623,7 +625,11 @@ def build(d: StudyData, figs: Figures, rollout_plot: Callable | None = None) -> 
         blocks.append(p(d.spec.description))
     blocks += verdict(d, figs, rollout_plot)
     for section in SECTIONS:
-        blocks += section(d, figs)
+        try:
+            blocks += section(d, figs)
+        except Exception as exc:  # one broken section must not hide the others' answers
+            blocks += [h2(section.__name__.replace("_", " ").capitalize()),
+                       p(f"This section could not be computed: {type(exc).__name__}: {exc}")]
     return blocks
 
 
