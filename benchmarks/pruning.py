@@ -40,7 +40,8 @@ class Curve:
 
     @property
     def final(self) -> float:
-        return self.values[max(self.values)]
+        """What the trial ends with: fit keeps the best epoch's weights."""
+        return min(self.values.values())
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,7 @@ def rerun_pruned(url: str, name: str, log=print) -> tuple[list[Curve], dict[int,
             continue
         curves.append(Curve(r.number, values))
         log(f"  rerun {i}/{len(pruned)}: trial {r.number} pruned at epoch {stopped[r.number]}, full length "
-            f"{values[max(values)]:.3g} ({time.perf_counter() - t0:.0f} s)")
+            f"{min(values.values()):.3g} ({time.perf_counter() - t0:.0f} s)")
     curves.sort(key=lambda c: c.number)
     return curves, stopped, epochs
 
