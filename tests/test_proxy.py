@@ -76,6 +76,24 @@ def test_status_reads_a_launched_study_through_the_proxy(served):
 
 
 @needs_grpc
+def test_report_reads_a_study_through_the_proxy(served, tmp_path):
+    from service_support import fake_fit
+
+    from workers.report import report
+    from workers.worker import run_worker
+
+    db_url, url, _ = served
+    service.launch(parse_spec(tomllib.loads(tiny_spec(name="answered", trials=4))), db_url, log=lambda m: None)
+    run_worker(db_url, "answered", fit_fn=fake_fit(), install_signals=False, artifacts=None, log=lambda m: None, timeout=120)
+    written = report(url, "answered", tmp_path / "r")  # read and note saved through grpc://
+    assert "4 trials: 4 complete" in written.markdown.read_text() and written.note_saved
+    from optuna_dashboard import get_note
+
+    note = get_note(optuna.load_study(study_name="answered", storage=db_url))
+    assert note.startswith("# Study answered: what it answers")
+
+
+@needs_grpc
 def test_a_dead_workers_trial_is_failed_and_retried_and_a_live_one_is_not(served):
     _, url, _ = served
     retry = optuna.storages.RetryHeartbeatStaleTrialCallback()

@@ -200,6 +200,23 @@ def test_refine_grids_around_the_best_and_is_seeded(storage_url, tmp_path):
     assert refined.best_value <= old_best.value
 
 
+def test_refine_is_seeded_only_with_trials_that_share_the_best_choices(storage_url, tmp_path):
+    space = ('[space.optimizer]\nchoices = ["adam", "rmsprop"]\n[space.optimizer.lr]\nper_optimizer = true\n'
+             "[space.model.hidden]\nlow = 16\nhigh = 64\nstep = 16\n")
+    _launch(storage_url, tmp_path, tiny_spec(trials=12, space=space, sampler='name = "random"'))
+    _work(storage_url, "tiny", tmp_path, fake_fit(), seed=4)
+    old = study_of(storage_url, "tiny")
+    top = sorted((t for t in old.trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)[:6]
+    assert len({t.params["optimizer.name"] for t in top}) == 2  # the top trials mix optimizers
+    spec, _ = refine(storage_url, "tiny", around=6, points=2, log=lambda m: None)
+    best_opt = top[0].params["optimizer.name"]
+    assert spec.base.optimizer.name == best_opt and "optimizer.name" not in [p.key for p in spec.space]
+    seeds = _trials(storage_url, "tiny-refine")
+    assert seeds and {records.trial_flat(t)["optimizer.name"] for t in seeds} == {best_opt}
+    assert len(seeds) == sum(t.params["optimizer.name"] == best_opt for t in top)
+    assert spec.pruner == "none"  # near-equal grid points are not pruned
+
+
 def test_launch_from_an_old_study_enqueues_its_best_configs(storage_url, tmp_path):
     _launch(storage_url, tmp_path, tiny_spec(trials=6))
     _work(storage_url, "tiny", tmp_path, fake_fit())

@@ -335,12 +335,16 @@ def lr_tolerance(d: StudyData, figs: Figures) -> list[Block]:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     rows = []
-    top = max((r.value for rs in by_opt.values() for r in rs if r.value), default=1.0)
+    top = max([r.value for rs in by_opt.values() for r in rs if r.value]
+              + [min(r.curve.values()) for rs in by_opt.values() for r in rs if r.outcome == "pruned" and r.curve], default=1.0)
     for i, (opt, rs) in enumerate(sorted(by_opt.items())):
         done = [r for r in rs if r.outcome == "complete"]
         bad = [r for r in rs if r.outcome == "diverged"]
         color = f"C{i % 10}"
         ax.scatter([r.flat["optimizer.lr"] for r in done], [r.value for r in done], color=color, label=opt, s=22)
+        cut = [r for r in rs if r.outcome == "pruned" and r.curve]  # where the pruner stopped them: hollow
+        ax.scatter([r.flat["optimizer.lr"] for r in cut], [min(r.curve.values()) for r in cut], facecolors="none",
+                   edgecolors=color, s=18, alpha=0.6, linewidths=0.8)
         ax.scatter([r.flat["optimizer.lr"] for r in bad], [top * 3] * len(bad), color=color, marker="x", s=30)
         best = _best([r.value for r in done], d)
         band = tolerance_band([(r.flat["optimizer.lr"], r.value) for r in done], best, d.direction)
@@ -353,14 +357,15 @@ def lr_tolerance(d: StudyData, figs: Figures) -> list[Block]:
     ax.set_yscale("log")
     ax.set_xlabel("learning rate (for D-Adaptation / Prodigy: the multiplier of d)")
     ax.set_ylabel(d.metric)
-    ax.set_title("objective vs learning rate; x at the top = diverged")
+    ax.set_title("objective vs learning rate (hollow: pruned, x at the top: diverged)")
     ax.legend(fontsize=7, ncol=2)
     out.append(p(f"The tolerance band is the learning-rate interval over which an optimizer's completed trials stay within "
                  f"{TOLERANCE:g}× of its own best {d.metric} (its width in decades: wider is more forgiving). "
-                 "Pruned trials have no final value and are not in the band."))
+                 "Pruned trials have no final value and are not in the band; the figure shows them hollow."))
     out.append(table(["optimizer", "trials", "complete", "diverged", f"best {d.metric}", "band low", "band high", "band decades",
                       "registry default lr", "diverged at lr"], rows))
-    out.append(figs.save(fig, "lr_tolerance", "Final objective against learning rate, per optimizer (log axes)."))
+    out.append(figs.save(fig, "lr_tolerance", "Final objective against learning rate, per optimizer (log axes); hollow "
+                                              "markers are pruned trials at the best value they reached before the cut."))
     return out
 
 
