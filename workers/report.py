@@ -194,6 +194,14 @@ class Figures:
         return Block("fig", caption, path=path)
 
 
+def _major_ticks_only(ax) -> None:
+    """Log axes spanning less than a decade label their minor ticks, which then overlap."""
+    from matplotlib.ticker import NullFormatter
+
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
 def _plt():
     from matplotlib import pyplot as plt
 
@@ -355,6 +363,7 @@ def lr_tolerance(d: StudyData, figs: Figures) -> list[Block]:
                      f"{diverged_lrs[0]:.2g}–{diverged_lrs[-1]:.2g}" if diverged_lrs else None])
     ax.set_xscale("log")
     ax.set_yscale("log")
+    _major_ticks_only(ax)
     ax.set_xlabel("learning rate (for D-Adaptation / Prodigy: the multiplier of d)")
     ax.set_ylabel(d.metric)
     ax.set_title("objective vs learning rate (hollow: pruned, x at the top: diverged)")
@@ -409,6 +418,7 @@ def dadaptation(d: StudyData, figs: Figures) -> list[Block]:
         ax.scatter([r.flat[key] for r in bad], [3 * top] * len(bad), marker="x", color="C3", label="diverged")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        _major_ticks_only(ax)
         ax.set_xlabel(label)
         ax.set_ylabel(d.metric)
     axes[0].legend(fontsize=7)
