@@ -148,13 +148,18 @@ def test_sigterm_stops_after_the_epoch_and_requeues(pg_url, tmp_path):
     assert len(queued) == 1 and queued[0].params == stopped.params
     assert not [t for t in trials if t.state == TrialState.RUNNING]
 
-    # A second signal exits at once; the abandoned trial is retried after the grace period.
+    # A second signal exits at once; the abandoned trial is retried after the grace period. Both
+    # signals must reach the worker mid-trial: sent while it is stopped (two different signals, as
+    # one signal pending twice is delivered once), they are handled together when it resumes,
+    # SIGINT first. Sent 50 ms apart, the first could already have finished the trial's stop.
     w2 = spawn("work", name, "--storage", storage_url, "--threads", "1", "--no-plots", cwd=tmp_path, log=tmp_path / "w2.log")
     wait_until(lambda: _running_trial_of(storage_url, name, w2.pid), 120, 0.05, "second worker mid-trial")
+    os.kill(w2.pid, signal.SIGSTOP)
+    os.kill(w2.pid, signal.SIGINT)
     os.kill(w2.pid, signal.SIGTERM)
-    time.sleep(0.05)
-    os.kill(w2.pid, signal.SIGTERM)
-    assert w2.wait(10) == 128 + signal.SIGTERM
+    os.kill(w2.pid, signal.SIGCONT)
+    assert w2.wait(10) == 128 + signal.SIGTERM, (tmp_path / "w2.log").read_text()
+    assert "second signal (SIGTERM): exiting now" in (tmp_path / "w2.log").read_text()
     dlnn("work", name, "--storage", storage_url, "--threads", "1", "--no-plots", cwd=tmp_path, timeout=240)
     trials = _study(storage_url, name).get_trials()
     summary = [(t.number, t.state.name, t.user_attrs.get("reason"), t.system_attrs.get("retry_history")) for t in trials]
