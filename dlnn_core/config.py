@@ -194,6 +194,10 @@ class TrainConfig:
         if not ok:
             raise ConfigError("device", device, "'auto', 'cpu', 'cuda' or 'cuda:K'")
         check_limits(self)
+        if self.data.file:  # the sizes come from the file: checked where it is read (datafiles.check_train_config)
+            if self.rollout_horizon:
+                raise ConfigError("rollout_horizon", self.rollout_horizon, "0 when data.file is set (no rollout loss on file trajectories yet)")
+            return
         samples = self.train_samples
         if self.batch_size > samples:
             raise ConfigError("batch_size", self.batch_size, f"at most the {samples} training samples (data.n_train = {self.data.n_train}"
@@ -204,7 +208,13 @@ class TrainConfig:
 
     @property
     def train_samples(self) -> int:
-        """Training samples per epoch: n_train states, or n_train trajectories × their samples."""
+        """Training samples per epoch: n_train states, or n_train trajectories × their samples
+        (file data: the samples of the training trajectories the data seed picks; reads the file)."""
+        if self.data.file:
+            from .datafiles import check_data, split_indices
+
+            tf = check_data(self.data)
+            return sum(tf.lengths[i] for i in split_indices(tf, self.data, self.data_seed)["train"])
         per = samples_per_trajectory(self.data) if self.data.kind == "trajectories" else 1
         return self.data.n_train * per
 
@@ -295,6 +305,7 @@ LIMITS: dict[str, Limit] = {
     "data.savgol_order": Limit(20, "polynomial order of the Savitzky–Golay fit; higher orders are numerically meaningless", integer=True),
     "data.ood_scale": Limit(100, "the ood box as a multiple of the training box"),
     "data.params": Limit(None, "physical parameters: each system checks its own"),
+    "data.file_split": Limit(None, "fractions of the file's trajectories, each in [0, 1] and summing to 1 (its own check)"),
     "model.hidden": Limit(65536, "width of each hidden layer: wider ones do not fit a GPU's memory", integer=True),
     "model.depth": Limit(64, "hidden layers; second derivatives through deeper networks are too slow to search", integer=True),
     "model.mass_eps": Limit(None, "a regularizer added to the mass matrix; any positive value is computable"),

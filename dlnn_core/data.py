@@ -51,11 +51,22 @@ class DataConfig:
     savgol_window: int = 11
     savgol_order: int = 3
     ood_scale: float = 1.5  # ood states come from the box scaled by this, above the training energy
+    # Measured trajectories instead of a system (datafiles.py): a .npz/.csv path; it replaces system,
+    # params and the generator settings, which then keep their defaults (system is stored as "").
+    file: str = ""
+    file_sha256: str = ""  # the file's content hash; "" = not pinned (launch pins it), else a changed file is refused
+    file_split: tuple[float, ...] = (0.6, 0.2, 0.1, 0.1)  # fractions of the file's trajectories: train, val, test, ood (0: none)
 
     def __post_init__(self) -> None:
-        if self.system not in SYSTEMS:
+        from .datafiles import check_file_fields, check_file_pins
+
+        if self.file:
+            check_file_fields(self)
+        elif self.system not in SYSTEMS:
             raise ConfigError("data.system", self.system, sorted(SYSTEMS))
-        get_system(self.system, **self.params)  # validates parameter names and values
+        else:
+            get_system(self.system, **self.params)  # validates parameter names and values
+        check_file_pins(self)
         if self.kind not in DATA_KINDS:
             raise ConfigError("data.kind", self.kind, DATA_KINDS)
         if self.derivatives not in DERIVATIVES:
@@ -78,6 +89,10 @@ class DataConfig:
         return asdict(self)
 
     def make_system(self) -> System:
+        if self.file:  # n, angles and ranges from the file; no equations of motion
+            from .datafiles import check_data, file_system
+
+            return file_system(check_data(self))
         return get_system(self.system, **self.params)
 
 
@@ -95,21 +110,24 @@ class StateSet:
 
 @dataclass(frozen=True)
 class Trajectories:
-    """True trajectories (angles unwrapped) for rollout metrics: t [T], q and q̇ [N, T, n]."""
+    """True trajectories (angles unwrapped) for rollout metrics: t [T], q and q̇ [N, T, n].
+    With `lengths` [N] (file data), trajectory i ends at sample lengths[i]; the rest is NaN padding."""
 
     t: np.ndarray
     q: np.ndarray
     qdot: np.ndarray
+    lengths: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
 class Splits:
-    system: System
+    system: System  # for file data: n, angles and ranges only (no lagrangian, dissipation, energy)
     train: StateSet
     val: StateSet
     test: StateSet
-    ood: StateSet
-    rollouts: dict[str, Trajectories]  # "val", "test", "ood"
+    ood: StateSet | None  # None: no ood split (file data with an ood fraction of 0)
+    rollouts: dict[str, Trajectories]  # "val", "test", "ood" (when there is one)
+    data_metrics: dict[str, Any] = field(default_factory=dict)  # stated with the metrics (file data: the ood rule)
 
 
 def _box(ranges: tuple[tuple[float, float], ...], scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
@@ -253,6 +271,10 @@ def cache_path(cfg: DataConfig, seed: int, cache_dir: str | Path | None = None) 
 def load_data(cfg: DataConfig, seed: int, cache_dir: str | Path | None = None) -> Splits:
     """Read the verified cache file, or generate the data and (re)write it atomically, so workers
     sharing a cache volume never read a half-written file and heal a corrupt one."""
+    if cfg.file:  # measured trajectories: read (remembered per process, hash-checked) and split in memory
+        from .datafiles import file_splits
+
+        return file_splits(cfg, seed)
     path = cache_path(cfg, seed, cache_dir)
     expected = _expected_shapes(cfg)
     if path.exists():

@@ -2,7 +2,9 @@
 (mean and median, so a few exploding states cannot hide the rest), rollouts against the true
 trajectories (state error after 100 and 500 steps, valid prediction time, energy error), and the
 learned dissipation's sanity (its sign, and the deceleration it causes against the true one).
-One flat dict of floats, so it can be stored and compared.
+One flat dict of floats, so it can be stored and compared; file data adds `ood_rule` (a string:
+how its ood split was chosen, or "none") and has no metric that needs the true system (energy,
+true dissipation), nor ood metrics without an ood split.
 
 Built for cost: the test and OOD trajectories roll out as one batch (every horizon read from the
 one rollout), the weights are frozen so no graph of them is built, and q̈ of the default
@@ -126,6 +128,8 @@ def trajectory_metrics(splits: Splits, traj: Trajectories, q: Tensor, v: Tensor,
     true_q = torch.as_tensor(traj.q, dtype=q.dtype, device=q.device)
     true_v = torch.as_tensor(traj.qdot, dtype=q.dtype, device=q.device)
     q, v = torch.nan_to_num(q, nan=1e6, posinf=1e6, neginf=-1e6), torch.nan_to_num(v, nan=1e6, posinf=1e6, neginf=-1e6)
+    if traj.lengths is not None:  # trajectories of different lengths (file data): score each on its own samples
+        return _ragged_metrics(system, traj, q, v, true_q, true_v, prefix)
     errors = state_error(q, v, true_q, true_v, system.angles)
     scale = float(torch.sqrt(true_q.square().sum(-1) + true_v.square().sum(-1)).mean())
     out = {f"{prefix}_rollout_error": rollout_error(errors)}
@@ -133,7 +137,32 @@ def trajectory_metrics(splits: Splits, traj: Trajectories, q: Tensor, v: Tensor,
         if steps < errors.shape[1]:
             out[f"{prefix}_rollout_error_{steps}"] = rollout_error(errors, steps)
     out[f"{prefix}_valid_steps"] = valid_prediction_steps(errors, VALID_THRESHOLD * scale)
-    out[f"{prefix}_energy_error"] = energy_error(system, q.double().cpu(), v.double().cpu(), true_q.double().cpu(), true_v.double().cpu())
+    if system.energy is not None:  # file data has no true energy
+        out[f"{prefix}_energy_error"] = energy_error(system, q.double().cpu(), v.double().cpu(), true_q.double().cpu(), true_v.double().cpu())
+    return out
+
+
+def _ragged_metrics(system, traj: Trajectories, q: Tensor, v: Tensor, true_q: Tensor, true_v: Tensor, prefix: str) -> dict[str, float]:
+    """`trajectory_metrics` over NaN-padded trajectories: every mean and the valid-step count
+    stop at each trajectory's own last sample; a horizon is reported when some trajectory reaches it."""
+    lengths = torch.as_tensor(traj.lengths, device=q.device)
+    steps = torch.arange(q.shape[1], device=q.device)
+    valid = steps[None] < lengths[:, None]  # [N, T]
+    errors = torch.where(valid, state_error(q, v, torch.nan_to_num(true_q), torch.nan_to_num(true_v), system.angles), 0.0)
+    norms = torch.sqrt(torch.nan_to_num(true_q).square().sum(-1) + torch.nan_to_num(true_v).square().sum(-1))
+    scale = float(norms[valid].mean())
+
+    def mean_error(horizon: int | None) -> float:
+        window = valid & (steps[None] >= 1) & (steps[None] <= (horizon if horizon else q.shape[1]))
+        return float(errors[window].mean())
+
+    out = {f"{prefix}_rollout_error": mean_error(None)}
+    for horizon in ROLLOUT_HORIZONS:
+        if horizon < q.shape[1]:
+            out[f"{prefix}_rollout_error_{horizon}"] = mean_error(horizon)
+    over = (errors > VALID_THRESHOLD * scale) & valid
+    first = torch.where(over.any(1), over.float().argmax(1), lengths)
+    out[f"{prefix}_valid_steps"] = float(first.float().mean())
     return out
 
 
@@ -166,14 +195,16 @@ def dissipation_metrics(splits: Splits, learned_ad: Tensor | None, learned_d: Te
     system = splits.system
     q64, v64 = torch.from_numpy(splits.test.q), torch.from_numpy(splits.test.qdot)
     norm = float(torch.from_numpy(splits.test.qddot).square().sum())
-    true_ad = dissipative_acceleration(system.lagrangian, system.dissipation, q64, v64)
-    out = {"true_dissipation_share": float(true_ad.square().sum()) / norm}
+    out = {}
+    if system.dissipation is not None:  # file data has no true dissipation: its metrics are absent
+        true_ad = dissipative_acceleration(system.lagrangian, system.dissipation, q64, v64)
+        out["true_dissipation_share"] = float(true_ad.square().sum()) / norm
     if learned_ad is None or learned_d is None:
         return out
     learned_ad = learned_ad.double().cpu()
     out["dissipation_negative_fraction"] = float((learned_d < 0).float().mean())
     out["dissipation_share"] = float(learned_ad.square().sum()) / norm
-    if out["true_dissipation_share"] > 0:
+    if out.get("true_dissipation_share", 0) > 0:
         out["dissipation_rel_error"] = float((learned_ad - true_ad).square().sum() / true_ad.square().sum())
     return out
 
@@ -186,6 +217,8 @@ def evaluate(model: nn.Module, splits: Splits, dtype: torch.dtype = torch.float3
     with frozen(model):
         learned_ad = learned_d = None
         for i, name in enumerate(("val", "test", "ood")):
+            if getattr(splits, name) is None:  # no ood split (file data with an ood fraction of 0)
+                continue
             with_d = name == "test" and getattr(model, "dissipation", None) is not None
             pred, true, ad = _predict(model, getattr(splits, name), dtype, device, dissipation=with_d)
             metrics.update(acceleration_metrics(pred, true, name))
@@ -194,7 +227,7 @@ def evaluate(model: nn.Module, splits: Splits, dtype: torch.dtype = torch.float3
             if progress is not None:
                 progress("states", i + 1, 3)
         if rollouts:
-            metrics.update(rollout_metrics(model, splits, ROLLOUT_SPLITS, dtype, device, progress))
+            metrics.update(rollout_metrics(model, splits, tuple(n for n in ROLLOUT_SPLITS if n in splits.rollouts), dtype, device, progress))
         if learned_ad is not None:
             q, v, _ = splits.test.to_torch(dtype, device)
             with torch.no_grad():
@@ -202,4 +235,5 @@ def evaluate(model: nn.Module, splits: Splits, dtype: torch.dtype = torch.float3
         metrics.update(dissipation_metrics(splits, learned_ad, learned_d))
         if progress is not None:
             progress("dissipation", 1, 1)
-    return {k: (v if math.isfinite(v) else math.inf) for k, v in metrics.items()}
+    out = {k: (v if math.isfinite(v) else math.inf) for k, v in metrics.items()}
+    return {**out, **splits.data_metrics}  # file data: ood_rule (a name, "none" without ood), its count and range excess

@@ -151,6 +151,10 @@ def fit(
     start = time.perf_counter()
     device = resolve_device(config.device)
     dtype = DTYPES[config.dtype]
+    if config.data.file:  # what TrainConfig cannot check without reading the file (the batch against its split)
+        from .datafiles import check_train_config
+
+        check_train_config(config)
     splits = load_data(config.data, config.data_seed, cache_dir)
     model = build_seeded_model(config, splits, device)
     q, v, a = splits.train.to_torch(dtype, device)
@@ -244,7 +248,8 @@ def _final_metrics(model: nn.Module, splits: Splits, dtype: torch.dtype, device:
         relay = lambda stage, done, total: progress({"phase": "evaluate", "stage": stage, "done": done, "total": total})  # noqa: E731
     metrics = evaluate(model, splits, dtype, device, progress=relay)
     metrics["rollout_error"] = metrics["test_rollout_error"]
-    metrics["energy_error"] = metrics["test_energy_error"]
+    if "test_energy_error" in metrics:  # absent for file data (no true energy)
+        metrics["energy_error"] = metrics["test_energy_error"]
     return metrics
 
 
