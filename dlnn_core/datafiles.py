@@ -20,8 +20,9 @@ missing ones, or all of them with derivatives="savgol" (which also smooths q), a
 Savitzky–Golay filter of q over `savgol_window` samples, so every trajectory needs that many.
 
 Splits are by trajectory. With a positive ood fraction, the ood trajectories are chosen first by
-a fixed rule (OOD_RULE): the ones reaching furthest from the file's typical states (largest |z| of
-any q̇ or non-angle q, standardized over the whole file); the others are split into train/val/test
+a fixed rule (OOD_RULE): the ones reaching furthest from the file's typical states (the largest
+|q̇|, or |q − mean q| of a non-angle coordinate, of any sample, each feature over its RMS in the
+whole file: the fastest or widest motions); the others are split into train/val/test
 by a permutation drawn from the data seed. Metrics state the rule (`ood_rule`, "none" without an
 ood split), the count and how far the ood states leave the training states' range.
 
@@ -52,7 +53,7 @@ FORMATS = (".npz", ".csv")
 NPZ_ARRAYS = ("t", "q", "qdot", "qddot", "lengths", "names", "angles")
 DT_TOLERANCE = 0.01  # largest relative deviation of a time step from the file's sampling step
 MIN_SAMPLES = 2  # a trajectory needs two samples to be rolled out at all
-OOD_RULE = "extreme"  # the ood trajectories: largest standardized |q̇| or |q| (non-angle) of any sample
+OOD_RULE = "extreme"  # the ood trajectories: largest |q̇| or |q − mean q| (non-angle) of any sample, over the file's RMS
 DEFAULT_SPLIT = (0.6, 0.2, 0.1, 0.1)  # train, val, test, ood fractions of the file's trajectories
 SPLIT_NAMES = ("train", "val", "test", "ood")
 # DataConfig fields a file replaces: with data.file set they must keep their defaults.
@@ -340,10 +341,10 @@ def _validated(path: Path, sha: str, ids, names, angles, per, extra) -> Trajecto
             raise DataFileError(path, f"{where(i)}: time is not increasing at sample {s}{at(i, s)} (t = {t[s]:.6g} after {t[s - 1]:.6g})")
         median = float(np.median(steps))
         deviation = np.abs(steps - median) / median
-        worst = int(np.argmax(deviation))
-        if deviation[worst] > DT_TOLERANCE:
+        if deviation.max() > DT_TOLERANCE:
+            first = int(np.flatnonzero(deviation > DT_TOLERANCE)[0]) + 1
             raise DataFileError(path, f"{where(i)} is not uniformly sampled: its time steps deviate from their median "
-                                f"({median:.6g} s) by up to {100 * deviation[worst]:.3g} % (sample {worst + 1}{at(i, worst + 1)}); "
+                                f"({median:.6g} s) by up to {100 * deviation.max():.3g} % (first at sample {first}{at(i, first)}); "
                                 f"resample it onto a uniform grid (tolerance {100 * DT_TOLERANCE:g} %)")
         medians.append(median)
     dt = float(np.median(medians))
@@ -528,11 +529,14 @@ def split_indices(tf: TrajectoryFile, cfg: Any, seed: int, states=None) -> dict[
     counts = split_counts(tf.count, cfg.file_split)
     ood: list[int] = []
     if counts["ood"]:
-        feats = _features(states if states is not None else observed(cfg, tf), tf.angles)
-        allf = np.concatenate(feats)
-        mean, std = allf.mean(0), allf.std(0)
-        std = np.where(std > 0, std, 1.0)
-        extremeness = np.array([np.abs((f - mean) / std).max() for f in feats])
+        states = states if states is not None else observed(cfg, tf)
+        keep = ~np.array(tf.angles)
+        centre = np.concatenate([q for q, _, _ in states]).mean(0)
+        # Velocities keep their zero (rest); non-angle positions are centred on the file's mean.
+        feats = [np.concatenate([(q - centre)[:, keep], v], axis=1) for q, v, _ in states]
+        rms = np.sqrt(np.mean(np.concatenate(feats) ** 2, axis=0))
+        rms = np.where(rms > 0, rms, 1.0)
+        extremeness = np.array([np.abs(f / rms).max() for f in feats])
         ood = sorted(np.argsort(-extremeness, kind="stable")[: counts["ood"]].tolist())
     rest = np.array([i for i in range(tf.count) if i not in set(ood)])
     perm = np.random.default_rng(seed).permutation(rest).tolist()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -40,12 +41,12 @@ def rollout_png(checkpoint: str | Path, out: str | Path, trajectories: int = 3, 
             ax.plot(traj.t, traj.q[i, :, j], color=color, lw=1.5, label="true" if i == 0 else None)
             ax.plot(traj.t, q[i, :, j], color=color, lw=1.2, ls="--", label="model" if i == 0 else None)
         ax.set_ylabel(f"q{j + 1}")
-        finite = traj.q[:k, :, j]
-        pad = 0.5 * (finite.max() - finite.min() + 1e-9)
-        ax.set_ylim(finite.min() - pad, finite.max() + pad)  # a diverging rollout must not flatten the truth
+        lo, hi = np.nanmin(traj.q[:k, :, j]), np.nanmax(traj.q[:k, :, j])  # nan: padding after a file trajectory's end
+        pad = 0.5 * (hi - lo + 1e-9)
+        ax.set_ylim(lo - pad, hi + pad)  # a diverging rollout must not flatten the truth
     axes[0, 0].legend(loc="upper right")
     axes[-1, 0].set_xlabel("t [s]")
-    fig.suptitle(f"{config.data.system}: predicted (dashed) vs true rollouts, {config.model.kind}/{config.model.form}, "
+    fig.suptitle(f"{config.data.system or Path(config.data.file).name}: predicted (dashed) vs true rollouts, {config.model.kind}/{config.model.form}, "
                  f"{config.optimizer.name}")
     fig.tight_layout()
     out = Path(out)
@@ -77,9 +78,9 @@ def rollouts_overlay(checkpoints: dict[str, str | Path], trajectories: int = 2, 
         for i in range(k):
             ax = axes[j, i]
             ax.plot(traj.t, traj.q[i, :, j], color="k", lw=1.8, label="true")
-            finite = traj.q[i, :, j]
-            pad = 0.5 * (finite.max() - finite.min() + 1e-9)
-            ax.set_ylim(finite.min() - pad, finite.max() + pad)  # a diverging rollout must not flatten the truth
+            lo, hi = np.nanmin(traj.q[i, :, j]), np.nanmax(traj.q[i, :, j])  # nan: padding after a file trajectory's end
+            pad = 0.5 * (hi - lo + 1e-9)
+            ax.set_ylim(lo - pad, hi + pad)  # a diverging rollout must not flatten the truth
             ax.set_ylabel(f"q{j + 1}")
     for c, (label, (model, cfg, _)) in enumerate(loaded.items()):
         dtype = DTYPES[cfg.dtype]

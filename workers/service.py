@@ -66,7 +66,7 @@ def stored_spec(storage: optuna.storages.BaseStorage, name: str) -> StudySpec:
     raw = storage.get_study_user_attrs(study_id).get(SPEC_ATTR)
     if raw is None:
         raise UsageError(f"study {shorten(repr(name))} was not created by `dlnn launch` (it has no stored spec)")
-    return parse_spec(raw, source=f"stored spec of study {shorten(repr(name))}")
+    return parse_spec(raw, source=f"stored spec of study {shorten(repr(name))}", check_files=False)  # checked at launch
 
 
 def counted(trials: list[FrozenTrial]) -> int:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from dlnn_core import ACTIVATIONS, METHODS, MODEL_FORMS, MODEL_KINDS, SYSTEMS, ConfigError
+from dlnn_core import ACTIVATIONS, METHODS, MODEL_FORMS, MODEL_KINDS, SYSTEMS, ConfigError, datafiles
 from dlnn_core.activations import ZERO_CURVATURE
 from dlnn_core.config import LIMITS, PRESETS, TrainConfig
 from dlnn_core.losses import LOSSES
@@ -58,6 +58,8 @@ METRICS: dict[str, str] = {
     "wall_time_s": "minimize",
     "epochs": "minimize",
 }
+# Metrics that need the true system's equations: absent for data files, so no objective there.
+NEEDS_SYSTEM = frozenset({"dissipation_rel_error", "energy_error", "test_energy_error", "ood_energy_error"})
 # Error metrics: positive, minimized, spanning decades. Studies store them as log10 (workers/records.py).
 LOG_METRICS = frozenset(m for m, d in METRICS.items() if d == "minimize" and m not in ("wall_time_s", "epochs"))
 # The value each epoch reports to the pruner (fit's report callback).
@@ -165,12 +167,17 @@ def load_spec(path: str | Path) -> StudySpec:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(str(path), [f"malformed TOML: {exc}"]) from None
+    data = raw.get("base", {}).get("data") if isinstance(raw.get("base"), dict) else None
+    if isinstance(data, dict) and isinstance(data.get("file"), str) and data["file"] and not Path(data["file"]).is_absolute():
+        data["file"] = str((path.parent / data["file"]).resolve())  # a data file is named relative to its spec
     return parse_spec(raw, source=str(path), default_name=path.stem)
 
 
-def parse_spec(raw: Mapping[str, Any], source: str = "spec", default_name: str | None = None) -> StudySpec:
-    """Validate a parsed spec (a TOML document or the copy stored on a study)."""
-    v = _Validator()
+def parse_spec(raw: Mapping[str, Any], source: str = "spec", default_name: str | None = None, check_files: bool = True) -> StudySpec:
+    """Validate a parsed spec (a TOML document or the copy stored on a study). `check_files`:
+    read a `base.data.file` and check it (and pin its sha256 into the spec); the copy stored on a
+    study was checked at launch, and reading it back must not need the file."""
+    v = _Validator(check_files)
     spec = v.run(dict(raw), default_name)
     if v.problems:
         raise SpecError(source, v.problems)
@@ -220,8 +227,9 @@ def _config_message(exc: ConfigError) -> str:
 class _Validator:
     """Walks the spec once, collecting problems instead of stopping at the first."""
 
-    def __init__(self) -> None:
+    def __init__(self, check_files: bool = True) -> None:
         self.problems: list[str] = []
+        self.check_files = check_files
 
     def err(self, msg: str) -> None:
         self.problems.append(msg)
@@ -262,6 +270,8 @@ class _Validator:
                 base = base.with_flat(fixed)
             except ConfigError as exc:
                 self.err(f"space: the fixed values together are invalid: {exc}")
+        if base is not None and base.data.file:
+            base = self.data_file(raw, base, metrics, space)
         sampler, sampler_options = self.sampler(tables["sampler"], metrics, space)
         epochs = base.epochs if base is not None else 1
         pruner, pruner_options = self.pruner(tables["pruner"], metrics, epochs)
@@ -276,6 +286,31 @@ class _Validator:
             sampler=sampler, sampler_options=sampler_options, pruner=pruner, pruner_options=pruner_options,
             base=base, space=tuple(space), baselines=tuple(baselines), raw=raw,
         )
+
+    def data_file(self, raw: dict, base: TrainConfig, metrics: tuple[str, ...], space: list[Param]) -> TrainConfig:
+        """A spec on a data file: objectives the file can give, the file itself (read and checked
+        with the largest searched batch and Savitzky–Golay window), and its sha256 pinned into the
+        stored spec, so workers refuse a file that changed after launch."""
+        for m in metrics:
+            if m in NEEDS_SYSTEM:
+                self.err(f"objective: {m} needs the true system's equations, which base.data.file does not give; "
+                         "choose a metric measured on the data (val_rel_mse, test_rollout_error, ...)")
+            elif m.startswith("ood_") and base.data.file_split[3] == 0:
+                self.err(f"objective: {m} needs an ood split, and base.data.file_split gives none (its ood fraction is 0)")
+        if not self.check_files or self.problems:
+            return base
+        by_key = {p.key: p for p in space}
+        extremes = {key: _extreme(by_key[key], max) for key in ("batch_size", "data.savgol_window") if key in by_key}
+        try:
+            checked = base.with_flat({k: v for k, v in extremes.items() if v is not None})
+            tf = datafiles.check_train_config(checked)
+        except ConfigError as exc:
+            self.err(f"base.{exc.field}: {_config_message(exc)}")
+            return base
+        data = raw.get("base", {}).get("data")
+        if isinstance(data, dict) and "file" in data:
+            data["file_sha256"] = tf.sha256
+        return base.with_flat({"data.file_sha256": tf.sha256})
 
     def study(self, t: dict, default_name: str | None) -> tuple[str, str]:
         name = t.get("name", default_name)
