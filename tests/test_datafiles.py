@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import optuna
 import pytest
 import torch
 from service_support import write_spec
@@ -368,3 +369,41 @@ def test_a_spec_on_a_file_pins_it_and_refuses_metrics_it_cannot_give(pendulum_fi
     with pytest.raises(SpecError) as info:
         load_spec(write_spec(tmp_path, FILE_SPEC.format(metric="val_rel_mse", file=pendulum_file.name).replace("batch_size = 32", "batch_size = 5000")))
     assert "base.batch_size: 5000 is not allowed; expected at most the" in str(info.value)
+
+
+def test_a_study_on_a_file_runs_and_is_read_back_without_it(pendulum, tmp_path, capsys):
+    """launch → a worker with the real fit (rollout plot included) → report; then, with the file
+    gone, status and export still read the study (its stored spec is not re-checked against the file),
+    while a worker's trial needs it."""
+    from workers.report import report
+    from workers.service import launch, stored_spec
+    from workers.storage import close_storage, open_storage
+    from workers.worker import run_worker
+
+    _, t, q, v, a = pendulum
+    data = df.write_trajectory_file(tmp_path / "data" / "runs.csv", t, q, v, a, names=["theta"], angles=[True])
+    url = f"sqlite:///{tmp_path / 'dlnn.db'}"
+    text = FILE_SPEC.format(metric="test_rollout_error", file="data/runs.csv") + '[[baseline]]\nname = "adam"\nparams = {"optimizer.lr" = 1e-3}\n'
+    spec = load_spec(write_spec(tmp_path, text))
+    launch(spec, url, log=lambda m: None)
+    logs: list[str] = []
+    assert run_worker(url, "measured", fit_fn=None, install_signals=False, artifacts=tmp_path / "artifacts", log=logs.append, timeout=180) == 0
+    study = optuna.load_study(study_name="measured", storage=url)
+    done = [tr for tr in study.trials if tr.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 2, logs
+    assert {tr.user_attrs["ood_rule"] for tr in done} == {"extreme"}
+    assert all("energy_error" not in tr.user_attrs and "dissipation_rel_error" not in tr.user_attrs for tr in done)
+    written = report(url, "measured", tmp_path / "reports", artifacts=tmp_path / "artifacts", save_to_study=False)
+    text = written.markdown.read_text()
+    assert "Held-out rollouts" in text  # drawn from the ragged file trajectories
+    assert "ood split: rule `extreme`; ood trajectories: 1;" in text
+
+    data.unlink()
+    storage = open_storage(url)
+    try:
+        assert stored_spec(storage, "measured").base.data.file_sha256 == spec.base.data.file_sha256
+    finally:
+        close_storage(storage)
+    assert cli.main(["status", "measured", "--storage", url]) == 0
+    assert cli.main(["export", "measured", "--storage", url, "--out", str(tmp_path / "exports")]) == 0
+    assert "no such file" not in capsys.readouterr().err

@@ -256,6 +256,11 @@ def verdict(d: StudyData, figs: Figures, rollout_plot: Callable | None) -> list[
     keys = searched_keys(d)
     out.append(p(f"**Best: trial {best.number}**, {d.metric} = {fmt(best.value)}"
                  + (f" (baseline {best.baseline})" if best.baseline else "") + ": " + (describe_config(best.flat, keys, d) or "the base config") + "."))
+    rule = best.metrics.get("ood_rule")
+    if isinstance(rule, str):  # measured trajectories (data.file): say how the ood split was chosen
+        out.append(p("Data: measured trajectories, no true system (no energy or true-dissipation metrics); ood split: "
+                     + ("none." if rule == "none" else f"rule `{rule}`; ood trajectories: {best.metrics.get('ood_trajectories', 0):.0f}; "
+                        f"their states leave the training range by {best.metrics.get('ood_range_excess', 0):.3g} of its width.")))
     baselines = [r for r in d.rows if r.baseline and r.number != best.number]
     if not baselines:
         out.append(p("The study enqueued no baseline to compare with (add `[[baseline]]` entries, e.g. the published recipe)."))
