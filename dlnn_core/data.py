@@ -22,6 +22,7 @@ import torch
 from scipy.integrate import solve_ivp
 from scipy.signal import savgol_filter
 
+from .datafiles import DEFAULT_SPLIT, check_file_fields, check_file_pins
 from .errors import ConfigError
 from .systems import SYSTEMS, System, get_system
 
@@ -55,11 +56,9 @@ class DataConfig:
     # params and the generator settings, which then keep their defaults (system is stored as "").
     file: str = ""
     file_sha256: str = ""  # the file's content hash; "" = not pinned (launch pins it), else a changed file is refused
-    file_split: tuple[float, ...] = (0.6, 0.2, 0.1, 0.1)  # fractions of the file's trajectories: train, val, test, ood (0: none)
+    file_split: tuple[float, ...] = DEFAULT_SPLIT  # fractions of the file's trajectories: train, val, test, ood (0: none)
 
     def __post_init__(self) -> None:
-        from .datafiles import check_file_fields, check_file_pins
-
         if self.file:
             check_file_fields(self)
         elif self.system not in SYSTEMS:
@@ -270,7 +269,9 @@ def cache_path(cfg: DataConfig, seed: int, cache_dir: str | Path | None = None) 
 
 def load_data(cfg: DataConfig, seed: int, cache_dir: str | Path | None = None) -> Splits:
     """Read the verified cache file, or generate the data and (re)write it atomically, so workers
-    sharing a cache volume never read a half-written file and heal a corrupt one."""
+    sharing a cache volume never read a half-written file and heal a corrupt one. A data file
+    (cfg.file) is read instead, remembered per process and checked against its pinned sha256;
+    it is cheap to split again, so it never enters the cache."""
     if cfg.file:  # measured trajectories: read (remembered per process, hash-checked) and split in memory
         from .datafiles import file_splits
 
