@@ -545,7 +545,7 @@ def _entry_point_system(ref: str, params_json: str) -> System:
         if not hasattr(factory, part):
             raise _refuse(ref, f"module {module_name!r} has no attribute {attr!r}")
         factory = getattr(factory, part)
-    if not callable(factory) or not getattr(factory, _MARK, False):
+    if not callable(factory) or getattr(factory, "__dict__", {}).get(_MARK) is not True:  # set by the decorator, not answered by a __getattr__
         raise _refuse(ref, f"{attr} is not marked as a system factory: decorate it with @dlnn_core.system_factory "
                            "(a spec stored in a shared database may call only functions written to build a System)")
     try:

@@ -282,6 +282,17 @@ def broken(**params):
 
 def unmarked(**params):
     return get_system("damped_oscillator")
+
+
+class _Anything:
+    def __getattr__(self, name):
+        return True
+
+    def __call__(self, **params):
+        return get_system("damped_oscillator")
+
+
+sneaky = _Anything()  # answers True to any attribute, the mark included
 '''
 
 
@@ -305,6 +316,7 @@ def test_entry_point_factory_builds_the_system(factory_module):
     ("my_mechanisms_15b:not_a_system", "data.system", "the factory returned dict, expected a dlnn_core.System"),
     ("my_mechanisms_15b:broken", "data.system", "the factory raised RuntimeError: no such mechanism"),
     ("my_mechanisms_15b:unmarked", "data.system", "decorate it with @dlnn_core.system_factory"),
+    ("my_mechanisms_15b:sneaky", "data.system", "not marked as a system factory"),
     ("my_mechanisms_15b:missing", "data.system", "has no attribute 'missing'"),
     ("not_installed_15b.mech:spring", "data.system", "cannot import 'not_installed_15b.mech' (ModuleNotFoundError"),
     ("bad_import_15b:spring", "data.system", "a_package_that_is_not_installed_15b"),
