@@ -182,7 +182,7 @@ def _compile_node(node: ast.AST, symbols: Symbols, variables: set[str], used: se
     if isinstance(node, ast.Constant):
         if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
             raise _Refused(f"{node.value!r} is not a number; only numbers may appear as literals")
-        return _fold(float, [node.value], repr(node.value))
+        return _fold(float, [node.value], shorten(repr(node.value), 40))
     if isinstance(node, ast.Name):
         name = node.id
         used.add(name)

@@ -109,6 +109,7 @@ def test_spec_declared_double_pendulum_is_rebuilt_from_the_stored_spec():
     spec = parse_spec(__import__("tomllib").loads(SPEC.format(V=GOOD_V)))
     again = parse_spec(spec.raw)  # what every worker does with the spec stored on the study
     assert again.base == spec.base and again.base.data.declared == spec.base.data.declared
+    assert spec.base.with_flat(spec.base.to_flat()) == spec.base  # a trial's full flat config as overrides (verify, retries)
     system, builtin = again.base.data.make_system(), get_system("damped_double_pendulum", rho=0.3)
     q, v = box_states(builtin, 2000, seed=1)
     assert float((system.eom(q, v) - builtin.eom(q, v)).norm() / builtin.eom(q, v).norm()) < 1e-10
@@ -166,6 +167,8 @@ MALICIOUS = [
     ("-" * 150 + "theta", "nested more than"),
     ("(" * 300 + "theta" + ")" * 300, "not a valid expression"),
     ("theta + " * 800 + "theta", "characters long"),
+    ("-" * 3990 + "theta", "nested too deeply"),
+    ("1" + "0" * 3500, "cannot be evaluated"),
     ("import os", "not a valid expression"),
     ("theta; 1", "not a valid expression"),
 ]
