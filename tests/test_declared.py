@@ -116,6 +116,17 @@ def test_spec_declared_double_pendulum_is_rebuilt_from_the_stored_spec():
     assert again.base.data.declared["params"]["rho"] == 0.1 and system.params["rho"] == 0.3  # data.params overrides
 
 
+@pytest.mark.parametrize("dissipation", [None, "0.0", "rho * 0 + m"])
+def test_without_dissipation_energy_is_conserved(dissipation):
+    decl = {k: v for k, v in declared(D=dissipation).items() if v is not None}
+    system = DataConfig(system="declared", declared=decl).make_system()
+    traj = integrate(system, np.array([[1.0]]), np.array([[0.5]]), duration=2.0, rate_hz=50.0)
+    energy = system.energy(torch.from_numpy(traj.q[0]), torch.from_numpy(traj.qdot[0]))
+    assert float((energy - energy[0]).abs().max()) < 1e-8
+    q, v = box_states(system, 16)
+    assert float(system.power_loss(q, v).abs().max()) == 0.0
+
+
 def test_eom_is_differentiable_when_states_require_grad():
     system = DataConfig(system="declared", declared=declared()).make_system()
     q, v = box_states(system, 8)
