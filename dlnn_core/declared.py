@@ -327,7 +327,8 @@ def canonical_declaration(system: str, declared: Any) -> dict[str, Any] | None:
             problems.append((p + key, "missing (required)"))
     coordinates = declared.get("coordinates", [])
     if not (isinstance(coordinates, (list, tuple)) and coordinates and all(isinstance(c, str) for c in coordinates)):
-        problems.append((p + "coordinates", f"{shorten(repr(coordinates), 60)} must be a non-empty list of names"))
+        if "coordinates" in declared:  # a missing one is reported above
+            problems.append((p + "coordinates", f"{shorten(repr(coordinates), 60)} must be a non-empty list of names"))
         coordinates = []
     params = declared.get("params", {})
     if not isinstance(params, Mapping):
@@ -353,11 +354,11 @@ def canonical_declaration(system: str, declared: Any) -> dict[str, Any] | None:
             values[str(key)] = float(value)
     n = len(coordinates)
     angles = declared.get("angles", [False] * n)
-    if not (isinstance(angles, (list, tuple)) and len(angles) == n and all(isinstance(a, bool) for a in angles)):
+    if n and not (isinstance(angles, (list, tuple)) and len(angles) == n and all(isinstance(a, bool) for a in angles)):
         problems.append((p + "angles", f"{shorten(repr(angles), 60)} must be one true/false per coordinate ({n}): true for an angle"))
         angles = [False] * n
-    q_range = _number_pairs(declared.get("q_range"), n, p + "q_range", problems) if "q_range" in declared else None
-    qdot_range = _number_pairs(declared.get("qdot_range"), n, p + "qdot_range", problems) if "qdot_range" in declared else None
+    q_range = _number_pairs(declared["q_range"], n, p + "q_range", problems) if "q_range" in declared and n else None
+    qdot_range = _number_pairs(declared["qdot_range"], n, p + "qdot_range", problems) if "qdot_range" in declared and n else None
     expressions = {}
     for key in ("T", "V", "D"):
         value = declared.get(key, "0" if key == "D" else None)

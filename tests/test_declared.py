@@ -238,6 +238,7 @@ def test_unknown_names_and_functions_name_the_expression_and_the_symbol():
     (dict(params={"m": "heavy"}), "data.declared.params.m", "must be a finite number"),
     (dict(qrange=[PI]), "data.declared.qrange", "unknown key (did you mean 'q_range'?)"),
     (dict(T=None), "data.declared.T", "missing (required)"),
+    (dict(coordinates=None, angles=None), "data.declared.coordinates", "missing (required); data.declared.angles: missing"),
 ])
 def test_bad_declarations_fail_with_the_field(changes, field, message):
     decl = {k: v for k, v in declared(**changes).items() if v is not None}
