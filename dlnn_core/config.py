@@ -295,6 +295,7 @@ LIMITS: dict[str, Limit] = {
     "data.savgol_order": Limit(20, "polynomial order of the Savitzky–Golay fit; higher orders are numerically meaningless", integer=True),
     "data.ood_scale": Limit(100, "the ood box as a multiple of the training box"),
     "data.params": Limit(None, "physical parameters: each system checks its own"),
+    "data.declared": Limit(None, "a declared system: its expressions are bounded in size and checked on its box (dlnn_core/declared.py)"),
     "model.hidden": Limit(65536, "width of each hidden layer: wider ones do not fit a GPU's memory", integer=True),
     "model.depth": Limit(64, "hidden layers; second derivatives through deeper networks are too slow to search", integer=True),
     "model.mass_eps": Limit(None, "a regularizer added to the mass matrix; any positive value is computable"),

@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -23,7 +24,8 @@ from scipy.integrate import solve_ivp
 from scipy.signal import savgol_filter
 
 from .errors import ConfigError
-from .systems import SYSTEMS, System, get_system
+from .declared import canonical_declaration, make_system
+from .systems import System
 
 DATA_KINDS = ("states", "trajectories")
 DERIVATIVES = ("exact", "savgol")
@@ -51,11 +53,11 @@ class DataConfig:
     savgol_window: int = 11
     savgol_order: int = 3
     ood_scale: float = 1.5  # ood states come from the box scaled by this, above the training energy
+    declared: dict[str, Any] | None = None  # system = "declared": coordinates, params, T, V, D, box (dlnn_core/declared.py)
 
     def __post_init__(self) -> None:
-        if self.system not in SYSTEMS:
-            raise ConfigError("data.system", self.system, sorted(SYSTEMS))
-        get_system(self.system, **self.params)  # validates parameter names and values
+        object.__setattr__(self, "declared", canonical_declaration(self.system, self.declared))
+        self.make_system()  # validates the system (name, entry point or declaration), its parameter names and values
         if self.kind not in DATA_KINDS:
             raise ConfigError("data.kind", self.kind, DATA_KINDS)
         if self.derivatives not in DERIVATIVES:
@@ -78,7 +80,7 @@ class DataConfig:
         return asdict(self)
 
     def make_system(self) -> System:
-        return get_system(self.system, **self.params)
+        return make_system(self.system, self.params, self.declared)
 
 
 @dataclass(frozen=True)
@@ -238,7 +240,8 @@ def generate(cfg: DataConfig, seed: int) -> Splits:
 
 
 def cache_key(cfg: DataConfig, seed: int) -> str:
-    payload = json.dumps({"config": cfg.to_dict(), "seed": seed, "version": CACHE_VERSION}, sort_keys=True)
+    config = {k: v for k, v in cfg.to_dict().items() if not (k == "declared" and v is None)}  # keys from before the field stay valid
+    payload = json.dumps({"config": config, "seed": seed, "version": CACHE_VERSION}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
@@ -247,7 +250,8 @@ def default_cache_dir() -> Path:
 
 
 def cache_path(cfg: DataConfig, seed: int, cache_dir: str | Path | None = None) -> Path:
-    return Path(cache_dir or default_cache_dir()) / f"data-{cfg.system}-{cache_key(cfg, seed)}.npz"
+    label = cfg.declared["name"] if cfg.declared else re.sub(r"[^A-Za-z0-9_.-]", "_", cfg.system)  # an entry point has a ':'
+    return Path(cache_dir or default_cache_dir()) / f"data-{label}-{cache_key(cfg, seed)}.npz"
 
 
 def load_data(cfg: DataConfig, seed: int, cache_dir: str | Path | None = None) -> Splits:
