@@ -329,6 +329,10 @@ def test_launch_publishes_the_file_and_pins_its_hash(store_url, tmp_path, monkey
     if store_url.startswith("s3://"):
         assert any(f"dlnn work withdata --storage {url} --artifacts {store_url}" in m for m in logs)
 
+    from workers.service import format_status, status
+
+    assert f"data: flight.npz (sha256 {sha(blob(seed=3))})" in format_status(status(url, "withdata"))
+
     # the same file again: nothing changes
     again = launch(load_spec(_spec(tmp_path, "flight.npz")), url, artifacts=store_url, log=lambda m: None)
     assert not again.created and "nothing changed" in again.message

@@ -479,7 +479,15 @@ def status(url: str, name: str, now: datetime.datetime | None = None) -> dict[st
         "sampler": spec.sampler, "pruner": spec.pruner,
         "budget": {"trials": spec.trials, "used": counted(trials), "timeout_s": spec.timeout_s},
         "states": states, "n_trials": len(trials), "best": best, "running": running, "failures": failures,
+        "dataset": _dataset(spec),
     }
+
+
+def _dataset(spec: StudySpec) -> dict[str, str] | None:
+    from .datasets import config_file
+
+    file, sha256 = config_file(spec.base)
+    return {"file": file, "sha256": sha256} if file else None
 
 
 def format_status(s: dict[str, Any]) -> str:
@@ -488,6 +496,8 @@ def format_status(s: dict[str, Any]) -> str:
              f"budget: {s['budget']['used']}/{s['budget']['trials']} trials used"
              + (f", timeout {s['budget']['timeout_s']:g} s" if s["budget"]["timeout_s"] else ""),
              "trials: " + ", ".join(f"{k.lower()} {v}" for k, v in s["states"].items())]
+    if s.get("dataset"):
+        lines.append(f"data: {s['dataset']['file']} (sha256 {s['dataset']['sha256']})")
     best = s["best"]
     if best:
         values = ", ".join(f"{m} = {v:.4g}" for m, v in best["values"].items())
