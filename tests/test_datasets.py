@@ -443,6 +443,16 @@ def test_workers_train_on_the_pinned_bytes_and_export_carries_the_hash(store_url
             assert f.read() == b"weights of " + f"{sha(data)}.npz".encode()
         assert "artifact_error" not in t.user_attrs
 
+    # a verification study derived from the stored spec keeps the pin; its workers fetch the same bytes
+    from workers.verify import verify
+
+    child, _ = verify(url, "withdata", top=1, seeds=1, log=lambda m: None)
+    assert _stored(url, child)["base"]["data"]["file_sha256"] == sha(data)
+    seen.clear()
+    assert run_worker(url, child, fit_fn=_checkpointing_fit(seen), install_signals=False, artifacts=store_url,
+                      log=lambda m: None, plots=False, data_cache=tmp_path / "cache-2") == 0
+    assert seen and {h for _, h in seen} == {sha(data)}
+
     result = export(url, "withdata", top=1, out=tmp_path / "exports", artifacts=store_url)
     item = result.items[0]
     exported = load_train_config(str(item.config_path))
