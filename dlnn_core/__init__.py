@@ -4,6 +4,7 @@ Knows nothing about Optuna; the study service in `workers/` drives it through `f
 from .activations import ACTIVATIONS, get_activation
 from .config import PRESETS, OptimizerConfig, SchedulerConfig, TrainConfig, load_config, save_config
 from .data import DataConfig, Splits, StateSet, Trajectories, load_data
+from .declared import system_factory
 from .errors import ConfigError
 from .evaluate import evaluate
 from .lagrangian import METHODS, euler_lagrange_acceleration, hessian_condition_number, regularized_solve
@@ -21,5 +22,5 @@ __all__ = [
     "SYSTEMS", "SchedulerConfig", "Splits", "StateSet", "System", "TrainConfig", "Trajectories", "build_model",
     "build_optimizer", "build_scheduler", "euler_lagrange_acceleration", "evaluate", "evaluate_checkpoint", "fit",
     "get_activation", "get_system", "hessian_condition_number", "load_checkpoint", "load_config", "load_data",
-    "lr_find", "regularized_solve", "rollout", "save_config",
+    "lr_find", "regularized_solve", "rollout", "save_config", "system_factory",
 ]

@@ -305,6 +305,7 @@ LIMITS: dict[str, Limit] = {
     "data.savgol_order": Limit(20, "polynomial order of the Savitzky–Golay fit; higher orders are numerically meaningless", integer=True),
     "data.ood_scale": Limit(100, "the ood box as a multiple of the training box"),
     "data.params": Limit(None, "physical parameters: each system checks its own"),
+    "data.declared": Limit(None, "a declared system: its expressions are bounded in size and checked on its box (dlnn_core/declared.py)"),
     "data.file_split": Limit(None, "fractions of the file's trajectories, each in [0, 1] and summing to 1 (its own check)"),
     "model.hidden": Limit(65536, "width of each hidden layer: wider ones do not fit a GPU's memory", integer=True),
     "model.depth": Limit(64, "hidden layers; second derivatives through deeper networks are too slow to search", integer=True),

@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -24,7 +25,8 @@ from scipy.signal import savgol_filter
 
 from .datafiles import DEFAULT_SPLIT, check_file_fields, check_file_pins
 from .errors import ConfigError
-from .systems import SYSTEMS, System, get_system
+from .declared import canonical_declaration, make_system
+from .systems import System
 
 DATA_KINDS = ("states", "trajectories")
 DERIVATIVES = ("exact", "savgol")
@@ -52,8 +54,9 @@ class DataConfig:
     savgol_window: int = 11
     savgol_order: int = 3
     ood_scale: float = 1.5  # ood states come from the box scaled by this, above the training energy
+    declared: dict[str, Any] | None = None  # system = "declared": coordinates, params, T, V, D, box (dlnn_core/declared.py)
     # Measured trajectories instead of a system (datafiles.py): a .npz/.csv path; it replaces system,
-    # params and the generator settings, which then keep their defaults (system is stored as "").
+    # params, declared and the generator settings, which then keep their defaults (system is stored as "").
     file: str = ""
     file_sha256: str = ""  # the file's content hash; "" = not pinned (launch pins it), else a changed file is refused
     file_split: tuple[float, ...] = DEFAULT_SPLIT  # fractions of the file's trajectories: train, val, test, ood (0: none)
@@ -61,10 +64,9 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.file:
             check_file_fields(self)
-        elif self.system not in SYSTEMS:
-            raise ConfigError("data.system", self.system, sorted(SYSTEMS))
-        else:
-            get_system(self.system, **self.params)  # validates parameter names and values
+        object.__setattr__(self, "declared", canonical_declaration(self.system, self.declared))
+        if not self.file:
+            self.make_system()  # validates the system (name, entry point or declaration), its parameter names and values
         check_file_pins(self)
         if self.kind not in DATA_KINDS:
             raise ConfigError("data.kind", self.kind, DATA_KINDS)
@@ -92,7 +94,7 @@ class DataConfig:
             from .datafiles import check_data, file_system
 
             return file_system(check_data(self))
-        return get_system(self.system, **self.params)
+        return make_system(self.system, self.params, self.declared)
 
 
 @dataclass(frozen=True)
@@ -255,7 +257,8 @@ def generate(cfg: DataConfig, seed: int) -> Splits:
 
 
 def cache_key(cfg: DataConfig, seed: int) -> str:
-    payload = json.dumps({"config": cfg.to_dict(), "seed": seed, "version": CACHE_VERSION}, sort_keys=True)
+    config = {k: v for k, v in cfg.to_dict().items() if not (k == "declared" and v is None)}  # keys from before the field stay valid
+    payload = json.dumps({"config": config, "seed": seed, "version": CACHE_VERSION}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
@@ -264,7 +267,8 @@ def default_cache_dir() -> Path:
 
 
 def cache_path(cfg: DataConfig, seed: int, cache_dir: str | Path | None = None) -> Path:
-    return Path(cache_dir or default_cache_dir()) / f"data-{cfg.system}-{cache_key(cfg, seed)}.npz"
+    label = cfg.declared["name"] if cfg.declared else re.sub(r"[^A-Za-z0-9_.-]", "_", cfg.system)  # an entry point has a ':'
+    return Path(cache_dir or default_cache_dir()) / f"data-{label}-{cache_key(cfg, seed)}.npz"
 
 
 def load_data(cfg: DataConfig, seed: int, cache_dir: str | Path | None = None) -> Splits:

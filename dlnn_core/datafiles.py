@@ -57,7 +57,7 @@ OOD_RULE = "extreme"  # the ood trajectories: largest |q̇| or |q − mean q| (n
 DEFAULT_SPLIT = (0.6, 0.2, 0.1, 0.1)  # train, val, test, ood fractions of the file's trajectories
 SPLIT_NAMES = ("train", "val", "test", "ood")
 # DataConfig fields a file replaces: with data.file set they must keep their defaults.
-GENERATOR_FIELDS = ("params", "n_train", "n_val", "n_test", "n_rollout", "rollout_steps", "duration", "rate_hz", "noise", "ood_scale")
+GENERATOR_FIELDS = ("params", "declared", "n_train", "n_val", "n_test", "n_rollout", "rollout_steps", "duration", "rate_hz", "noise", "ood_scale")
 _SHA_RE = re.compile(r"[0-9a-f]{64}")
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 

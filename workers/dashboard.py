@@ -75,8 +75,9 @@ def build_app(url: str, artifacts: str | Path, host: str):
     import optuna_dashboard
 
     auth = credentials(host)
+    store = artifact_store(artifacts)  # a directory or s3://bucket/prefix; checked before the storage is opened
     storage = open_storage(url)
-    app = optuna_dashboard.wsgi(storage, artifact_store=artifact_store(artifacts))
+    app = optuna_dashboard.wsgi(storage, artifact_store=store)
     return (BasicAuth(app, *auth) if auth else app), storage
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 import datetime
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +49,25 @@ class ExportResult:
     folder: Path
     items: list[Exported]
     table: str  # the summary table, for the terminal
+    datasets: dict[str, str] = field(default_factory=dict)  # sha256 -> data.file of the configs that pin a file
+    store: str | None = None  # the artifact store that holds them (--artifacts), checked
+    notes: tuple[str, ...] = ()
+
+    def retrain(self, item: Exported) -> str:
+        """The command that retrains an exported config anywhere: with the store that holds its dataset."""
+        flag = f" --artifacts {self.store}" if self.datasets and self.store else ""
+        return f"dlnn train {item.config_path}{flag}"
 
 
-def export(url: str, name: str, *, top: int = 5, out: str | Path = "exports", fmt: str = "yaml", per: str | None = None) -> ExportResult:
+def export(url: str, name: str, *, top: int = 5, out: str | Path = "exports", fmt: str = "yaml", per: str | None = None,
+           artifacts: str | None = None) -> ExportResult:
     """Write out/<study>/rankNN-trialNNNN.<fmt> (the config) and .meta.<fmt> (metrics and provenance);
     a stored name that is no valid study name gets a safe folder name, always inside `out`.
-    With `per` (a dotted setting such as optimizer.name): the `top` best of each of its values."""
+    With `per` (a dotted setting such as optimizer.name): the `top` best of each of its values.
+    A config that trained on a dataset file carries its name and sha256 (`data.file`,
+    `data.file_sha256`), so `dlnn train` finds those exact bytes or names them; with `artifacts`,
+    the store is checked to hold them and named in the retrain command."""
+    from . import datasets as ds
     from dlnn_core.config import TrainConfig
 
     if fmt not in FORMATS:
@@ -92,6 +105,7 @@ def export(url: str, name: str, *, top: int = 5, out: str | Path = "exports", fm
     folder = study_folder(out, name)  # inside `out` whatever the stored name says
     folder.mkdir(parents=True, exist_ok=True)
     exported = []
+    pinned: dict[str, str] = {}
     for rank, t in enumerate(ranked, start=1):
         config = TrainConfig.from_dict(records.trial_config(t)).with_flat({"device": "auto"})  # portable: any machine
         stem = f"rank{rank:02d}-trial{t.number:04d}"
@@ -99,8 +113,14 @@ def export(url: str, name: str, *, top: int = 5, out: str | Path = "exports", fm
         meta_path = folder / f"{stem}.meta.{fmt}"
         values = dict(zip(spec.metrics, records.raw_values(scales, t)))
         metrics = records.trial_metrics(t)
+        data_file, data_sha = ds.config_file(config)
+        retrain = f"dlnn train {config_path.name}" + (f" --artifacts {artifacts}" if data_sha and artifacts else "")
         header = (f"# {name} trial {t.number} (rank {rank}): " + ", ".join(f"{m} = {v:.4g}" for m, v in values.items())
-                  + f"\n# retrain: dlnn train {config_path.name}\n")
+                  + (f"\n# dataset: {data_file} (sha256 {data_sha}); `dlnn train` fetches it by hash with --artifacts STORE, "
+                     "or uses that file only if its hash matches" if data_sha else "")
+                  + f"\n# retrain: {retrain}\n")
+        if data_sha:
+            pinned[data_sha] = data_file
         _dump(config.to_dict(), config_path, fmt, header)
         worker = records.trial_worker(t)
         meta = {
@@ -126,6 +146,8 @@ def export(url: str, name: str, *, top: int = 5, out: str | Path = "exports", fm
             },
             "config_file": config_path.name,
         }
+        if data_sha:
+            meta["dataset"] = {"file": data_file, "sha256": data_sha}
         if winner is not None:  # `dlnn verify` retrained the best configs with fresh seeds
             meta["robust_winner"] = t.number == winner.trial
             if t.number == winner.trial:
@@ -134,7 +156,22 @@ def export(url: str, name: str, *, top: int = 5, out: str | Path = "exports", fm
         exported.append(Exported(rank, t.number, config_path, meta_path, values, metrics))
     (folder / "spec.json").write_text(json.dumps(raw_spec, indent=2) + "\n")
     text = _summary(folder, name, spec.metrics, exported, winner.trial if winner else None)
-    return ExportResult(folder, exported, text)
+    return ExportResult(folder, exported, text, pinned, artifacts, _check_datasets(pinned, artifacts))
+
+
+def _check_datasets(pinned: dict[str, str], artifacts: str | None) -> tuple[str, ...]:
+    """Notes for the terminal: where the pinned datasets are (or that they are not in the store)."""
+    if not pinned:
+        return ()
+    from . import datasets as ds
+    from .artifacts import exists, open_store
+
+    if artifacts is None:
+        return tuple(f"dataset {file} (sha256 {ds.short(sha)}…): retrain with --artifacts STORE (the study's store), "
+                     "or with that exact file in place" for sha, file in pinned.items())
+    store = open_store(artifacts)
+    return tuple(f"dataset {file} (sha256 {ds.short(sha)}…) " + ("is in " if exists(store, ds.dataset_key(sha)) else "is NOT in ")
+                 + artifacts for sha, file in pinned.items())
 
 
 def _summary(folder: Path, name: str, objective: tuple[str, ...], exported: list[Exported], robust: int | None) -> str:

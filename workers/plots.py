@@ -46,7 +46,8 @@ def rollout_png(checkpoint: str | Path, out: str | Path, trajectories: int = 3, 
         ax.set_ylim(lo - pad, hi + pad)  # a diverging rollout must not flatten the truth
     axes[0, 0].legend(loc="upper right")
     axes[-1, 0].set_xlabel("t [s]")
-    fig.suptitle(f"{config.data.system or Path(config.data.file).name}: predicted (dashed) vs true rollouts, {config.model.kind}/{config.model.form}, "
+    system = config.data.declared["name"] if config.data.declared else config.data.system or Path(config.data.file).name
+    fig.suptitle(f"{system}: predicted (dashed) vs true rollouts, {config.model.kind}/{config.model.form}, "
                  f"{config.optimizer.name}")
     fig.tight_layout()
     out = Path(out)

@@ -17,6 +17,7 @@ import math
 import threading
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import optuna
@@ -178,24 +179,95 @@ def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
+@dataclass(frozen=True)
+class DataPin:
+    """The dataset file a spec names, pinned by hash: `local` is the file here (None when only the
+    spec's `data.file_sha256` names the bytes, which must then already be in the store)."""
+
+    file: str
+    sha256: str
+    local: Path | None
+    store: Any
+
+
+def pin_data(spec: StudySpec, artifacts: str | Path | None, base_dir: str | Path | None = None) -> tuple[StudySpec, DataPin | None]:
+    """The spec with `data.file_sha256` set to the hash of its `data.file` (read here; relative
+    paths from `base_dir`, else the working directory), and the pin; (spec, None) for a spec
+    whose data names no file. A spec that pins a hash itself must match the file, when the file
+    is here; when it is not, the store must already hold those bytes (checked before creating).
+    Without a store, a spec that pins its hash (refine and verify derive theirs from a stored spec)
+    is taken as it is: its workers fetch by that hash."""
+    from . import datasets
+
+    file, declared = datasets.config_file(spec.base)
+    if file is None:
+        return spec, None
+    if declared is not None:
+        datasets.check_sha256(declared)
+    if artifacts is None:
+        if declared is not None:  # a spec derived from a stored one (refine, verify): its bytes are published
+            return spec, None
+        raise UsageError(f"data.file {file!r}: a study's dataset goes into the artifact store, so every worker gets the same "
+                         "bytes; pass --artifacts DIR or s3://BUCKET/PREFIX (or set DLNN_ARTIFACTS)")
+    from .artifacts import open_store
+
+    local = Path(file).expanduser()
+    if not local.is_absolute() and base_dir is not None:
+        local = Path(base_dir) / local
+    if local.is_file():
+        sha = datasets.sha256_file(local)
+        if declared is not None and declared != sha:
+            raise UsageError(f"data.file {file!r} has sha256 {sha}, but the spec pins data.file_sha256 = {declared}: restore "
+                             "that file, or drop file_sha256 from the spec to pin the file as it is now")
+    elif declared is not None:
+        sha, local = declared, None
+    else:
+        raise UsageError(f"data.file {file!r}: no such file here ({local.absolute()})")
+    store = open_store(artifacts)
+    if declared != sha:
+        spec = parse_spec(datasets.pin_raw(spec.raw, sha), source=f"spec {spec.name!r} with data.file_sha256")
+    return spec, DataPin(file, sha, local, store)
+
+
+def _publish(pin: DataPin | None, log) -> None:
+    """The pinned bytes into the store (once: an intact copy is kept), or a check that they are there."""
+    if pin is None:
+        return
+    from . import datasets
+    from .artifacts import describe, exists
+
+    if pin.local is not None:
+        datasets.publish(pin.store, pin.local, pin.sha256)
+        log(f"dataset {pin.file} (sha256 {datasets.short(pin.sha256)}…) is in the artifact store {describe(pin.store)}")
+    elif not exists(pin.store, datasets.dataset_key(pin.sha256)):
+        raise datasets.DatasetMissing(
+            f"data.file {pin.file!r} is not here and the artifact store {describe(pin.store)} does not hold its pinned bytes "
+            f"(sha256 {pin.sha256}): launch where the file is, or with the store that holds it")
+
+
 def launch(spec: StudySpec, url: str, *, name: str | None = None, update: bool = False, from_study: str | None = None,
-           top: int = 3, log: Callable[[str], None] = print, seed_with: tuple[str, list[FrozenTrial]] | None = None) -> Launched:
+           top: int = 3, log: Callable[[str], None] = print, seed_with: tuple[str, list[FrozenTrial]] | None = None,
+           artifacts: str | Path | None = None, base_dir: str | Path | None = None) -> Launched:
     """Create the study once (schema included), keep the spec on it and enqueue its baselines;
-    relaunching the same spec is a no-op, a changed one is refused unless `update`."""
+    relaunching the same spec is a no-op, a changed one is refused unless `update`. A spec whose
+    data names a file has it published into the artifact store `artifacts` and its hash recorded
+    in the stored spec (`data.file_sha256`) before the study exists."""
     if name is not None and name != spec.name:
         check_name(name, "--name")
         raw = json.loads(json.dumps(spec.raw))
         raw.setdefault("study", {})["name"] = name
         spec = parse_spec(raw, source=f"spec with --name {name}")
     name = spec.name
+    spec, pin = pin_data(spec, artifacts, base_dir)
     storage = open_storage(url, create_schema=True)
     try:
-        return _launch(storage, spec, url, update, from_study, top, log, seed_with)
+        return _launch(storage, spec, url, update, from_study, top, log, seed_with, pin, artifacts)
     finally:
         close_storage(storage)
 
 
-def _launch(storage, spec: StudySpec, url: str, update: bool, from_study: str | None, top: int, log, seed_with) -> Launched:
+def _launch(storage, spec: StudySpec, url: str, update: bool, from_study: str | None, top: int, log, seed_with,
+            pin: DataPin | None = None, artifacts: str | Path | None = None) -> Launched:
     name = spec.name
     seeds: list = []
     if from_study is not None:
@@ -206,11 +278,12 @@ def _launch(storage, spec: StudySpec, url: str, update: bool, from_study: str | 
             raise UsageError(f"budget.trials = {spec.trials} cannot hold {len(spec.baselines)} baselines + {len(seeds)} configs from {from_study!r}")
     summary = find_study(storage, name)
     if summary is not None:
-        return _relaunch(storage, summary, spec, update, from_study, log)
+        return _relaunch(storage, summary, spec, update, from_study, log, pin, artifacts)
+    _publish(pin, log)  # before the study exists: no worker can start on a study whose bytes are missing
     try:
         study = optuna.create_study(storage=storage, study_name=name, directions=list(spec.directions))
     except optuna.exceptions.DuplicatedStudyError:  # another launch won the race
-        return _relaunch(storage, find_study(storage, name), spec, update, from_study, log)
+        return _relaunch(storage, find_study(storage, name), spec, update, from_study, log, pin, artifacts)
     study.set_user_attr(SPEC_ATTR, spec.raw)
     study.set_user_attr(DIGEST_ATTR, spec.digest)
     if spec.description:
@@ -235,20 +308,54 @@ def _launch(storage, spec: StudySpec, url: str, update: bool, from_study: str | 
                + (f", {len(seeds)} from {from_study!r}" if from_study else "") + ")"
                + (f", {copied} finished trials copied from {seed_with[0]!r}" if copied else ""))
     log(message)
-    log(next_steps(name, url))
+    log(next_steps(name, url, artifacts))
     return Launched(name, True, enqueued, message)
 
 
-def _relaunch(storage, summary, spec: StudySpec, update: bool, from_study: str | None, log) -> Launched:
+def _started(storage, study_id: int) -> int:
+    """Trials that have run (or run now): everything but the queued ones."""
+    return sum(t.state != TrialState.WAITING for t in storage.get_all_trials(study_id, deepcopy=False))
+
+
+def _data_change(storage, summary, stored: dict, spec: StudySpec, update: bool) -> str | None:
+    """None when the dataset's bytes are those the study was launched with; else the change, if
+    `update` may make it. A study's trials must be comparable, so its bytes change only while
+    no trial has started (a mistake caught before the workers run); after that, never: the data
+    is the experiment, and a new dataset is a new study."""
+    from . import datasets
+
+    old_file, old_sha = datasets.raw_file(stored)
+    new_file, new_sha = datasets.raw_file(spec.raw)
+    if old_sha == new_sha:
+        return None
+    name = spec.name
+    was = f"data.file {old_file!r} (sha256 {old_sha})" if old_sha else "generated data (no data.file)"
+    now = f"data.file {new_file!r} (sha256 {new_sha})" if new_sha else "generated data (no data.file)"
+    new_study = (f"launch a new study for the new data: `dlnn launch SPEC --name {name}-v2` (add `--from {name}` to start "
+                 "from its best configs)")
+    if not update:
+        raise UsageError(f"study {name!r} was launched with {was}; the spec now gives {now}. A study's data never changes "
+                         f"under it: {new_study}, or pass --update while no trial of {name!r} has started")
+    started = _started(storage, summary._study_id)
+    if started:
+        raise UsageError(f"--update cannot change the data of study {name!r}: {started} of its trials already ran on {was}, "
+                         f"and trials on different data are not comparable. {new_study}")
+    return f"data: {was} -> {now}"
+
+
+def _relaunch(storage, summary, spec: StudySpec, update: bool, from_study: str | None, log, pin: DataPin | None = None,
+              artifacts: str | Path | None = None) -> Launched:
     name = spec.name
     stored = summary.user_attrs.get(SPEC_ATTR)
     if stored is None:
         raise UsageError(f"a study named {name!r} already exists and was not created by `dlnn launch`; choose another --name")
     if spec_digest(stored) == spec.digest and from_study is None:
+        _publish(pin, log)  # idempotent; also fills a store the study is now launched against
         message = f"study {name!r} is already launched with this spec; nothing changed"
         log(message)
-        log(next_steps(name, None))
+        log(next_steps(name, None, artifacts))
         return Launched(name, False, 0, message)
+    data_change = _data_change(storage, summary, stored, spec, update and from_study is None)
     changed = _diff(stored, spec.raw)
     if not update or from_study is not None:
         raise UsageError(
@@ -257,10 +364,11 @@ def _relaunch(storage, summary, spec: StudySpec, update: bool, from_study: str |
             "or pass --update to replace the stored spec (running workers keep the old one until they restart)")
     if tuple(d.name.lower() for d in summary.directions) != spec.directions:
         raise UsageError(f"--update cannot change the objective directions of study {name!r}; launch a new study with --from")
+    _publish(pin, log)
     study = optuna.load_study(study_name=name, storage=storage)
     study.set_user_attr(SPEC_ATTR, spec.raw)
     study.set_user_attr(DIGEST_ATTR, spec.digest)
-    message = f"updated the stored spec of study {name!r} (changed: {', '.join(changed)})"
+    message = f"updated the stored spec of study {name!r} (changed: {', '.join(changed)})" + (f"; {data_change}" if data_change else "")
     log(message)
     return Launched(name, False, 0, message)
 
@@ -286,12 +394,16 @@ def seed_configs(storage, old: str, spec: StudySpec, top: int) -> list[tuple[str
     return out
 
 
-def next_steps(name: str, url: str | None) -> str:
+def next_steps(name: str, url: str | None, artifacts: str | Path | None = None) -> str:
+    """The commands that follow a launch; `--artifacts` where the store is not the default directory."""
+    from .artifacts import DEFAULT_ARTIFACTS
+
     storage = f" --storage {redact(url)}" if url and url != "sqlite:///dlnn.db" else ""
-    return (f"  add workers (any number, on any machine that reaches the storage):  dlnn work {name}{storage}\n"
+    store = f" --artifacts {artifacts}" if artifacts and str(artifacts) != DEFAULT_ARTIFACTS else ""
+    return (f"  add workers (any number, on any machine that reaches the storage):  dlnn work {name}{storage}{store}\n"
             f"  watch:      dlnn status {name}{storage}\n"
-            f"  dashboard:  dlnn dashboard{storage}   (http://127.0.0.1:8080)\n"
-            f"  export:     dlnn export {name}{storage} --top 5")
+            f"  dashboard:  dlnn dashboard{storage}{store}   (http://127.0.0.1:8080)\n"
+            f"  export:     dlnn export {name}{storage}{store} --top 5")
 
 
 # ---------------------------------------------------------------------------------- ranking
@@ -367,7 +479,15 @@ def status(url: str, name: str, now: datetime.datetime | None = None) -> dict[st
         "sampler": spec.sampler, "pruner": spec.pruner,
         "budget": {"trials": spec.trials, "used": counted(trials), "timeout_s": spec.timeout_s},
         "states": states, "n_trials": len(trials), "best": best, "running": running, "failures": failures,
+        "dataset": _dataset(spec),
     }
+
+
+def _dataset(spec: StudySpec) -> dict[str, str] | None:
+    from .datasets import config_file
+
+    file, sha256 = config_file(spec.base)
+    return {"file": file, "sha256": sha256} if file else None
 
 
 def format_status(s: dict[str, Any]) -> str:
@@ -376,6 +496,8 @@ def format_status(s: dict[str, Any]) -> str:
              f"budget: {s['budget']['used']}/{s['budget']['trials']} trials used"
              + (f", timeout {s['budget']['timeout_s']:g} s" if s["budget"]["timeout_s"] else ""),
              "trials: " + ", ".join(f"{k.lower()} {v}" for k, v in s["states"].items())]
+    if s.get("dataset"):
+        lines.append(f"data: {s['dataset']['file']} (sha256 {s['dataset']['sha256']})")
     best = s["best"]
     if best:
         values = ", ".join(f"{m} = {v:.4g}" for m, v in best["values"].items())

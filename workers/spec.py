@@ -12,6 +12,8 @@ A spec has these tables (see studies/quick.toml for a commented example):
                multivariate, group, constant_liar: all on by default; max_history = 1000)
   [pruner]     name = none | median | percentile | successive_halving | hyperband, and its options
   [base]       the fixed TrainConfig (nested like a config file; `preset = "..."` allowed)
+               [base.data] system = a built-in name, "declared" with a [base.data.declared] table
+               (coordinates, angles, params, T, V, D, q_range, qdot_range), or "package.module:factory"
   [space.*]    searched settings, keyed by their TrainConfig path:
                  choices = [...]                       categorical
                  low, high, log = true, step = ...     float (int when low/high are integers)
@@ -38,6 +40,7 @@ from typing import Any, Mapping
 from dlnn_core import ACTIVATIONS, METHODS, MODEL_FORMS, MODEL_KINDS, SYSTEMS, ConfigError, datafiles
 from dlnn_core.activations import ZERO_CURVATURE
 from dlnn_core.config import LIMITS, PRESETS, TrainConfig
+from dlnn_core.declared import DeclarationError
 from dlnn_core.losses import LOSSES
 from dlnn_core.models import INIT_CHOICES
 from dlnn_core.optim import OPTIMIZERS, SCHEDULERS
@@ -299,6 +302,8 @@ class _Validator:
                 self.err(f"objective: {m} needs an ood split, and base.data.file_split gives none (its ood fraction is 0)")
         if not self.check_files or self.problems:
             return base
+        if base.data.file_sha256 and not Path(base.data.file).is_file():
+            return base  # pinned bytes that live in the artifact store (refine, verify): checked when first launched
         by_key = {p.key: p for p in space}
         extremes = {key: _extreme(by_key[key], max) for key in ("batch_size", "data.savgol_window") if key in by_key}
         try:
@@ -430,6 +435,10 @@ class _Validator:
         for _ in range(50):
             try:
                 return TrainConfig.from_dict(t)
+            except DeclarationError as exc:  # every problem of a declared system at once; then judge the rest without it
+                self.problems += [f"base.{field}: {message}" for field, message in exc.problems]
+                if not any([_drop(t, key) for key in ("data.declared", "data.system", "data.params")]):
+                    break
             except ConfigError as exc:
                 self.err(f"base.{exc.field}: {_config_message(exc)}")
                 if not _drop(t, str(exc.field)):

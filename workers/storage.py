@@ -25,12 +25,11 @@ import sqlalchemy.orm
 from optuna.exceptions import ExperimentalWarning
 from sqlalchemy import exc as sa_exc
 
+from .artifacts import DEFAULT_ARTIFACTS, ENV_ARTIFACTS, artifacts_url, open_store  # noqa: F401 - re-exported
 from .errors import UsageError
 
 ENV_STORAGE = "DLNN_STORAGE"
-ENV_ARTIFACTS = "DLNN_ARTIFACTS"
 DEFAULT_STORAGE = "sqlite:///dlnn.db"
-DEFAULT_ARTIFACTS = "dlnn_artifacts"
 LOCK_NAMESPACE = 0x444C4E4E  # "DLNN": first key of PostgreSQL advisory locks taken by the service
 
 _thread_lock = threading.Lock()  # serializes budget checks between threads of one worker (--jobs)
@@ -39,10 +38,6 @@ _thread_lock = threading.Lock()  # serializes budget checks between threads of o
 def storage_url(flag: str | None) -> str:
     """--storage, else $DLNN_STORAGE, else the embedded SQLite file in the working directory."""
     return flag or os.environ.get(ENV_STORAGE) or DEFAULT_STORAGE
-
-
-def artifacts_dir(flag: str | None) -> Path:
-    return Path(flag or os.environ.get(ENV_ARTIFACTS) or DEFAULT_ARTIFACTS)
 
 
 def redact(url: str) -> str:
@@ -315,12 +310,10 @@ def budget_counts(conn: sqlalchemy.engine.Connection, study_id: int) -> tuple[in
     return int(counted), int(waiting), first
 
 
-def artifact_store(path: str | Path) -> optuna.artifacts.FileSystemArtifactStore:
-    """Checkpoints and plots: a directory that every worker and the dashboard can reach
-    (a shared volume in docker compose, a network file system across hosts)."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    return optuna.artifacts.FileSystemArtifactStore(str(path))
+def artifact_store(url: str | Path):
+    """Checkpoints, plots and dataset files: a directory that every worker and the dashboard can
+    reach, or `s3://bucket/prefix` (workers/artifacts.py parses both)."""
+    return open_store(url)
 
 
 def is_connection_error(exc: BaseException) -> bool:

@@ -14,7 +14,8 @@ from pathlib import Path
 from dlnn_core.errors import shorten
 
 from .errors import UsageError
-from .storage import DEFAULT_ARTIFACTS, ENV_ARTIFACTS, ENV_STORAGE, artifacts_dir, redact, storage_url
+from .artifacts import DEFAULT_ARTIFACTS, ENV_ARTIFACTS, argument, artifacts_url
+from .storage import ENV_STORAGE, redact, storage_url
 
 
 def _storage(p: argparse.ArgumentParser) -> None:
@@ -22,9 +23,10 @@ def _storage(p: argparse.ArgumentParser) -> None:
                    help=f"SQLAlchemy URL (e.g. postgresql://user@host/db) or grpc://host:port; default ${ENV_STORAGE}, else sqlite:///dlnn.db")
 
 
-def _artifacts(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--artifacts", default=None, metavar="DIR",
-                   help=f"artifact store directory shared by workers and the dashboard (default ${ENV_ARTIFACTS}, else ./{DEFAULT_ARTIFACTS})")
+def _artifacts(p: argparse.ArgumentParser, what: str = "shared by workers and the dashboard") -> None:
+    p.add_argument("--artifacts", default=None, metavar="STORE", type=argument,
+                   help=f"artifact store {what}: a directory or s3://BUCKET/PREFIX (endpoint and credentials from the "
+                        f"AWS_* environment); default ${ENV_ARTIFACTS}, else ./{DEFAULT_ARTIFACTS}")
 
 
 def _positive(text: str) -> int:
@@ -64,11 +66,13 @@ def _device(text: str) -> str:
 def configure_launch(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", type=Path, help="study spec (studies/*.toml)")
     p.add_argument("--name", default=None, help="study name (default: the spec's study.name)")
-    p.add_argument("--update", action="store_true", help="replace the stored spec of an existing study with this one")
+    p.add_argument("--update", action="store_true", help="replace the stored spec of an existing study with this one (a changed "
+                                                         "data file only while none of its trials has started)")
     p.add_argument("--from", dest="from_study", default=None, metavar="OLD",
                    help="start a new study that first runs the best configs of study OLD")
     p.add_argument("--top", type=_positive, default=3, help="with --from: how many of OLD's best configs (default 3)")
     _storage(p)
+    _artifacts(p, "that receives the spec's data.file (once, by its sha256) and the trials' artifacts")
 
 
 def run_launch(args: argparse.Namespace) -> int:
@@ -77,7 +81,8 @@ def run_launch(args: argparse.Namespace) -> int:
     from .spec import load_spec
 
     spec = load_spec(args.spec)
-    launch(spec, storage_url(args.storage), name=args.name, update=args.update, from_study=args.from_study, top=args.top)
+    launch(spec, storage_url(args.storage), name=args.name, update=args.update, from_study=args.from_study, top=args.top,
+           artifacts=artifacts_url(args.artifacts))
     return 0
 
 
@@ -109,7 +114,7 @@ def run_work(args: argparse.Namespace) -> int:
     from .worker import run_worker
 
     return run_worker(url, args.study, n_trials=args.n_trials, timeout=args.timeout, device=args.device,
-                      jobs=args.jobs, seed=args.seed, artifacts=artifacts_dir(args.artifacts), threads=args.threads,
+                      jobs=args.jobs, seed=args.seed, artifacts=artifacts_url(args.artifacts), threads=args.threads,
                       plots=not args.no_plots)
 
 
@@ -170,16 +175,22 @@ def configure_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per", default=None, metavar="SETTING",
                    help="the --top best for each value of a setting, e.g. --per optimizer.name (best config per optimizer)")
     _storage(p)
+    p.add_argument("--artifacts", default=None, metavar="STORE", type=argument,
+                   help=f"the study's artifact store (default ${ENV_ARTIFACTS}): checks that it holds the dataset the configs pin "
+                        "and names it in the retrain command")
 
 
 def run_export(args: argparse.Namespace) -> int:
     """Write the K best configs (files `dlnn train` accepts) with metrics, provenance and a summary table."""
     from .export import export
 
-    result = export(storage_url(args.storage), args.study, top=args.top, out=args.out, fmt=args.format, per=args.per)
+    result = export(storage_url(args.storage), args.study, top=args.top, out=args.out, fmt=args.format, per=args.per,
+                    artifacts=artifacts_url(args.artifacts, default=None))
     print(result.table)
     print(f"\nwrote {len(result.items)} configs to {result.folder}/ (summary.md, summary.csv, *.meta.{args.format})")
-    print(f"retrain the best: dlnn train {result.items[0].config_path}")
+    for note in result.notes:
+        print(note)
+    print(f"retrain the best: {result.retrain(result.items[0])}")
     return 0
 
 
@@ -224,7 +235,7 @@ def run_report(args: argparse.Namespace) -> int:
     """Write what a study answers (per choice, lr tolerance, d0, interactions, importances, failures) as HTML and Markdown."""
     from .report import report
 
-    written = report(storage_url(args.storage), args.study, args.out, artifacts=artifacts_dir(args.artifacts), save_to_study=not args.no_save)
+    written = report(storage_url(args.storage), args.study, args.out, artifacts=artifacts_url(args.artifacts), save_to_study=not args.no_save)
     print(written.headline)
     print(f"\nreport: {written.html}  (Markdown: {written.markdown})"
           + ("; also the study's note in the dashboard" if written.note_saved else ""))
@@ -254,7 +265,7 @@ def run_verify(args: argparse.Namespace) -> int:
     url = storage_url(args.storage)
     child, _ = verify(url, args.study, top=args.top, seeds=args.seeds, references=tuple(args.reference))
     if args.workers > 0:
-        codes = _local_workers(url, child, args.workers, args.threads, artifacts_dir(args.artifacts))
+        codes = _local_workers(url, child, args.workers, args.threads, artifacts_url(args.artifacts))
         if any(codes):
             print(f"workers exited with {codes}")
             return 1
@@ -262,7 +273,7 @@ def run_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _local_workers(url: str, name: str, n: int, threads: int | None, artifacts: Path, device: str | None = None,
+def _local_workers(url: str, name: str, n: int, threads: int | None, artifacts: str, device: str | None = None,
                    timeout: float | None = None) -> list[int]:
     """Run n worker processes on study `name` until its budget is used; returns their exit codes."""
     threads = threads or max(1, (os.cpu_count() or 1) // n)
@@ -305,7 +316,7 @@ def run_dashboard(args: argparse.Namespace) -> int:
     """Serve optuna-dashboard on the same storage and artifact store."""
     from .dashboard import serve
 
-    return serve(storage_url(args.storage), args.host, args.port, artifacts_dir(args.artifacts))
+    return serve(storage_url(args.storage), args.host, args.port, artifacts_url(args.artifacts))
 
 
 # --------------------------------------------------------------------------------------- run
@@ -333,28 +344,29 @@ def run_run(args: argparse.Namespace) -> int:
 
     url = storage_url(args.storage)
     spec = load_spec(args.spec)
-    launched = launch(spec, url, name=args.name, log=lambda m: None if m.startswith("  ") else print(m))
+    launched = launch(spec, url, name=args.name, log=lambda m: None if m.startswith("  ") else print(m),
+                      artifacts=artifacts_url(args.artifacts))
     name = launched.name
-    codes = _local_workers(url, name, args.workers, args.threads, artifacts_dir(args.artifacts), args.device, args.timeout)
+    codes = _local_workers(url, name, args.workers, args.threads, artifacts_url(args.artifacts), args.device, args.timeout)
     print()
     print(format_status(status(url, name)))
     if any(codes):
         print(f"\nworkers exited with {codes}")
     from .report import report
 
-    written = report(url, name, args.reports, artifacts=artifacts_dir(args.artifacts))
+    written = report(url, name, args.reports, artifacts=artifacts_url(args.artifacts))
     print(f"\nwhat the study answers (best {spec.metrics[0]} and trial outcomes per choice):")
     print(written.headline)
     print(f"\nreport:             {written.html}  (also the study's note in the dashboard)")
     try:
-        result = export(url, name, top=args.top, out=args.out)
+        result = export(url, name, top=args.top, out=args.out, artifacts=artifacts_url(args.artifacts))
     except UsageError as exc:
         print(f"\nnothing exported: {exc}")
         return 1
     print(f"\nbest configs (exported to {result.folder}/):")
     print(result.table)
     storage_flag = f" --storage {redact(url)}" if args.storage else ""
-    print(f"\nretrain the best:   dlnn train {result.items[0].config_path}")
+    print(f"\nretrain the best:   {result.retrain(result.items[0])}")
     print(f"check the winners:  dlnn verify {name} --top 3 --seeds 3 --workers {args.workers}{storage_flag}")
     print(f"open the dashboard: dlnn dashboard{storage_flag}   then http://127.0.0.1:8080/dashboard")
     return 0 if not any(codes) else 1

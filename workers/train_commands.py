@@ -23,6 +23,12 @@ def _configure_config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help=f"a .json/.yaml/.yml TrainConfig file, or a preset name ({', '.join(PRESETS)})")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a setting by its dotted name, e.g. optimizer.lr=1e-3 or data.params.rho=0.2 (repeatable)")
+    from .artifacts import argument
+
+    parser.add_argument("--artifacts", default=None, metavar="STORE", type=argument,
+                        help="artifact store to fetch the config's data file from by its sha256 (data.file_sha256): a directory or "
+                             "s3://BUCKET/PREFIX; default $DLNN_ARTIFACTS, else none: a file already cached here, or the named "
+                             "file if its hash matches")
 
 
 _EXPONENT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
@@ -72,6 +78,22 @@ def load_train_config(source: str, overrides: list[str] | None = None) -> TrainC
         raise UsageError(f"{shorten(source)}: cannot read config: {shorten(str(exc), 300)}") from None
 
 
+def local_data(config: TrainConfig, artifacts: str | None) -> TrainConfig:
+    """The config with its pinned dataset file (if any) resolved to a verified local copy: fetched
+    from the store by hash, a cached copy, or the named file only if its hash matches; otherwise
+    a UsageError that names the file and the sha256 it needs."""
+    from .artifacts import artifacts_url, open_store
+    from .datasets import config_file, localize, short
+
+    file, sha256 = config_file(config)
+    if file is None:
+        return config
+    url = artifacts_url(artifacts, default=None)
+    local = localize(config, open_store(url) if url else None, log=lambda m: print(m, file=sys.stderr))
+    print(f"dataset: {file}" + (f" (sha256 {short(sha256)}…)" if sha256 else "") + f" -> {config_file(local)[0]}", file=sys.stderr)
+    return local
+
+
 def _format(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
@@ -93,7 +115,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     from dlnn_core.train import fit
 
-    config = load_train_config(args.config, args.overrides)
+    config = local_data(load_train_config(args.config, args.overrides), args.artifacts)
     out = args.out or Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     bar = tqdm(total=config.epochs, desc="train", unit="epoch", file=sys.stderr, disable=args.no_progress, dynamic_ncols=True)
 
@@ -157,7 +179,7 @@ def run_lr_find(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    config = load_train_config(args.config, args.overrides)
+    config = local_data(load_train_config(args.config, args.overrides), args.artifacts)
     plot = args.out or Path(f"lr-find-{config.optimizer.name}.png")
     bar = tqdm(total=args.steps, desc="lr-find", unit="step", file=sys.stderr, disable=getattr(args, "no_progress", False), dynamic_ncols=True)
 

@@ -143,8 +143,10 @@ class Objective:
     """One trial: draw params, build the TrainConfig, fit with per-epoch pruning, record everything."""
 
     def __init__(self, spec: StudySpec, stop: StopFlag, worker: dict[str, Any], device: str | None, store,
-                 fit_fn: Callable | None, log: Callable[[str], None], artifact_plots: bool = True):
+                 fit_fn: Callable | None, log: Callable[[str], None], artifact_plots: bool = True,
+                 data_cache: str | Path | None = None):
         self.spec, self.stop, self.worker = spec, stop, worker
+        self.data_cache = data_cache  # where fetched dataset files are kept, by hash (None: datasets.default_cache_dir())
         self.lost: set[int] = set()  # trial ids whose run was cut by a lost database connection
         self.unfinished: set[int] = set()  # trial ids started here whose end after_trial has not seen yet
         self.device, self.log, self.plots = device, log, artifact_plots
@@ -193,7 +195,10 @@ class Objective:
             trial.set_user_attr("status", "error")
             trial.set_user_attr("reason", f"invalid config: {exc}")
             raise
-        records.set_system_attr(trial, records.CONFIG, config.to_dict())
+        records.set_system_attr(trial, records.CONFIG, config.to_dict())  # data.file as named, with its sha256
+        from .datasets import localize
+
+        fit_config = localize(config, self.store, self.data_cache, log=self.log)  # the pinned bytes, fetched by hash
         from dlnn_core.optim import OPTIMIZERS
 
         trial.set_user_attr(records.LR_REL, config.optimizer.lr / OPTIMIZERS[config.optimizer.name].default_lr)
@@ -216,7 +221,7 @@ class Objective:
 
         with tempfile.TemporaryDirectory(prefix=f"dlnn-trial{trial.number}-") as out:
             try:
-                result = self.fit(config, report=report, out_dir=out)
+                result = self.fit(fit_config, report=report, out_dir=out)
             except optuna.TrialPruned as exc:
                 trial.set_user_attr("status", "timeout" if isinstance(exc, StudyTimeout) else "pruned")
                 trial.set_user_attr("reason", str(exc))
@@ -347,7 +352,7 @@ def worker_identity(seed: int, device: str | None, versions: dict[str, str]) -> 
 def run_worker(url: str, name: str, *, n_trials: int | None = None, timeout: float | None = None, device: str | None = None,
                jobs: int = 1, seed: int | None = None, artifacts: str | Path | None = "dlnn_artifacts", threads: int | None = None,
                fit_fn: Callable | None = None, log: Callable[[str], None] | None = None, install_signals: bool = True,
-               plots: bool = True) -> int:
+               plots: bool = True, data_cache: str | Path | None = None) -> int:
     """Pull trials of study `name` until its budget is used, this worker's own limits hit, or a
     signal arrives; returns the exit code (0)."""
     prefix = f"[{socket.gethostname()}:{os.getpid()}]"
@@ -361,6 +366,8 @@ def run_worker(url: str, name: str, *, n_trials: int | None = None, timeout: flo
         spec = stored_spec(probe, name)
     finally:
         close_storage(probe)
+    store = artifact_store(artifacts) if artifacts else None  # a wrong bucket or credentials stop the worker here
+    _fetch_dataset(spec, store, data_cache, log)
     seed = seed if seed is not None else secrets.randbits(31)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
@@ -372,8 +379,7 @@ def run_worker(url: str, name: str, *, n_trials: int | None = None, timeout: flo
         stop.install()
     from dlnn_core.train import versions
 
-    objective = Objective(spec, stop, worker_identity(seed, device, versions()), device,
-                          artifact_store(artifacts) if artifacts else None, fit_fn, log, plots)
+    objective = Objective(spec, stop, worker_identity(seed, device, versions()), device, store, fit_fn, log, plots, data_cache)
     counter = {"done": 0}
     # A stopped or cut trial is not at fault: it is re-queued with the same params however often it
     # happens (max_retry bounds only trials whose worker died). Re-queues that the lost database
@@ -469,6 +475,19 @@ def run_worker(url: str, name: str, *, n_trials: int | None = None, timeout: flo
         stop.release()
     log(f"exiting after {counter['done']} trials: {reason}")
     return 0
+
+
+def _fetch_dataset(spec: StudySpec, store, cache_dir, log: Callable[[str], None]) -> None:
+    """The study's dataset file into the local cache before the first trial: a worker that cannot
+    get the pinned bytes stops now, with the file, the hash and the store in its message, instead
+    of failing every trial it draws."""
+    from . import datasets
+
+    file, sha256 = datasets.config_file(spec.base)
+    if file is None:
+        return
+    path = datasets.resolve(file, sha256, store, cache_dir, log=log)
+    log(f"dataset {file} (sha256 {datasets.short(sha256)}…) at {path}" if sha256 else f"dataset {file} (not pinned) at {path}")
 
 
 def _pending(study: optuna.Study) -> int:
