@@ -156,7 +156,7 @@ def load_trajectory_file(path: str | os.PathLike, sha256: str = "") -> Trajector
     else:
         _MEMO.move_to_end(key)
     if sha256 and tf.sha256 != sha256:
-        raise DataFileError(path, f"its content changed: sha256 is {tf.sha256}, the config pins {sha256} "
+        raise DataFileError(path, f"its content changed: its sha256 is {tf.sha256}, but the config pins data.file_sha256 = {sha256} "
                             "(restore that file, or clear data.file_sha256 to use the new one)", field="data.file_sha256")
     return tf
 

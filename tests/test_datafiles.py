@@ -207,7 +207,7 @@ def test_a_pinned_file_that_changed_is_refused(pendulum_file, pendulum):
     df.write_trajectory_file(pendulum_file, t, [x + 1e-3 for x in q], v, a)
     with pytest.raises(ConfigError) as info:
         load_data(cfg, 0)
-    assert info.value.field == "data.file_sha256" and f"the config pins {sha}" in str(info.value)
+    assert info.value.field == "data.file_sha256" and f"the config pins data.file_sha256 = {sha}" in str(info.value)
 
 
 # ----------------------------------------------------------------------------- DataConfig
@@ -348,21 +348,22 @@ log = true
 """
 
 
-def test_a_spec_naming_a_bad_file_creates_no_study(tmp_path, capsys):
+def test_a_spec_naming_a_bad_file_creates_no_study(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     _npz(tmp_path, q=_nan_at((3, 20, 2), (2, 5, 1)))
     path = write_spec(tmp_path, FILE_SPEC.format(metric="val_rel_mse", file="bad.npz"))
     url = f"sqlite:///{tmp_path / 'dlnn.db'}"
     assert cli.main(["launch", str(path), "--storage", url]) == 1
     err = capsys.readouterr().err
     assert err.startswith("dlnn launch: error: ") and "Traceback" not in err
-    assert f"base.data.file: {tmp_path / 'bad.npz'}: trajectory 2, sample 5, column 'q_q2': value is nan" in err
+    assert "base.data.file: bad.npz: trajectory 2, sample 5, column 'q_q2': value is nan" in err
     assert not (tmp_path / "dlnn.db").exists()
 
 
-def test_a_spec_on_a_file_pins_it_and_refuses_metrics_it_cannot_give(pendulum_file, tmp_path):
+def test_a_spec_on_a_file_refuses_metrics_and_batches_it_cannot_give(pendulum_file, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     spec = load_spec(write_spec(tmp_path, FILE_SPEC.format(metric="val_rel_mse", file=pendulum_file.name)))
-    assert spec.raw["base"]["data"]["file"] == str(pendulum_file)  # relative to the spec
-    assert spec.raw["base"]["data"]["file_sha256"] == spec.base.data.file_sha256 == df.file_sha256(pendulum_file)
+    assert spec.raw["base"]["data"]["file"] == pendulum_file.name  # the name as written (launch pins its hash)
     with pytest.raises(SpecError) as info:
         load_spec(write_spec(tmp_path, FILE_SPEC.format(metric="dissipation_rel_error", file=pendulum_file.name)))
     assert "objective: dissipation_rel_error needs the true system's equations" in str(info.value)
@@ -371,10 +372,10 @@ def test_a_spec_on_a_file_pins_it_and_refuses_metrics_it_cannot_give(pendulum_fi
     assert "base.batch_size: 5000 is not allowed; expected at most the" in str(info.value)
 
 
-def test_a_study_on_a_file_runs_and_is_read_back_without_it(pendulum, tmp_path, capsys):
-    """launch → a worker with the real fit (rollout plot included) → report; then, with the file
-    gone, status and export still read the study (its stored spec is not re-checked against the file),
-    while a worker's trial needs it."""
+def test_a_study_on_a_file_runs_and_is_read_back_without_it(pendulum, tmp_path, capsys, monkeypatch):
+    """launch (publishes the file by hash) → a worker with the real fit on the fetched bytes (rollout
+    plot included) → report; then, with the file gone, status and export still read the study (its
+    stored spec is not re-checked against the file)."""
     from workers.report import report
     from workers.service import launch, stored_spec
     from workers.storage import close_storage, open_storage
@@ -383,9 +384,11 @@ def test_a_study_on_a_file_runs_and_is_read_back_without_it(pendulum, tmp_path, 
     _, t, q, v, a = pendulum
     data = df.write_trajectory_file(tmp_path / "data" / "runs.csv", t, q, v, a, names=["theta"], angles=[True])
     url = f"sqlite:///{tmp_path / 'dlnn.db'}"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DLNN_CACHE_DIR", str(tmp_path / "cache"))  # the worker's verified copy of the published file
     text = FILE_SPEC.format(metric="test_rollout_error", file="data/runs.csv") + '[[baseline]]\nname = "adam"\nparams = {"optimizer.lr" = 1e-3}\n'
     spec = load_spec(write_spec(tmp_path, text))
-    launch(spec, url, log=lambda m: None)
+    launch(spec, url, log=lambda m: None, artifacts=str(tmp_path / "artifacts"))  # publishes the file by its hash
     logs: list[str] = []
     assert run_worker(url, "measured", fit_fn=None, install_signals=False, artifacts=tmp_path / "artifacts", log=logs.append, timeout=180) == 0
     study = optuna.load_study(study_name="measured", storage=url)
@@ -398,12 +401,13 @@ def test_a_study_on_a_file_runs_and_is_read_back_without_it(pendulum, tmp_path, 
     assert "Held-out rollouts" in text  # drawn from the ragged file trajectories
     assert "ood split: rule `extreme`; ood trajectories: 1;" in text
 
+    pinned = df.file_sha256(data)
     data.unlink()
     storage = open_storage(url)
     try:
-        assert stored_spec(storage, "measured").base.data.file_sha256 == spec.base.data.file_sha256
+        assert stored_spec(storage, "measured").base.data.file_sha256 == pinned
     finally:
         close_storage(storage)
     assert cli.main(["status", "measured", "--storage", url]) == 0
-    assert cli.main(["export", "measured", "--storage", url, "--out", str(tmp_path / "exports")]) == 0
+    assert cli.main(["export", "measured", "--storage", url, "--out", str(tmp_path / "exports"), "--artifacts", str(tmp_path / "artifacts")]) == 0
     assert "no such file" not in capsys.readouterr().err

@@ -8,6 +8,7 @@ server mode, its own process on 127.0.0.1; see s3_support.py)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -17,6 +18,7 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -61,6 +63,18 @@ def blob(size: int = 300_000, seed: int = 0) -> bytes:
         h = hashlib.sha256(h).digest()
         out += h
     return bytes(out[:size])
+
+
+@functools.lru_cache(maxsize=None)
+def trajectories(seed: int) -> bytes:
+    """A valid trajectory file's bytes (.npz: 8 trajectories of 60 samples), different per seed:
+    launch reads and checks the file a spec names (dlnn_core/datafiles.py)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(60) / 30.0
+    q = np.cumsum(rng.normal(scale=0.05, size=(8, 60, 1)), axis=1)
+    buffer = io.BytesIO()
+    np.savez(buffer, t=t, q=q)
+    return buffer.getvalue()
 
 
 def sha(data: bytes) -> str:
@@ -296,11 +310,15 @@ def test_resolve_uses_a_local_file_only_if_its_hash_matches(tmp_path, store_url,
 # ----------------------------------------------------------------------------- launch
 
 
+GENERATED = 'system = "damped_oscillator"\nn_train = 256\nn_val = 128\nn_test = 128\nn_rollout = 2\nrollout_steps = 20\n'
+
+
 def _spec(tmp_path: Path, file: str | None, extra_data: str = "", name: str = "withdata", sha256: str | None = None) -> Path:
     text = tiny_spec(name=name, trials=3)
-    if file is not None:
+    if file is not None:  # the file replaces the system and the generator's settings
         pin = f'file_sha256 = "{sha256}"\n' if sha256 else ""
-        text = text.replace('[base.data]\n', f'[base.data]\nfile = "{file}"\n{pin}{extra_data}')
+        assert GENERATED in text
+        text = text.replace('[base.data]\n' + GENERATED, f'[base.data]\nfile = "{file}"\n{pin}{extra_data}')
     return write_spec(tmp_path, text, filename=f"{name}.toml")
 
 
@@ -316,49 +334,49 @@ def test_launch_publishes_the_file_and_pins_its_hash(store_url, tmp_path, monkey
 
     monkeypatch.chdir(tmp_path)
     url = f"sqlite:///{tmp_path / 'dlnn.db'}"
-    Path("flight.npz").write_bytes(blob(seed=3))
+    Path("flight.npz").write_bytes(trajectories(seed=3))
     logs = []
     launched = launch(load_spec(_spec(tmp_path, "flight.npz")), url, artifacts=store_url, log=logs.append)
     assert launched.created
     stored = _stored(url, "withdata")
-    assert stored["base"]["data"] == {**stored["base"]["data"], "file": "flight.npz", "file_sha256": sha(blob(seed=3))}
-    key = datasets.dataset_key(sha(blob(seed=3)))
+    assert stored["base"]["data"] == {**stored["base"]["data"], "file": "flight.npz", "file_sha256": sha(trajectories(seed=3))}
+    key = datasets.dataset_key(sha(trajectories(seed=3)))
     held = s3_objects(store_url) if store_url.startswith("s3://") else {key: (Path(store_url) / key).read_bytes()}
-    assert held[key] == blob(seed=3)
+    assert held[key] == trajectories(seed=3)
     assert any("is in the artifact store" in m for m in logs)
     if store_url.startswith("s3://"):
         assert any(f"dlnn work withdata --storage {url} --artifacts {store_url}" in m for m in logs)
 
     from workers.service import format_status, status
 
-    assert f"data: flight.npz (sha256 {sha(blob(seed=3))})" in format_status(status(url, "withdata"))
+    assert f"data: flight.npz (sha256 {sha(trajectories(seed=3))})" in format_status(status(url, "withdata"))
 
     # the same file again: nothing changes
     again = launch(load_spec(_spec(tmp_path, "flight.npz")), url, artifacts=store_url, log=lambda m: None)
     assert not again.created and "nothing changed" in again.message
 
     # the file changed after launch: refused, with both hashes and the way out
-    Path("flight.npz").write_bytes(blob(seed=4))
+    Path("flight.npz").write_bytes(trajectories(seed=4))
     with pytest.raises(UsageError) as info:
         launch(load_spec(_spec(tmp_path, "flight.npz")), url, artifacts=store_url, log=lambda m: None)
     text = str(info.value)
-    assert sha(blob(seed=3)) in text and sha(blob(seed=4)) in text and "--name withdata-v2" in text and "--update" in text
-    assert _stored(url, "withdata")["base"]["data"]["file_sha256"] == sha(blob(seed=3))
+    assert sha(trajectories(seed=3)) in text and sha(trajectories(seed=4)) in text and "--name withdata-v2" in text and "--update" in text
+    assert _stored(url, "withdata")["base"]["data"]["file_sha256"] == sha(trajectories(seed=3))
 
     # --update while no trial has started: the new bytes are published and pinned
     updated = launch(load_spec(_spec(tmp_path, "flight.npz")), url, artifacts=store_url, update=True, log=lambda m: None)
-    assert "data:" in updated.message and sha(blob(seed=4)) in updated.message
-    assert _stored(url, "withdata")["base"]["data"]["file_sha256"] == sha(blob(seed=4))
-    assert datasets.fetch(open_store(store_url), sha(blob(seed=4)), tmp_path / "c").read_bytes() == blob(seed=4)
+    assert "data:" in updated.message and sha(trajectories(seed=4)) in updated.message
+    assert _stored(url, "withdata")["base"]["data"]["file_sha256"] == sha(trajectories(seed=4))
+    assert datasets.fetch(open_store(store_url), sha(trajectories(seed=4)), tmp_path / "c").read_bytes() == trajectories(seed=4)
 
     # once a trial has run, the data of the study never changes
     study = optuna.load_study(study_name="withdata", storage=url)
     trial = study.ask()
     study.tell(trial, 1.0)
-    Path("flight.npz").write_bytes(blob(seed=5))
+    Path("flight.npz").write_bytes(trajectories(seed=5))
     with pytest.raises(UsageError, match="1 of its trials already ran"):
         launch(load_spec(_spec(tmp_path, "flight.npz")), url, artifacts=store_url, update=True, log=lambda m: None)
-    assert _stored(url, "withdata")["base"]["data"]["file_sha256"] == sha(blob(seed=4))
+    assert _stored(url, "withdata")["base"]["data"]["file_sha256"] == sha(trajectories(seed=4))
 
 
 def test_launch_refuses_what_it_cannot_pin_and_creates_nothing(tmp_path, monkeypatch, data_file_field):
@@ -368,22 +386,22 @@ def test_launch_refuses_what_it_cannot_pin_and_creates_nothing(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     url = f"sqlite:///{tmp_path / 'dlnn.db'}"
     art = str(tmp_path / "art")
-    with pytest.raises(UsageError, match="no such file here"):
+    with pytest.raises(UsageError, match="base.data.file: nope.npz: no such file"):  # the spec's check, before launch
         launch(load_spec(_spec(tmp_path, "nope.npz")), url, artifacts=art, log=lambda m: None)
-    Path("d.npz").write_bytes(blob(seed=6))
+    Path("d.npz").write_bytes(trajectories(seed=6))
     with pytest.raises(UsageError, match="pins data.file_sha256"):
         launch(load_spec(_spec(tmp_path, "d.npz", sha256=sha(b"other"))), url, artifacts=art, log=lambda m: None)
     with pytest.raises(UsageError, match="--artifacts"):
         launch(load_spec(_spec(tmp_path, "d.npz")), url, artifacts=None, log=lambda m: None)
     Path("d.npz").unlink()
     with pytest.raises(datasets.DatasetMissing, match="does not hold its pinned bytes"):  # pinned, not here, not in the store
-        launch(load_spec(_spec(tmp_path, "d.npz", sha256=sha(blob(seed=6)))), url, artifacts=art, log=lambda m: None)
+        launch(load_spec(_spec(tmp_path, "d.npz", sha256=sha(trajectories(seed=6)))), url, artifacts=art, log=lambda m: None)
     assert optuna.get_all_study_names(storage=url) == []
     # a pinned spec launches from a host without the file once the store holds its bytes
     src = tmp_path / "elsewhere.npz"
-    src.write_bytes(blob(seed=6))
+    src.write_bytes(trajectories(seed=6))
     datasets.publish(open_store(art), src)
-    assert launch(load_spec(_spec(tmp_path, "d.npz", sha256=sha(blob(seed=6)))), url, artifacts=art, log=lambda m: None).created
+    assert launch(load_spec(_spec(tmp_path, "d.npz", sha256=sha(trajectories(seed=6)))), url, artifacts=art, log=lambda m: None).created
 
 
 # ----------------------------------------------------------------------------- workers, export, train
@@ -416,14 +434,14 @@ def test_workers_train_on_the_pinned_bytes_and_export_carries_the_hash(store_url
     launch_dir.mkdir()
     worker_dir.mkdir()
     url = f"sqlite:///{tmp_path / 'dlnn.db'}"
-    data = blob(seed=7)
+    data = trajectories(seed=7)
     (launch_dir / "flight.npz").write_bytes(data)
     monkeypatch.chdir(launch_dir)
     launch(load_spec(_spec(tmp_path, "flight.npz")), url, artifacts=store_url, log=lambda m: None)
 
     # another host: a file of the same name holds other bytes; the worker never uses it
     monkeypatch.chdir(worker_dir)
-    (worker_dir / "flight.npz").write_bytes(blob(seed=8))
+    (worker_dir / "flight.npz").write_bytes(trajectories(seed=8))
     seen = []
     cache = tmp_path / "worker-cache"
     logs = []
@@ -482,13 +500,13 @@ def test_a_worker_without_the_bytes_stops_at_once_and_says_which(tmp_path, monke
 
     monkeypatch.chdir(tmp_path)
     url = f"sqlite:///{tmp_path / 'dlnn.db'}"
-    Path("flight.npz").write_bytes(blob(seed=9))
+    Path("flight.npz").write_bytes(trajectories(seed=9))
     launch(load_spec(_spec(tmp_path, "flight.npz")), url, artifacts=str(tmp_path / "art"), log=lambda m: None)
-    Path("flight.npz").write_bytes(blob(seed=10))
+    Path("flight.npz").write_bytes(trajectories(seed=10))
     with pytest.raises(datasets.DatasetMissing) as info:  # another store: not there; the local file: other bytes
         run_worker(url, "withdata", fit_fn=fake_fit(), install_signals=False, artifacts=str(tmp_path / "other-art"),
                    log=lambda m: None, data_cache=tmp_path / "c")
-    assert sha(blob(seed=9)) in str(info.value) and "other-art" in str(info.value)
+    assert sha(trajectories(seed=9)) in str(info.value) and "other-art" in str(info.value)
     assert optuna.load_study(study_name="withdata", storage=url).trials == []
 
 

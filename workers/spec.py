@@ -170,16 +170,13 @@ def load_spec(path: str | Path) -> StudySpec:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(str(path), [f"malformed TOML: {exc}"]) from None
-    data = raw.get("base", {}).get("data") if isinstance(raw.get("base"), dict) else None
-    if isinstance(data, dict) and isinstance(data.get("file"), str) and data["file"] and not Path(data["file"]).is_absolute():
-        data["file"] = str((path.parent / data["file"]).resolve())  # a data file is named relative to its spec
     return parse_spec(raw, source=str(path), default_name=path.stem)
 
 
 def parse_spec(raw: Mapping[str, Any], source: str = "spec", default_name: str | None = None, check_files: bool = True) -> StudySpec:
     """Validate a parsed spec (a TOML document or the copy stored on a study). `check_files`:
-    read a `base.data.file` and check it (and pin its sha256 into the spec); the copy stored on a
-    study was checked at launch, and reading it back must not need the file."""
+    read a `base.data.file` and check its content; the copy stored on a study was checked at
+    launch, and reading it back must not need the file."""
     v = _Validator(check_files)
     spec = v.run(dict(raw), default_name)
     if v.problems:
@@ -274,7 +271,7 @@ class _Validator:
             except ConfigError as exc:
                 self.err(f"space: the fixed values together are invalid: {exc}")
         if base is not None and base.data.file:
-            base = self.data_file(raw, base, metrics, space)
+            base = self.data_file(base, metrics, space)
         sampler, sampler_options = self.sampler(tables["sampler"], metrics, space)
         epochs = base.epochs if base is not None else 1
         pruner, pruner_options = self.pruner(tables["pruner"], metrics, epochs)
@@ -290,10 +287,11 @@ class _Validator:
             base=base, space=tuple(space), baselines=tuple(baselines), raw=raw,
         )
 
-    def data_file(self, raw: dict, base: TrainConfig, metrics: tuple[str, ...], space: list[Param]) -> TrainConfig:
+    def data_file(self, base: TrainConfig, metrics: tuple[str, ...], space: list[Param]) -> TrainConfig:
         """A spec on a data file: objectives the file can give, the file itself (read and checked
-        with the largest searched batch and Savitzky–Golay window), and its sha256 pinned into the
-        stored spec, so workers refuse a file that changed after launch."""
+        with the largest searched batch and Savitzky–Golay window; a relative path from the working
+        directory, as `launch` reads it). `launch` then pins its sha256 and publishes the bytes
+        (service.pin_data); a pinned file that is not here is not read (its bytes are in the store)."""
         for m in metrics:
             if m in NEEDS_SYSTEM:
                 self.err(f"objective: {m} needs the true system's equations, which base.data.file does not give; "
@@ -302,20 +300,16 @@ class _Validator:
                 self.err(f"objective: {m} needs an ood split, and base.data.file_split gives none (its ood fraction is 0)")
         if not self.check_files or self.problems:
             return base
-        if base.data.file_sha256 and not Path(base.data.file).is_file():
-            return base  # pinned bytes that live in the artifact store (refine, verify): checked when first launched
+        pinned, local = base.data.file_sha256, Path(base.data.file)
+        if pinned and not (local.is_file() and datafiles.file_sha256(local) == pinned):
+            return base  # pinned bytes from the artifact store (refine, verify, another host): checked when first pinned
         by_key = {p.key: p for p in space}
         extremes = {key: _extreme(by_key[key], max) for key in ("batch_size", "data.savgol_window") if key in by_key}
         try:
-            checked = base.with_flat({k: v for k, v in extremes.items() if v is not None})
-            tf = datafiles.check_train_config(checked)
+            datafiles.check_train_config(base.with_flat({k: v for k, v in extremes.items() if v is not None}))
         except ConfigError as exc:
             self.err(f"base.{exc.field}: {_config_message(exc)}")
-            return base
-        data = raw.get("base", {}).get("data")
-        if isinstance(data, dict) and "file" in data:
-            data["file_sha256"] = tf.sha256
-        return base.with_flat({"data.file_sha256": tf.sha256})
+        return base
 
     def study(self, t: dict, default_name: str | None) -> tuple[str, str]:
         name = t.get("name", default_name)
