@@ -257,7 +257,8 @@ def generate(cfg: DataConfig, seed: int) -> Splits:
 
 
 def cache_key(cfg: DataConfig, seed: int) -> str:
-    config = {k: v for k, v in cfg.to_dict().items() if not (k == "declared" and v is None)}  # keys from before the field stay valid
+    unset = {"declared": None, "file": "", "file_sha256": "", "file_split": DEFAULT_SPLIT}
+    config = {k: v for k, v in cfg.to_dict().items() if not (k in unset and v == unset[k])}  # keys from before these fields stay valid
     payload = json.dumps({"config": config, "seed": seed, "version": CACHE_VERSION}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
