@@ -10,7 +10,7 @@ import time
 
 import psycopg2
 import pytest
-from service_support import pg_url, spawn, tiny_spec, write_spec  # noqa: F401 (fixture)
+from service_support import PG_ADMIN, pg_url, spawn, tiny_spec, write_spec  # noqa: F401 (fixture)
 
 from workers.service import launch
 from workers.spec import load_spec
@@ -81,3 +81,78 @@ def test_a_training_worker_holds_one_connection(pg_url, tmp_path):
           f"max {max(training)}; peak over the run {peak} ({len(sampler.samples)} samples)")
     assert max(training) <= WORKERS + 1, sorted(set(training))
     assert peak <= 2 * WORKERS
+
+
+@pytest.fixture
+def limited_role(pg_url):
+    """A role that may hold 2 connections (CONNECTION LIMIT: the same refusal, SQLSTATE 53300, as a full
+    server, without filling the shared one) and owns the test database; yields its URL."""
+    import uuid
+
+    role = f"dlnn_limited_{uuid.uuid4().hex[:8]}"
+    base, _, db = pg_url.rpartition("/")
+    admin = psycopg2.connect(base.replace("postgresql+psycopg2://", "postgresql://") + "/postgres")
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE ROLE "{role}" LOGIN CONNECTION LIMIT 2')
+        cur.execute(f'ALTER DATABASE "{db}" OWNER TO "{role}"')
+    try:
+        yield f"postgresql://{role}@127.0.0.1:5432/{db}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+            cur.execute(f'DROP ROLE IF EXISTS "{role}"')
+        admin.close()
+
+
+def _release_later(conn, after_s: float) -> threading.Thread:
+    thread = threading.Timer(after_s, conn.close)
+    thread.start()
+    return thread
+
+
+def test_a_full_server_makes_new_connections_wait_not_fail(limited_role, tmp_path, monkeypatch):
+    """A worker meets a full server when it starts, when it creates a trial (the budget lock's
+    connection) or when its connection is replaced: each waits for a free slot; only after
+    FULL_SERVER_PATIENCE_S is it an error, and then a connection error (a transient outage to the
+    worker, which retries), not a failure of the trial."""
+    from sqlalchemy import text
+
+    from workers import storage as st
+
+    url = limited_role
+    launch(load_spec(write_spec(tmp_path, tiny_spec())), url, log=lambda m: None)
+    blockers = [psycopg2.connect(url) for _ in range(2)]  # the role's slots are full
+    t0 = time.monotonic()
+    timer = _release_later(blockers.pop(), 1.5)
+    storage = st.open_storage(url, worker=True, heartbeat_interval=1, grace_period=3)
+    timer.join()
+    assert time.monotonic() - t0 >= 1.4  # it waited for the slot instead of failing
+    try:
+        study_id = storage.get_study_id_from_name("tiny")  # the pooled connection: full again
+        admin = psycopg2.connect(PG_ADMIN)  # a superuser: not held to the role's limit
+        try:
+            with admin.cursor() as cur:
+                cur.execute("SELECT application_name FROM pg_stat_activity WHERE datname = %s", (url.rsplit("/", 1)[1],))
+                names = sorted(r[0] for r in cur.fetchall())
+        finally:
+            admin.close()
+        assert len(names) == 2 and any(n.startswith("dlnn worker ") for n in names), names  # its one, and the blocker
+        t0 = time.monotonic()
+        timer = _release_later(blockers.pop(), 1.5)
+        with st.study_lock(storage, study_id) as conn:  # the budget lock's connection waits too
+            assert st.budget_counts(conn, study_id)[0] == 0
+            assert conn.execute(text("SELECT current_setting('application_name')")).scalar().startswith("dlnn worker budget-lock")
+        timer.join()
+        assert time.monotonic() - t0 >= 1.4
+
+        blockers.append(psycopg2.connect(url))  # full again, and nobody leaves
+        monkeypatch.setattr(st, "FULL_SERVER_PATIENCE_S", 0.5)
+        with pytest.raises(Exception) as failed:
+            with st.study_lock(storage, study_id):
+                pass
+        assert st.is_connection_error(failed.value) and st._server_full(failed.value)
+    finally:
+        st.close_storage(storage)
+        for conn in blockers:
+            conn.close()

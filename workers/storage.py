@@ -205,9 +205,9 @@ def _server_full(exc: BaseException) -> bool:
     return any(m in text for m in ("too many clients", "too many connections", "connection slots are reserved"))
 
 
-def _wait_for_a_slot(engine: sqlalchemy.engine.Engine, role: str, patience_s: float = FULL_SERVER_PATIENCE_S) -> None:
+def _wait_for_a_slot(engine: sqlalchemy.engine.Engine, role: str) -> None:
     """A new connection to a full server waits for a free slot (retried with jittered back-off for
-    `patience_s`) instead of failing the call that needed it: a worker that meets a full server
+    FULL_SERVER_PATIENCE_S) instead of failing the call that needed it: a worker that meets a full server
     mid-trial, when its connection is recycled or its heartbeat reconnects, keeps its trial. After
     that the error is a connection error like any outage (see `is_connection_error`). Every
     connection is named in pg_stat_activity.application_name by role, host and pid, unless the URL
@@ -217,7 +217,7 @@ def _wait_for_a_slot(engine: sqlalchemy.engine.Engine, role: str, patience_s: fl
     @sqlalchemy.event.listens_for(engine, "do_connect")
     def _connect(dialect, _record, cargs, cparams):
         cparams.setdefault("application_name", name)
-        deadline = time.monotonic() + patience_s
+        deadline = time.monotonic() + FULL_SERVER_PATIENCE_S
         delay = 0.25
         while True:
             try:
