@@ -49,7 +49,7 @@ def test_interpolation_rules():
 
 def test_every_service_and_volume(compose):
     assert set(compose["services"]) == {"postgres", "launch", "worker", "worker-cpu", "dashboard"}
-    assert set(compose["volumes"]) == {"pgdata", "artifacts"}
+    assert set(compose["volumes"]) == {"pgdata", "artifacts", "gpu-slots"}
     assert compose["name"] == "dlnn-studies"
 
 
@@ -92,6 +92,9 @@ def test_gpu_worker_reserves_the_gpus_and_the_cpu_worker_is_a_profile(compose):
     assert "deploy" not in services["worker-cpu"]
     assert services["worker-cpu"]["command"] == services["worker"]["command"] + ["--device", "cpu"]
     assert service_env(services["worker"])["WORKERS_PER_GPU"] == "1"
+    # Slot locks are file locks on a volume every worker container of the host shares: no database connection.
+    assert "gpu-slots:/gpu-slots" in services["worker"]["volumes"]
+    assert service_env(services["worker"])["DLNN_GPU_LOCK_DIR"] == "/gpu-slots"
     assert read_env_file()["COMPOSE_PROFILES"] == "gpu"
     for name, service in services.items():
         if name not in ("worker", "worker-cpu"):
@@ -249,7 +252,7 @@ class Topology:
         self.container_port, self.host_port = 8080, _free_port()
 
     def local(self, text: str) -> str:
-        for volume in ("/data",):
+        for volume in ("/data", "/gpu-slots"):
             text = re.sub(rf"(?<![\w/]){volume}(?=/|$)", str(self.tmp / volume.strip("/")), text)
         return re.sub(r"(?<![\w/])/app(?=/|$)", str(REPO), text)
 

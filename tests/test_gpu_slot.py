@@ -173,3 +173,56 @@ def test_settings_and_parsing():
         gpu_slot.list_gpus({"DLNN_GPU_COUNT": "-1"})
     keys = {gpu_slot.slot_key(g, s, "h") for g, s in gpu_slot.slot_order([Gpu(i) for i in range(8)], 4)}
     assert len(keys) == 32 and all(-(1 << 63) <= k < (1 << 63) for k in keys)
+
+
+# --------------------------------------------------------------------- file locks (DLNN_GPU_LOCK_DIR)
+
+
+def test_file_locks_spread_over_gpus_and_a_full_host_finds_none(tmp_path, claims):
+    """The compose workers' form: flocks in a directory the host's workers share, no database connection."""
+    lock_dir = str(tmp_path / "slots")
+    gpus = [Gpu(0), Gpu(1)]
+    for _ in range(4):
+        claims.append(gpu_slot.claim_slot_file(lock_dir, gpus, per_gpu=2, wait_s=0))
+    assert [(c.gpu.index, c.slot) for c in claims] == [(0, 0), (1, 0), (0, 1), (1, 1)]
+    with pytest.raises(SlotError, match="all 4 GPU slots are taken"):
+        gpu_slot.claim_slot_file(lock_dir, gpus, per_gpu=2, wait_s=0)
+    assert set(gpu_slot.file_slots_in_use(lock_dir, gpus, 2)) == {(0, 0), (1, 0), (0, 1), (1, 1)}
+    claims.pop(1).release()
+    assert set(gpu_slot.file_slots_in_use(lock_dir, gpus, 2)) == {(0, 0), (0, 1), (1, 1)}
+    claims.append(gpu_slot.claim_slot_file(lock_dir, gpus, per_gpu=2, wait_s=0))
+    assert (claims[-1].gpu.index, claims[-1].slot) == (1, 0)
+
+
+def test_a_killed_workers_file_lock_frees_its_slot(tmp_path, claims):
+    """SIGKILL leaves no chance to clean up: the kernel drops the flock with the process."""
+    lock_dir = str(tmp_path / "slots")
+    env = {**os.environ, "DLNN_GPU_COUNT": "1", "DLNN_GPU_LOCK_DIR": lock_dir}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    code = ("import importlib.util, os, sys, time; "
+            f"spec = importlib.util.spec_from_file_location('gpu_slot', {str(REPO / 'workers' / 'gpu_slot.py')!r}); "
+            "m = importlib.util.module_from_spec(spec); sys.modules['gpu_slot'] = m; spec.loader.exec_module(m); "
+            "m.claim_gpu_slot('sqlite:///unused.db'); print(os.environ['CUDA_VISIBLE_DEVICES'], flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "0"
+        assert list(gpu_slot.file_slots_in_use(lock_dir, [Gpu(0)]).values()) == [f"{os.uname().nodename} pid {proc.pid}"]
+        with pytest.raises(SlotError):
+            gpu_slot.claim_slot_file(lock_dir, [Gpu(0)], wait_s=0)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        claims.append(gpu_slot.claim_slot_file(lock_dir, [Gpu(0)], wait_s=5, poll_s=0.1))
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_claim_gpu_slot_with_a_lock_dir_needs_no_postgresql(tmp_path, claims):
+    env = {"DLNN_GPU_COUNT": "2", "DLNN_GPU_LOCK_DIR": str(tmp_path / "slots")}
+    claim = claim_gpu_slot("grpc://127.0.0.1:1", env=env)
+    claims.append(claim)
+    assert isinstance(claim, gpu_slot.FileSlotClaim) and env["CUDA_VISIBLE_DEVICES"] == "0"
+    other = {**env}
+    del other["CUDA_VISIBLE_DEVICES"]
+    claims.append(claim_gpu_slot(f"sqlite:///{tmp_path}/x.db", env=other))
+    assert other["CUDA_VISIBLE_DEVICES"] == "1"

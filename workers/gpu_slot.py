@@ -1,14 +1,21 @@
 """GPU slot claiming: every worker picks a free (GPU, slot) itself, so `--scale worker=N` uses all GPUs.
 
 Compose hands every replica the same device reservation, so the worker containers see all GPUs and each
-worker takes a PostgreSQL advisory lock per (GPU, slot) on a session it keeps open for its lifetime, then
-sets CUDA_VISIBLE_DEVICES before torch starts CUDA. When a worker dies its session ends and PostgreSQL
-frees the slot for the next worker. This module must not import torch (or dlnn_core, which does).
+worker takes a lock per (GPU, slot) that it holds for its lifetime, then sets CUDA_VISIBLE_DEVICES before
+torch starts CUDA. When a worker dies its lock goes with it and the slot is free for the next worker. The
+lock is one of:
+- a file lock (flock) in DLNN_GPU_LOCK_DIR, a directory every worker on the host shares (compose: the
+  host-local `gpu-slots` volume). It costs no database connection, and the kernel drops it when the
+  process dies, however it dies. It must be local to the host (not NFS): the GPUs are the host's.
+- else a PostgreSQL advisory lock on a session kept open for the worker's lifetime (one more database
+  connection per GPU worker); it works across hosts and containers without a shared directory.
+This module must not import torch (or dlnn_core, which does).
 
 Environment (all optional):
   WORKERS_PER_GPU       slots per GPU (default 1); small DLNNs leave a GPU mostly idle, so 2-4 pays.
   DLNN_GPU_COUNT        number of GPUs; default: `nvidia-smi`, else the /dev/nvidiaN device files.
   DLNN_GPU_SLOTS        "off" disables claiming (Kubernetes: the device plugin already assigns GPUs).
+  DLNN_GPU_LOCK_DIR     directory for file locks, shared by the workers of one host; default: PostgreSQL.
   DLNN_GPU_LOCK_URL     PostgreSQL URL for the locks when DLNN_STORAGE is not PostgreSQL (gRPC proxy).
   DLNN_GPU_HOST         lock namespace when GPU UUIDs are unknown (set one per host on multi-host setups).
   DLNN_GPU_SLOT_WAIT    seconds to wait for a free slot; empty = forever, 0 = fail at once.
@@ -16,12 +23,14 @@ Environment (all optional):
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import logging
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -60,10 +69,11 @@ class Settings:
     namespace: str = "default"
     wait_s: float | None = None
     enabled: bool = True
+    lock_dir: str | None = None  # file locks here; None: PostgreSQL advisory locks
 
 
 def settings_from_env(env: Mapping[str, str] = os.environ) -> Settings:
-    """Read and validate WORKERS_PER_GPU, DLNN_GPU_HOST, DLNN_GPU_SLOT_WAIT, DLNN_GPU_SLOTS."""
+    """Read and validate WORKERS_PER_GPU, DLNN_GPU_HOST, DLNN_GPU_SLOT_WAIT, DLNN_GPU_SLOTS, DLNN_GPU_LOCK_DIR."""
     per_gpu = _positive_int(env, "WORKERS_PER_GPU", default=1)
     wait_raw = env.get("DLNN_GPU_SLOT_WAIT", "").strip()
     try:
@@ -73,7 +83,8 @@ def settings_from_env(env: Mapping[str, str] = os.environ) -> Settings:
     if wait_s is not None and wait_s < 0:
         raise SlotError(f"DLNN_GPU_SLOT_WAIT: {wait_raw!r} is not allowed; expected seconds >= 0 or empty")
     enabled = env.get("DLNN_GPU_SLOTS", "on").strip().lower() not in OFF_VALUES
-    return Settings(per_gpu, env.get("DLNN_GPU_HOST", "").strip() or "default", wait_s, enabled)
+    lock_dir = env.get("DLNN_GPU_LOCK_DIR", "").strip() or None
+    return Settings(per_gpu, env.get("DLNN_GPU_HOST", "").strip() or "default", wait_s, enabled, lock_dir)
 
 
 def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -250,16 +261,110 @@ def claim_slot(dsn: str, gpus: list[Gpu], per_gpu: int = 1, namespace: str = "de
         time.sleep(poll_s if deadline is None else max(0.0, min(poll_s, deadline - time.monotonic())))
 
 
-_held: list[SlotClaim] = []  # keeps the claim (and its session) alive for the life of the process
+class FileSlotClaim:
+    """A held (GPU, slot) as an flock on a file in a directory the host's workers share: the kernel
+    releases it when the process exits or is killed, so a dead worker's slot frees itself, and it
+    holds no database connection. (A child forked without exec inherits the lock until it exits.)"""
+
+    def __init__(self, path: str, gpu: Gpu, slot: int, key: int, fd: int):
+        self.path, self.gpu, self.slot, self.key = path, gpu, slot, key
+        self._fd: int | None = fd
+
+    def __repr__(self) -> str:
+        return f"FileSlotClaim(gpu={self.gpu.index}, slot={self.slot}, visible={self.gpu.visible_id!r}, path={self.path!r})"
+
+    def release(self) -> None:
+        """Give the slot back now (normally the process exit does it)."""
+        if self._fd is not None:
+            os.close(self._fd)  # closing the only descriptor drops the flock
+            self._fd = None
+
+
+def slot_file(directory: str, key: int) -> str:
+    return os.path.join(directory, f"gpu-slot-{key & 0xFFFFFFFFFFFFFFFF:016x}.lock")
+
+
+def _try_flock(path: str) -> int | None:
+    """The open descriptor holding an exclusive flock on `path`, or None if another process holds it."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def claim_slot_file(directory: str, gpus: list[Gpu], per_gpu: int = 1, namespace: str = "default",
+                    wait_s: float | None = None, poll_s: float = 10.0) -> FileSlotClaim:
+    """Take the first free (GPU, slot) as an flock on its file in `directory` (created if missing).
+
+    Waits for a slot to free up for `wait_s` seconds (None: forever), then raises."""
+    if not gpus:
+        raise SlotError("no GPUs to claim a slot on")
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as exc:
+        raise SlotError(f"DLNN_GPU_LOCK_DIR: cannot create {directory!r} for the slot locks: {exc}") from None
+    order = slot_order(gpus, per_gpu)
+    deadline = None if wait_s is None else time.monotonic() + wait_s
+    told = False
+    while True:
+        for gpu, slot in order:
+            key = slot_key(gpu, slot, namespace)
+            path = slot_file(directory, key)
+            try:
+                fd = _try_flock(path)
+            except OSError as exc:
+                raise SlotError(f"DLNN_GPU_LOCK_DIR: cannot lock {path!r}: {exc}") from None
+            if fd is not None:
+                with contextlib.suppress(OSError):  # who holds it, for `python -m workers.gpu_slot`
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, f"{socket.gethostname()} pid {os.getpid()}\n".encode(), 0)
+                return FileSlotClaim(path, gpu, slot, key, fd)
+        if deadline is not None and time.monotonic() >= deadline:
+            raise SlotError(f"all {len(order)} GPU slots are taken ({len(gpus)} GPUs x WORKERS_PER_GPU={per_gpu}); "
+                            "stop a worker, raise WORKERS_PER_GPU, or scale down")
+        if not told:
+            log.warning("all %d GPU slots are taken (%d GPUs x WORKERS_PER_GPU=%d); waiting for one to free up",
+                        len(order), len(gpus), per_gpu)
+            told = True
+        time.sleep(poll_s if deadline is None else max(0.0, min(poll_s, deadline - time.monotonic())))
+
+
+def file_slots_in_use(directory: str, gpus: list[Gpu], per_gpu: int = 1, namespace: str = "default") -> dict[tuple[int, int], str]:
+    """{(GPU index, slot): holder} for the slots whose file lock is held now."""
+    held = {}
+    for gpu, slot in slot_order(gpus, per_gpu):
+        path = slot_file(directory, slot_key(gpu, slot, namespace))
+        if not os.path.exists(path):
+            continue
+        fd = _try_flock(path)
+        if fd is not None:
+            os.close(fd)
+            continue
+        with contextlib.suppress(OSError), open(path) as handle:
+            held[(gpu.index, slot)] = handle.read().strip() or "?"
+        held.setdefault((gpu.index, slot), "?")
+    return held
+
+
+_held: list[SlotClaim | FileSlotClaim] = []  # keeps the claim (its session or file) alive for the life of the process
 
 
 def claim_gpu_slot(storage_url: str | None = None, device: str = "auto",
-                   env: MutableMapping[str, str] = os.environ) -> SlotClaim | None:
+                   env: MutableMapping[str, str] = os.environ) -> SlotClaim | FileSlotClaim | None:
     """The one call `dlnn work` makes before torch touches CUDA: claim a slot and pin CUDA_VISIBLE_DEVICES.
 
     A no-op (returns None) for CPU workers, an explicit `cuda:K` device, an already set CUDA_VISIBLE_DEVICES,
-    DLNN_GPU_SLOTS=off, or a host without GPUs. Storage other than PostgreSQL cannot hold the locks: with one
-    slot in all that is fine, with more it needs DLNN_GPU_LOCK_URL (SlotError otherwise)."""
+    DLNN_GPU_SLOTS=off, or a host without GPUs. With DLNN_GPU_LOCK_DIR the lock is a file lock there;
+    otherwise storage other than PostgreSQL cannot hold the locks: with one slot in all that is fine, with
+    more it needs DLNN_GPU_LOCK_URL or DLNN_GPU_LOCK_DIR (SlotError otherwise)."""
     device = (device or "auto").strip().lower()
     settings = settings_from_env(env)
     if not settings.enabled or device == "cpu" or re.fullmatch(r"cuda:\d+", device) or "CUDA_VISIBLE_DEVICES" in env:
@@ -270,13 +375,17 @@ def claim_gpu_slot(storage_url: str | None = None, device: str = "auto",
     gpus = list_gpus(env)
     if not gpus:
         return None
-    dsn = lock_url(storage_url, env)
-    if dsn is None:
-        if len(gpus) * settings.per_gpu == 1:
-            return None
-        raise SlotError(f"{len(gpus)} GPUs but storage {_scheme(storage_url)!r} cannot hold GPU slot locks: use "
-                        "PostgreSQL, set DLNN_GPU_LOCK_URL, pin CUDA_VISIBLE_DEVICES, or set DLNN_GPU_SLOTS=off")
-    claim = claim_slot(dsn, gpus, settings.per_gpu, settings.namespace, settings.wait_s)
+    if settings.lock_dir is not None:
+        claim = claim_slot_file(settings.lock_dir, gpus, settings.per_gpu, settings.namespace, settings.wait_s)
+    else:
+        dsn = lock_url(storage_url, env)
+        if dsn is None:
+            if len(gpus) * settings.per_gpu == 1:
+                return None
+            raise SlotError(f"{len(gpus)} GPUs but storage {_scheme(storage_url)!r} cannot hold GPU slot locks: use "
+                            "PostgreSQL, set DLNN_GPU_LOCK_DIR or DLNN_GPU_LOCK_URL, pin CUDA_VISIBLE_DEVICES, "
+                            "or set DLNN_GPU_SLOTS=off")
+        claim = claim_slot(dsn, gpus, settings.per_gpu, settings.namespace, settings.wait_s)
     env["CUDA_VISIBLE_DEVICES"] = claim.gpu.visible_id
     env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # index fallback: number GPUs as nvidia-smi does
     env["DLNN_GPU_SLOT"] = f"{claim.gpu.index}/{claim.slot}"
@@ -324,13 +433,19 @@ def main(argv: list[str] | None = None) -> int:
         if not gpus:
             print("no GPUs visible: workers here run on the CPU and claim no slot")
             return 0
-        held = slots_in_use(dsn, gpus, settings.per_gpu, settings.namespace) if dsn else {}
+        if settings.lock_dir is not None:
+            held = {k: f"held by {v}" for k, v in
+                    file_slots_in_use(settings.lock_dir, gpus, settings.per_gpu, settings.namespace).items()}
+        else:
+            held = {k: f"held by backend pid {v}" for k, v in
+                    (slots_in_use(dsn, gpus, settings.per_gpu, settings.namespace) if dsn else {}).items()}
     except SlotError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    known = dsn or settings.lock_dir
     for gpu, slot in slot_order(gpus, settings.per_gpu):
-        pid = held.get((gpu.index, slot))
-        state = f"held by backend pid {pid}" if pid else ("free" if dsn else "unknown (no PostgreSQL)")
+        holder = held.get((gpu.index, slot))
+        state = holder or ("free" if known else "unknown (no PostgreSQL)")
         print(f"GPU {gpu.index} slot {slot} ({gpu.visible_id}): {state}")
     return 0
 

@@ -1,9 +1,12 @@
 """Storage, connection pool, budget lock and artifact store: the service's side of the database.
 
 Any SQLAlchemy URL works (the default is an SQLite file in the working directory; PostgreSQL is
-the production storage), and `grpc://host:port` names an Optuna gRPC storage proxy. Connections
-are bounded (one kept per process, a few more in bursts), pre-pinged and recycled, so dozens of
-workers fit into PostgreSQL's default 100 connections and a restarted database is survived.
+the production storage), and `grpc://host:port` names an Optuna gRPC storage proxy. A worker holds
+one PostgreSQL connection while it trains (its heartbeat shares it) and opens a second one only for
+the moment of creating a trial (the budget lock), so a default server (max_connections 100, 3 of
+them reserved for superusers) holds 97 workers minus the few that create a trial at the same time.
+Connections are pre-pinged and recycled, so a restarted database is survived, and a connection
+refused because the server is full is retried for a while instead of failing (see `_wait_for_a_slot`).
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import copy
 import datetime
 import importlib.util
 import os
+import random
+import socket
 import threading
 import time
 import warnings
@@ -31,6 +36,7 @@ from .errors import UsageError
 ENV_STORAGE = "DLNN_STORAGE"
 DEFAULT_STORAGE = "sqlite:///dlnn.db"
 LOCK_NAMESPACE = 0x444C4E4E  # "DLNN": first key of PostgreSQL advisory locks taken by the service
+FULL_SERVER_PATIENCE_S = 60.0  # how long a new connection waits for a free slot on a full server
 
 _thread_lock = threading.Lock()  # serializes budget checks between threads of one worker (--jobs)
 
@@ -161,26 +167,68 @@ def is_grpc(url: str) -> bool:
     return url.startswith("grpc://")
 
 
-def engine_kwargs(url: str, jobs: int = 1) -> dict[str, Any]:
-    """A small pool: two connections kept per worker (Optuna closes its session after every call;
-    the heartbeat thread or the budget lock needs a second one at the same time), bursts for
-    --jobs threads; pre-ping and recycle so connections dropped by a restarted database or a
-    proxy are replaced instead of failing a trial. 40 workers hold 80 connections, within
-    PostgreSQL's default max_connections of 100; beyond that, put the gRPC proxy in front."""
+def engine_kwargs(url: str, jobs: int = 1, worker: bool = False) -> dict[str, Any]:
+    """The connection pool of one process.
+
+    A worker (`worker=True`) keeps one connection per --jobs thread and never opens more: its
+    heartbeat thread waits for the connection instead of opening a second one (Optuna holds a
+    connection only for the length of one storage call, and a worker has no heartbeat while it
+    creates a trial, so the wait is short). The budget lock has its own short-lived connection
+    (`lock_engine`). A training worker therefore holds 1 connection and 2 for the moment of a
+    trial's creation: a default PostgreSQL (100 connections, 3 reserved) holds about 90 workers,
+    97 once none starts a trial; past that, raise max_connections or put the gRPC proxy in front.
+    Other commands (the dashboard, status, export) keep one connection and open up to four more in
+    bursts, closed after use. Pre-ping and recycle: connections dropped by a restarted database
+    or a proxy are replaced instead of failing a trial."""
     if url.startswith("sqlite"):
         return {"connect_args": {"timeout": 120}, "pool_pre_ping": True}
+    jobs = max(1, jobs)
     return {
-        "pool_size": 2,  # kept: the trial's session and the heartbeat's (or the budget lock's)
-        "max_overflow": 1 + 2 * max(1, jobs),
+        "pool_size": jobs,  # kept: one per trial thread, shared with that trial's heartbeat
+        "max_overflow": 0 if worker else 4,
         "pool_pre_ping": True,
         "pool_recycle": 300,
         "pool_timeout": 120,
     }
 
 
+def _server_full(exc: BaseException) -> bool:
+    """PostgreSQL refused a new connection for lack of slots (SQLSTATE 53300: max_connections, the
+    superuser reserve, or a role's or database's CONNECTION LIMIT). libpq gives no code at connect
+    time, so the message says it."""
+    text = str(exc).lower()
+    return any(m in text for m in ("too many clients", "too many connections", "connection slots are reserved"))
+
+
+def _wait_for_a_slot(engine: sqlalchemy.engine.Engine, role: str) -> None:
+    """A new connection to a full server waits for a free slot (retried with jittered back-off for
+    FULL_SERVER_PATIENCE_S) instead of failing the call that needed it: a worker that meets a full server
+    mid-trial, when its connection is recycled or its heartbeat reconnects, keeps its trial. After
+    that the error is a connection error like any outage (see `is_connection_error`). Every
+    connection is named in pg_stat_activity.application_name by role, host and pid, unless the URL
+    names it."""
+    name = f"dlnn {role} {socket.gethostname()}:{os.getpid()}"[:63]
+
+    @sqlalchemy.event.listens_for(engine, "do_connect")
+    def _connect(dialect, _record, cargs, cparams):
+        cparams.setdefault("application_name", name)
+        deadline = time.monotonic() + FULL_SERVER_PATIENCE_S
+        delay = 0.25
+        while True:
+            try:
+                return dialect.connect(*cargs, **cparams)
+            except Exception as exc:
+                if not _server_full(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(min(delay * (0.5 + random.random()), max(0.0, deadline - time.monotonic())))
+                delay = min(2 * delay, 5.0)
+
+
 def open_storage(url: str, *, create_schema: bool = False, jobs: int = 1, heartbeat_interval: int | None = None,
-                 grace_period: int | None = None, stale_callback=None) -> optuna.storages.BaseStorage:
-    """An RDBStorage (or gRPC proxy) for `url`. Only `launch` creates the schema; workers never race it."""
+                 grace_period: int | None = None, stale_callback=None, worker: bool = False) -> optuna.storages.BaseStorage:
+    """An RDBStorage (or gRPC proxy) for `url`. Only `launch` creates the schema; workers never race it.
+    `worker`: the worker's pool (see `engine_kwargs`), without the schema version check (open a
+    storage without `worker` first for that; `run_worker` does)."""
     if is_grpc(url):  # a gRPC storage proxy in front of the database (workers/proxy.py), for large fleets
         from .proxy import connect
 
@@ -196,15 +244,11 @@ def open_storage(url: str, *, create_schema: bool = False, jobs: int = 1, heartb
             raise UsageError(f"{given} does not exist here ({os.path.abspath(path)}): run `dlnn launch SPEC` first, "
                              "or pass --storage / set DLNN_STORAGE")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExperimentalWarning)
-            storage = ServiceRDBStorage(
-                url, engine_kwargs=engine_kwargs(url, jobs), skip_table_creation=not create_schema,
-                heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                heartbeat_stale_trial_callback=stale_callback,
-            )
+        storage = _connect_storage(url, create_schema, jobs, worker, heartbeat_interval, grace_period, stale_callback)
         if url.startswith("sqlite"):
             _tune_sqlite(storage.engine)
+        else:
+            _open_lock_engine(storage, "worker" if worker else "command")
         return storage
     except ImportError as exc:
         raise UsageError(f"--storage {redact(given)!r}: the database driver is not installed ({exc.__cause__ or exc})") from None
@@ -221,6 +265,31 @@ def open_storage(url: str, *, create_schema: bool = False, jobs: int = 1, heartb
         raise UsageError(f"storage {redact(given)}: {exc}") from None
 
 
+def _connect_storage(url, create_schema, jobs, worker, heartbeat_interval, grace_period, stale_callback) -> ServiceRDBStorage:
+    """RDBStorage connects at once (schema and version checks): on a full server that first connect
+    waits for a slot as later ones do (`_wait_for_a_slot`), so a worker started into a full server
+    waits instead of exiting."""
+    deadline = time.monotonic() + FULL_SERVER_PATIENCE_S
+    delay = 0.25
+    while True:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                return ServiceRDBStorage(
+                    url, engine_kwargs=engine_kwargs(url, jobs, worker), skip_table_creation=not create_schema,
+                    heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                    heartbeat_stale_trial_callback=stale_callback,
+                    # Optuna's schema check holds two connections at once, more than a worker's pool:
+                    # the worker checks the schema first with a command storage (run_worker's probe).
+                    skip_compatibility_check=worker,
+                )
+        except (sa_exc.OperationalError, optuna.exceptions.StorageInternalError) as exc:
+            if not _server_full(_reason(exc)) or time.monotonic() >= deadline:
+                raise
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(2 * delay, 5.0)
+
+
 def _tune_sqlite(engine: sqlalchemy.engine.Engine) -> None:
     """WAL journal (readers never block the writer; persistent in the file) and synchronous=NORMAL
     (no fsync per commit): the embedded default stays usable with a few local worker processes."""
@@ -235,14 +304,26 @@ def _tune_sqlite(engine: sqlalchemy.engine.Engine) -> None:
     engine.dispose()  # connections made while creating the schema predate the listener
 
 
+def _open_lock_engine(storage: ServiceRDBStorage, role: str) -> None:
+    """The budget lock's engine: no pool, so its connection exists only while a trial is created
+    (the lock and the budget count run on it while Optuna creates the trial on the storage's own
+    connection). Kept as a second pool slot it would double what a training worker holds."""
+    storage.lock_engine = sqlalchemy.create_engine(storage.engine.url, poolclass=sqlalchemy.pool.NullPool)
+    if storage.engine.dialect.name == "postgresql":
+        # After RDBStorage's own connects (schema and version checks) the retrying connect applies to all.
+        _wait_for_a_slot(storage.engine, role)
+        _wait_for_a_slot(storage.lock_engine, f"{role} budget-lock")
+        storage.engine.dispose()  # reconnect under the listener, with the name in pg_stat_activity
+
+
 def close_storage(storage: optuna.storages.BaseStorage) -> None:
     """Give the connections back (the worker's exit path, also after a signal)."""
     backend = getattr(storage, "_backend", storage)
     with contextlib.suppress(Exception):
         backend.remove_session()
-    engine = getattr(backend, "engine", None)
-    if engine is not None:
-        engine.dispose()
+    for engine in (getattr(backend, "engine", None), getattr(backend, "lock_engine", None)):
+        if engine is not None:
+            engine.dispose()
     if hasattr(backend, "close"):
         with contextlib.suppress(Exception):
             backend.close()
@@ -266,13 +347,14 @@ def study_lock(storage: optuna.storages.BaseStorage, study_id: int) -> Iterator[
             yield None
             return
         dialect = rdb.engine.dialect.name
+        lock_engine = getattr(rdb, "lock_engine", None) or rdb.engine
         if dialect == "postgresql":
-            with rdb.engine.connect() as conn, conn.begin():
+            with lock_engine.connect() as conn, conn.begin():
                 conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:ns, :id)"), {"ns": LOCK_NAMESPACE, "id": study_id})
                 yield conn
         elif dialect == "mysql":
             name = f"dlnn-study-{study_id}"
-            with rdb.engine.connect() as conn:
+            with lock_engine.connect() as conn:
                 conn.execute(sqlalchemy.text("SELECT GET_LOCK(:n, -1)"), {"n": name})
                 try:
                     yield conn
@@ -317,12 +399,14 @@ def artifact_store(url: str | Path):
 
 
 def is_connection_error(exc: BaseException) -> bool:
-    """A lost, refused or locked database connection (worth waiting for), as opposed to a bug.
+    """A lost, refused or locked database connection (worth waiting for), as opposed to a bug; a
+    full server ("too many clients already") is an OperationalError too, and a pool that found no
+    free connection in its timeout (TimeoutError) waits on one that a hung database holds.
     Optuna wraps database errors in StorageInternalError, so the cause chain is searched."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.PendingRollbackError)):
+        if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.PendingRollbackError, sa_exc.TimeoutError)):
             return True
         if isinstance(exc, sa_exc.DBAPIError) and getattr(exc, "connection_invalidated", False):
             return True

@@ -373,7 +373,7 @@ def run_worker(url: str, name: str, *, n_trials: int | None = None, timeout: flo
         warnings.simplefilter("ignore", ExperimentalWarning)
         stale_callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=spec.max_retry)
     storage = open_storage(url, jobs=jobs, heartbeat_interval=spec.heartbeat_interval, grace_period=spec.grace_period,
-                           stale_callback=stale_callback)
+                           stale_callback=stale_callback, worker=True)
     stop = StopFlag(log=log)
     if install_signals:
         stop.install()
