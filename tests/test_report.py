@@ -126,6 +126,20 @@ def test_report_of_an_empty_and_an_all_diverged_study(storage_url, tmp_path):
     assert "| adam | 4 | 0 | 0 | 3 | 1 | 75 % |" in text
 
 
+def test_verdict_when_the_best_trial_is_a_baseline(tmp_path):
+    """The search found nothing better than the enqueued recipe: the verdict says so, rather than
+    claiming that no baseline was enqueued; with a better trial, the recipe is compared."""
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    study = _study(url, tmp_path, name="recipe")
+    _add(study, value=1e-4, baseline="published")
+    _add(study, opt="sgd", value=1e-3)
+    text = report(url, "recipe", tmp_path / "r", save_to_study=False).markdown.read_text()
+    assert "The best trial is the baseline published itself" in text and "enqueued no baseline" not in text
+    _add(study, value=1e-5)
+    text = report(url, "recipe", tmp_path / "r", save_to_study=False).markdown.read_text()
+    assert "| val_rel_mse | 1e-05 | 0.0001 | 0.1 |" in text
+
+
 def test_report_of_a_multi_objective_study(tmp_path):
     url = f"sqlite:///{tmp_path / 'm.db'}"
     extra = ""

@@ -262,20 +262,23 @@ def verdict(d: StudyData, figs: Figures, rollout_plot: Callable | None) -> list[
                      + ("none." if rule == "none" else f"rule `{rule}`; ood trajectories: {best.metrics.get('ood_trajectories', 0):.0f}; "
                         f"their states leave the training range by {best.metrics.get('ood_range_excess', 0):.3g} of its width.")))
     baselines = [r for r in d.rows if r.baseline and r.number != best.number]
-    if not baselines:
+    if baselines:
+        metrics = [m for m in best.metrics if isinstance(best.metrics.get(m), (int, float)) and m not in ("epochs",)]
+        headers = ["metric", f"best (trial {best.number})"] + [f"{b.baseline} (trial {b.number}, {b.outcome})" for b in baselines] + \
+                  [f"ratio best / {b.baseline}" for b in baselines]
+        rows = []
+        for m in metrics:
+            vals = [b.metrics.get(m) for b in baselines]
+            ratios = [(best.metrics[m] / v) if isinstance(v, (int, float)) and v not in (0,) and math.isfinite(v) else None for v in vals]
+            rows.append([m, best.metrics[m], *vals, *ratios])
+        out.append(p("Every stored metric of the best trial against the study's baselines (ratio < 1: the best is lower). "
+                     "A diverged baseline has no final metrics."))
+        out.append(table(headers, rows))
+    elif best.baseline:
+        out.append(p(f"The best trial is the baseline {best.baseline} itself: the search found nothing better, "
+                     "and the study enqueued no other baseline to compare with."))
+    else:
         out.append(p("The study enqueued no baseline to compare with (add `[[baseline]]` entries, e.g. the published recipe)."))
-        return out
-    metrics = [m for m in best.metrics if isinstance(best.metrics.get(m), (int, float)) and m not in ("epochs",)]
-    headers = ["metric", f"best (trial {best.number})"] + [f"{b.baseline} (trial {b.number}, {b.outcome})" for b in baselines] + \
-              [f"ratio best / {b.baseline}" for b in baselines]
-    rows = []
-    for m in metrics:
-        vals = [b.metrics.get(m) for b in baselines]
-        ratios = [(best.metrics[m] / v) if isinstance(v, (int, float)) and v not in (0,) and math.isfinite(v) else None for v in vals]
-        rows.append([m, best.metrics[m], *vals, *ratios])
-    out.append(p("Every stored metric of the best trial against the study's baselines (ratio < 1: the best is lower). "
-                 "A diverged baseline has no final metrics."))
-    out.append(table(headers, rows))
     if rollout_plot is not None:
         try:
             block = rollout_plot(best, baselines, figs)
