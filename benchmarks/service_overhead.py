@@ -25,7 +25,6 @@ import json
 import os
 import random
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +33,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from children import json_children  # noqa: E402
 
 SPEC = """
 [study]
@@ -300,13 +302,7 @@ def populate(url: str, name: str, n: int, seed: int = 0) -> float:
 def run_children(kind: str, url: str, name: str, workers: int, trials: int, artifacts: str) -> dict:
     cmd = [sys.executable, __file__, "--child", kind, "--url", url, "--study", name, "--trials", str(trials), "--artifacts", artifacts]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(workers)]
-    results = []
-    for p in procs:
-        out, err = p.communicate()
-        if p.returncode != 0:
-            raise RuntimeError(f"{kind} worker failed:\n{err[-3000:]}")
-        results.append(json.loads(out.strip().splitlines()[-1]))
+    results = json_children(cmd, workers, env, f"{kind} worker")
     total = sum(r["trials"] for r in results)
     return {"cpu_per_trial": sum(r["cpu_per_trial"] for r in results) / len(results), "trials": total}
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +36,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from children import json_children  # noqa: E402
 
 PARTS = ("data", "training", "evaluation", "storage in a trial", "sampling", "plots and uploads", "the rest")
 
@@ -111,13 +113,7 @@ def level(spec: str, trials: int, workers: int, folder: Path) -> dict:
     cmd = [sys.executable, __file__, "--child", url, parsed.name, str(folder / "artifacts"), str(folder / "cache"), str(threads)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     start = time.perf_counter()
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(workers)]
-    clocks = []
-    for p in procs:
-        out, err = p.communicate()
-        if p.returncode != 0:
-            raise RuntimeError(f"worker failed:\n{err[-3000:]}")
-        clocks.append(json.loads(out.strip().splitlines()[-1]))
+    clocks = json_children(cmd, workers, env)
     wall = time.perf_counter() - start
     states = defaultdict(int)
     for t in optuna.load_study(study_name=parsed.name, storage=url).get_trials(deepcopy=False):

@@ -240,18 +240,32 @@ def claim_slot(dsn: str, gpus: list[Gpu], per_gpu: int = 1, namespace: str = "de
         conn = _connect(dsn)
     except psycopg2.Error as exc:
         raise SlotError(f"GPU slots: cannot connect to PostgreSQL for the slot locks: {exc}".strip()) from exc
+
+    def take(gpu: Gpu, slot: int) -> SlotClaim | None:
+        key = slot_key(gpu, slot, namespace)
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_try_advisory_lock(%s)", (key,))
+            return SlotClaim(dsn, gpu, slot, key, conn, keepalive_s) if cur.fetchone()[0] else None
+
+    try:
+        return _first_free(take, gpus, per_gpu, wait_s, poll_s)
+    except SlotError:
+        conn.close()
+        raise
+
+
+def _first_free(take, gpus: list[Gpu], per_gpu: int, wait_s: float | None, poll_s: float):
+    """Try `take(gpu, slot)` on every slot in order until one returns a claim; while all are taken,
+    wait for one to free up (a dead worker's) for `wait_s` seconds (None: forever), then raise."""
     order = slot_order(gpus, per_gpu)
     deadline = None if wait_s is None else time.monotonic() + wait_s
     told = False
     while True:
-        with conn.cursor() as cur:
-            for gpu, slot in order:
-                key = slot_key(gpu, slot, namespace)
-                cur.execute("SELECT pg_try_advisory_lock(%s)", (key,))
-                if cur.fetchone()[0]:
-                    return SlotClaim(dsn, gpu, slot, key, conn, keepalive_s)
+        for gpu, slot in order:
+            claim = take(gpu, slot)
+            if claim is not None:
+                return claim
         if deadline is not None and time.monotonic() >= deadline:
-            conn.close()
             raise SlotError(f"all {len(order)} GPU slots are taken ({len(gpus)} GPUs x WORKERS_PER_GPU={per_gpu}); "
                             "stop a worker, raise WORKERS_PER_GPU, or scale down")
         if not told:
@@ -311,30 +325,22 @@ def claim_slot_file(directory: str, gpus: list[Gpu], per_gpu: int = 1, namespace
         os.makedirs(directory, exist_ok=True)
     except OSError as exc:
         raise SlotError(f"DLNN_GPU_LOCK_DIR: cannot create {directory!r} for the slot locks: {exc}") from None
-    order = slot_order(gpus, per_gpu)
-    deadline = None if wait_s is None else time.monotonic() + wait_s
-    told = False
-    while True:
-        for gpu, slot in order:
-            key = slot_key(gpu, slot, namespace)
-            path = slot_file(directory, key)
-            try:
-                fd = _try_flock(path)
-            except OSError as exc:
-                raise SlotError(f"DLNN_GPU_LOCK_DIR: cannot lock {path!r}: {exc}") from None
-            if fd is not None:
-                with contextlib.suppress(OSError):  # who holds it, for `python -m workers.gpu_slot`
-                    os.ftruncate(fd, 0)
-                    os.pwrite(fd, f"{socket.gethostname()} pid {os.getpid()}\n".encode(), 0)
-                return FileSlotClaim(path, gpu, slot, key, fd)
-        if deadline is not None and time.monotonic() >= deadline:
-            raise SlotError(f"all {len(order)} GPU slots are taken ({len(gpus)} GPUs x WORKERS_PER_GPU={per_gpu}); "
-                            "stop a worker, raise WORKERS_PER_GPU, or scale down")
-        if not told:
-            log.warning("all %d GPU slots are taken (%d GPUs x WORKERS_PER_GPU=%d); waiting for one to free up",
-                        len(order), len(gpus), per_gpu)
-            told = True
-        time.sleep(poll_s if deadline is None else max(0.0, min(poll_s, deadline - time.monotonic())))
+
+    def take(gpu: Gpu, slot: int) -> FileSlotClaim | None:
+        key = slot_key(gpu, slot, namespace)
+        path = slot_file(directory, key)
+        try:
+            fd = _try_flock(path)
+        except OSError as exc:
+            raise SlotError(f"DLNN_GPU_LOCK_DIR: cannot lock {path!r}: {exc}") from None
+        if fd is None:
+            return None
+        with contextlib.suppress(OSError):  # who holds it, for `python -m workers.gpu_slot`
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{socket.gethostname()} pid {os.getpid()}\n".encode(), 0)
+        return FileSlotClaim(path, gpu, slot, key, fd)
+
+    return _first_free(take, gpus, per_gpu, wait_s, poll_s)
 
 
 def file_slots_in_use(directory: str, gpus: list[Gpu], per_gpu: int = 1, namespace: str = "default") -> dict[tuple[int, int], str]:
