@@ -106,11 +106,23 @@ def _running_trial_of(url: str, name: str, pid: int, min_epoch: int = 1):
     return None
 
 
+def _frozen_mid_trial(url: str, name: str, proc, what: str):
+    """Stop `proc` (SIGSTOP) while it trains a trial and return that trial, which cannot end while
+    the process is stopped: a trial seen running could otherwise finish before a signal lands."""
+    while True:
+        wait_until(lambda: _running_trial_of(url, name, proc.pid), 120, 0.05, what)
+        os.kill(proc.pid, signal.SIGSTOP)
+        victim = wait_until(lambda: _running_trial_of(url, name, proc.pid) or "between trials", 30, 0.05, "a read of the stopped worker's trial")
+        if victim != "between trials":
+            return victim
+        os.kill(proc.pid, signal.SIGCONT)
+
+
 @pytest.mark.slow
 def test_sigkilled_worker_trial_is_retried_and_the_budget_finishes(storage_url, tmp_path):
     name = _prepare(tmp_path, storage_url, tiny_spec(trials=4, epochs=40, heartbeat=1, grace=3))
     a = spawn("work", name, "--storage", storage_url, "--threads", "1", "--no-plots", cwd=tmp_path, log=tmp_path / "a.log")
-    victim = wait_until(lambda: _running_trial_of(storage_url, name, a.pid), 120, 0.05, "worker A mid-trial")
+    victim = _frozen_mid_trial(storage_url, name, a, "worker A mid-trial")
     b = spawn("work", name, "--storage", storage_url, "--threads", "1", "--no-plots", cwd=tmp_path, log=tmp_path / "b.log")
     os.kill(a.pid, signal.SIGKILL)
     assert a.wait(10) == -signal.SIGKILL
@@ -134,8 +146,9 @@ def test_sigterm_stops_after_the_epoch_and_requeues(pg_url, tmp_path):
     storage_url = pg_url
     name = _prepare(tmp_path, storage_url, tiny_spec(trials=3, epochs=40, heartbeat=1, grace=3))
     w = spawn("work", name, "--storage", storage_url, "--threads", "1", "--no-plots", cwd=tmp_path, log=tmp_path / "w.log")
-    victim = wait_until(lambda: _running_trial_of(storage_url, name, w.pid), 120, 0.05, "worker mid-trial")
-    os.kill(w.pid, signal.SIGTERM)
+    victim = _frozen_mid_trial(storage_url, name, w, "worker mid-trial")
+    os.kill(w.pid, signal.SIGTERM)  # handled once the worker resumes, still inside the victim trial
+    os.kill(w.pid, signal.SIGCONT)
     assert w.wait(30) == 0
     log = (tmp_path / "w.log").read_text()
     assert "SIGTERM: stopping at the next epoch" in log and "stopped by SIGTERM" in log
