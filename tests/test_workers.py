@@ -106,16 +106,19 @@ def _running_trial_of(url: str, name: str, pid: int, min_epoch: int = 1):
     return None
 
 
-def _frozen_mid_trial(url: str, name: str, proc, what: str):
-    """Stop `proc` (SIGSTOP) while it trains a trial and return that trial, which cannot end while
-    the process is stopped: a trial seen running could otherwise finish before a signal lands."""
+def _frozen_mid_trial(url: str, name: str, proc, what: str, last_epoch: int = 30):
+    """Stop `proc` (SIGSTOP) while it trains a trial that has epochs left (at most `last_epoch`
+    reported, so it still reports again and sees a stop signal) and return that trial, which cannot
+    end while the process is stopped: a trial seen running could otherwise finish before a signal
+    lands, or be past its last report, in its final evaluation."""
     while True:
         wait_until(lambda: _running_trial_of(url, name, proc.pid), 120, 0.05, what)
         os.kill(proc.pid, signal.SIGSTOP)
         victim = wait_until(lambda: _running_trial_of(url, name, proc.pid) or "between trials", 30, 0.05, "a read of the stopped worker's trial")
-        if victim != "between trials":
+        if victim != "between trials" and len(victim.intermediate_values) <= last_epoch:
             return victim
         os.kill(proc.pid, signal.SIGCONT)
+        time.sleep(0.2)
 
 
 @pytest.mark.slow
