@@ -248,7 +248,7 @@ def populate(url: str, name: str, n: int, seed: int = 0) -> float:
     import optuna
     import sqlalchemy
     from optuna.distributions import distribution_to_json
-    from optuna.storages._rdb import models
+    from workers.optuna_private import rdb_models as models
 
     from workers.space import suggest
     from workers.spec import parse_spec

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import GrpcStorageProxy
-from optuna.storages._heartbeat import BaseHeartbeat
+from .optuna_private import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
 
 log = logging.getLogger("dlnn.proxy")
@@ -149,7 +149,9 @@ def serve(storage_url: str, host: str = "0.0.0.0", port: int = DEFAULT_PORT, *, 
     """Serve `storage_url` over gRPC until `stop` is set (by default: until SIGTERM or SIGINT)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from optuna.storages._grpc.server import make_server  # run_grpc_proxy_server minus its endless wait
+    from .optuna_private import grpc_make_server
+
+    make_server = grpc_make_server()
 
     _require_grpc()
     storage = backend_storage(storage_url, pool_size=threads)

@@ -14,8 +14,9 @@ from typing import Any, Callable, Mapping
 
 import optuna
 from optuna.exceptions import ExperimentalWarning
-from optuna.search_space.group_decomposed import _GroupDecomposedSearchSpace
 from optuna.trial import TrialState
+
+from .optuna_private import GroupDecomposedSearchSpace
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class SamplerInfo:
     requires: str | None = None  # an optional package the sampler imports
 
 
-class IncrementalGroups(_GroupDecomposedSearchSpace):
+class IncrementalGroups(GroupDecomposedSearchSpace):
     """Optuna's grouped search space, fed only the finished trials it has not seen yet. Adding a
     trial's distributions again leaves the groups unchanged and finished trials never change,
     so the result is the same; Optuna re-adds every trial on every sample (O(trials) each time)."""

@@ -32,6 +32,7 @@ from sqlalchemy import exc as sa_exc
 
 from .artifacts import DEFAULT_ARTIFACTS, ENV_ARTIFACTS, artifacts_url, open_store  # noqa: F401 - re-exported
 from .errors import UsageError
+from .optuna_private import CachedStorage
 
 ENV_STORAGE = "DLNN_STORAGE"
 DEFAULT_STORAGE = "sqlite:///dlnn.db"
@@ -71,7 +72,7 @@ class ServiceRDBStorage(optuna.storages.RDBStorage):
         that never recorded a heartbeat and started longer than the grace period ago (their worker
         died, or lost the database, before its first beat): Optuna skips those, so they would stay
         RUNNING forever. One query, as Optuna's own."""
-        from optuna.storages._rdb import models
+        from .optuna_private import rdb_models as models
 
         grace = datetime.timedelta(seconds=self.grace_period or 2 * (self.heartbeat_interval or 1))
         session = self.scoped_session()
@@ -98,7 +99,7 @@ class ServiceRDBStorage(optuna.storages.RDBStorage):
             session.close()
 
 
-class TrialView(optuna.storages._CachedStorage):
+class TrialView(CachedStorage):
     """Optuna's trial cache plus a cached, sorted view per state filter, refreshed from the
     database at most every `max_staleness_s`. Sampling one trial asks for the study's trials
     a dozen times (TPE per parameter group, the search space, constant liar) and pruning asks at
@@ -375,7 +376,7 @@ def study_lock(storage: optuna.storages.BaseStorage, study_id: int) -> Iterator[
 def budget_counts(conn: sqlalchemy.engine.Connection, study_id: int) -> tuple[int, int, datetime.datetime | None]:
     """(trials that use budget, queued trials, first start) in one query: a retry of a failed
     trial (it carries Optuna's `retry_history` system attr) takes its original's slot."""
-    from optuna.storages._rdb import models
+    from .optuna_private import rdb_models as models
 
     trial, attr = models.TrialModel, models.TrialSystemAttributeModel
     retry = sqlalchemy.exists().where(attr.trial_id == trial.trial_id, attr.key == "retry_history")

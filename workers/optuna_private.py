@@ -1,0 +1,26 @@
+"""The only module that imports Optuna's private names. Each one is used where Optuna's public
+API has no equivalent; tests/test_optuna_private.py fails loudly when an Optuna upgrade moves or
+changes one of them (and pyproject pins optuna below its next minor version for the same reason)."""
+
+from __future__ import annotations
+
+from optuna.search_space.group_decomposed import _GroupDecomposedSearchSpace as GroupDecomposedSearchSpace
+from optuna.storages import _CachedStorage as CachedStorage
+from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.storages._rdb import models as rdb_models
+
+
+def grpc_make_server():
+    """Optuna's gRPC proxy server factory (run_grpc_proxy_server minus its endless wait); imported
+    on use because it needs grpcio."""
+    from optuna.storages._grpc.server import make_server
+
+    return make_server
+
+
+# Private methods the service overrides or calls (checked by the canary tests).
+STALE_TRIAL_IDS = "_get_stale_trial_ids"  # RDBStorage / BaseHeartbeat: which RUNNING trials are stale
+STUDY_GET_TRIALS = "_get_trials"  # Study: the trials samplers read
+
+__all__ = ["BaseHeartbeat", "CachedStorage", "GroupDecomposedSearchSpace", "rdb_models", "grpc_make_server",
+           "STALE_TRIAL_IDS", "STUDY_GET_TRIALS"]
