@@ -1,5 +1,9 @@
 """Final evaluation, old against new, and its share of a trial, for every shipped spec.
 
+"New" comes in two kinds: the full evaluation (every metric: `dlnn train`, a study's references
+and its best trials) and the study's (`evaluate(metrics=<the spec's objectives>)`: what most
+trials of a study run). The trial shares are the study's evaluation's.
+
 The old evaluation is the package as it was before issue 16 (models included), extracted from git
 (`--baseline REV`) or read from a folder holding its `dlnn_core` (`--baseline-dir`), and loaded
 beside the current one under another name; both evaluate the same weights (a `fit` of
@@ -123,35 +127,41 @@ def measure(spec_name: str, form: str, device: torch.device, old: tuple, probe_e
     old_evaluate, old_models = old
     old_model = old_models.build_model(config.model, splits.system, config.method).to(device=device, dtype=dtype)
     old_model.load_state_dict(model.state_dict())
+    objectives = tuple(raw.get("objective", {}).get("metrics", [raw.get("objective", {}).get("metric", "val_rel_mse")]))
     evaluate(model, splits, dtype, device)  # warm-up (first CUDA kernels, lazy imports)
-    t_new = t_old = math.inf
-    for _ in range(repeat):  # alternating, the fastest of each: a shared machine's noise hits both
+    t_full = t_study = t_old = math.inf
+    for _ in range(repeat):  # alternating, the fastest of each: a shared machine's noise hits all
         new, t = timed(lambda: evaluate(model, splits, dtype, device), device)
-        t_new = min(t_new, t)
+        t_full = min(t_full, t)
+        study, t = timed(lambda: evaluate(model, splits, dtype, device, metrics=objectives), device)
+        t_study = min(t_study, t)
         old, t = timed(lambda: old_evaluate.evaluate(old_model, splits, dtype, device), device)
         t_old = min(t_old, t)
-    row = {"spec": spec_name, "form": form, "hidden": config.model.hidden, "depth": config.model.depth, "batch": config.batch_size, "old_s": t_old,
-           "new_s": t_new, "ratio": t_old / t_new, "max_rel_diff": max_rel_difference(new, old), "rollout_error": new["test_rollout_error"]}
+    new = {k: v for k, v in new.items() if k in old}  # the short aliases (rollout_error, ...) came later
+    row = {"spec": spec_name, "form": form, "hidden": config.model.hidden, "depth": config.model.depth, "batch": config.batch_size,
+           "objectives": objectives, "old_s": t_old, "full_s": t_full, "new_s": t_study, "ratio": t_old / t_study,
+           "max_rel_diff": max_rel_difference(new, old), "study_diff": max_rel_difference(study, {k: v for k, v in new.items() if k in study})}
     if probe_epochs >= 2:
         times = [h["time_s"] for h in result.history]
         epoch = times[-1] - times[-2]
         setup = times[0]  # data, model, first validation
         epochs = typical_epochs(base, raw)
-        trial = setup + epochs * epoch + t_new
-        short = setup + min(SHORT_EPOCHS, epochs) * epoch + t_new
-        row.update(epoch_s=epoch, epochs=epochs, trial_s=trial, share=t_new / trial, old_share=t_old / (trial - t_new + t_old),
-                   short_share=t_new / short, old_short_share=t_old / (short - t_new + t_old))
+        trial = setup + epochs * epoch + t_study
+        short = setup + min(SHORT_EPOCHS, epochs) * epoch + t_study
+        row.update(epoch_s=epoch, epochs=epochs, trial_s=trial, share=t_study / trial, old_share=t_old / (trial - t_study + t_old),
+                   short_share=t_study / short, old_short_share=t_old / (short - t_study + t_old))
     return row
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| spec | form | hidden×depth, batch | old eval s | new eval s | old/new | max rel diff | epoch s | typical epochs | trial s | eval share new (old) | share at 5 epochs new (old) |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| spec | form | hidden×depth, batch | old eval s | full eval s | study eval s | old/study | max rel diff full vs old (study vs full) "
+             "| epoch s | typical epochs | trial s | eval share study (old) | share at 5 epochs study (old) |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         trial = (f"{r['epoch_s']:.2f} | {r['epochs']} | {r['trial_s']:.1f} | {r['share']:.1%} ({r['old_share']:.1%}) | "
                  f"{r['short_share']:.1%} ({r['old_short_share']:.1%})") if "epoch_s" in r else "– | – | – | – | –"
-        lines.append(f"| {r['spec']} | {r['form']} | {r['hidden']}×{r['depth']}, {r['batch']} | {r['old_s']:.2f} | {r['new_s']:.2f} | {r['ratio']:.1f}× | "
-                     f"{r['max_rel_diff']:.1e} | {trial} |")
+        lines.append(f"| {r['spec']} | {r['form']} | {r['hidden']}×{r['depth']}, {r['batch']} | {r['old_s']:.2f} | {r['full_s']:.2f} | {r['new_s']:.2f} | "
+                     f"{r['ratio']:.0f}× | {r['max_rel_diff']:.1e} ({r['study_diff']:.0e}) | {trial} |")
     return "\n".join(lines)
 
 

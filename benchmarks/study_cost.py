@@ -61,7 +61,7 @@ def child(url: str, name: str, artifacts: str, cache: str, threads: int) -> dict
                 clock[part] += time.perf_counter() - start
         return timed
 
-    def timed_fit(config, report=None, out_dir=None):
+    def timed_fit(config, report=None, out_dir=None, metrics=None):
         start, data_before = time.perf_counter(), clock["data"]
         reported = {"total": 0.0, "at_last_epoch": 0.0, "last_epoch_s": None}
 
@@ -77,7 +77,7 @@ def child(url: str, name: str, artifacts: str, cache: str, threads: int) -> dict
                 reported["at_last_epoch"], reported["last_epoch_s"] = reported["total"], time.perf_counter() - start
 
         try:
-            return real_fit(config, report=timed_report if report else None, out_dir=out_dir, progress=progress, cache_dir=cache)
+            return real_fit(config, report=timed_report if report else None, out_dir=out_dir, progress=progress, cache_dir=cache, metrics=metrics)
         finally:
             wall = time.perf_counter() - start
             data = clock["data"] - data_before
@@ -91,7 +91,8 @@ def child(url: str, name: str, artifacts: str, cache: str, threads: int) -> dict
     plots.rollout_png = clocked(plots.rollout_png, "plots and uploads")
     worker.Objective._upload = clocked(worker.Objective._upload, "plots and uploads")
     start = time.perf_counter()
-    worker.run_worker(url, name, artifacts=artifacts, threads=threads, fit_fn=timed_fit, install_signals=False, log=lambda m: None)
+    worker.run_worker(url, name, artifacts=artifacts, threads=threads, fit_fn=timed_fit, install_signals=False, log=lambda m: None,
+                      evaluate_fn=clocked(lambda path, device: train.evaluate_checkpoint(path, device, cache), "evaluation"))
     clock["wall"] = time.perf_counter() - start
     clock["the rest"] = clock["wall"] - sum(clock[p] for p in PARTS[:-1])
     return dict(clock)

@@ -6,6 +6,12 @@ One flat dict of floats, so it can be stored and compared; file data adds `ood_r
 how its ood split was chosen, or "none") and has no metric that needs the true system (energy,
 true dissipation), nor ood metrics without an ood split.
 
+`METRICS` names every metric a study can optimize, its direction and the pass that computes it;
+the study spec reads its objectives, directions and log10 storage from here. The rollouts are nearly all of the cost (the q̈
+and dissipation passes are about 2 % of it), so `evaluate(metrics=...)` rolls out only the splits
+whose metrics the caller needs: a study asks for its objectives, `dlnn train` and a study's
+references and best trials for everything.
+
 Built for cost: the test and OOD trajectories roll out as one batch (every horizon read from the
 one rollout), the weights are frozen so no graph of them is built, and q̈ of the default
 ("autograd") method comes from `inference_terms`, which keeps no graph and also yields ∂D/∂q̇, so
@@ -15,7 +21,8 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from dataclasses import dataclass
+from typing import Callable, Collection, Iterator
 
 import numpy as np
 import torch
@@ -34,6 +41,41 @@ EVAL_BATCH = 4096
 PROGRESS_EVERY = 25  # rollout steps between two progress calls
 
 EvalProgress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A metric a study can optimize: its natural direction, the pass that computes it ("states":
+    q̈ on held-out states, "rollout:<split>", "dissipation", "run": fit's own bookkeeping), whether
+    it needs the true system's equations (absent for data files), and whether it is an error that
+    spans decades (studies store those as log10)."""
+
+    direction: str
+    source: str
+    needs_system: bool = False
+    log_scale: bool = True
+
+
+ALIASES = {"rollout_error": "test_rollout_error", "energy_error": "test_energy_error"}  # the short names of the test split's
+METRICS: dict[str, Metric] = {
+    **{f"{s}_{m}": Metric("minimize", "states") for s in ("val", "test", "ood") for m in ("rel_mse", "rel_mse_median")},
+    **{f"{s}_{m}": Metric("minimize", f"rollout:{s}") for s in ROLLOUT_SPLITS for m in ("rollout_error", *(f"rollout_error_{h}" for h in ROLLOUT_HORIZONS))},
+    **{f"{s}_energy_error": Metric("minimize", f"rollout:{s}", needs_system=True) for s in ROLLOUT_SPLITS},
+    **{f"{s}_valid_steps": Metric("maximize", f"rollout:{s}", log_scale=False) for s in ROLLOUT_SPLITS},
+    "rollout_error": Metric("minimize", "rollout:test"),
+    "energy_error": Metric("minimize", "rollout:test", needs_system=True),
+    "dissipation_rel_error": Metric("minimize", "dissipation", needs_system=True),  # learned vs true deceleration from D
+    "wall_time_s": Metric("minimize", "run", log_scale=False),
+    "epochs": Metric("minimize", "run", log_scale=False),
+}
+
+
+def rollout_splits(metrics: Collection[str] | None) -> tuple[str, ...]:
+    """The splits to roll out for these metric names (None: every metric, so every split)."""
+    if metrics is None:
+        return ROLLOUT_SPLITS
+    wanted = {METRICS[m].source for m in metrics if m in METRICS}
+    return tuple(s for s in ROLLOUT_SPLITS if f"rollout:{s}" in wanted)
 
 
 @contextmanager
@@ -209,11 +251,13 @@ def dissipation_metrics(splits: Splits, learned_ad: Tensor | None, learned_d: Te
     return out
 
 
-def evaluate(model: nn.Module, splits: Splits, dtype: torch.dtype = torch.float32, device="cpu", rollouts: bool = True,
-             progress: EvalProgress | None = None) -> dict[str, float]:
-    """All metrics of a model on a dataset; NaN-free by construction (non-finite becomes inf).
+def evaluate(model: nn.Module, splits: Splits, dtype: torch.dtype = torch.float32, device="cpu", *,
+             metrics: Collection[str] | None = None, progress: EvalProgress | None = None) -> dict[str, float]:
+    """The metrics of a model on a dataset; NaN-free by construction (non-finite becomes inf).
+    `metrics`: the names the caller needs (None: all); the q̈ and dissipation metrics come always,
+    rollouts only for the splits those names need, and every value is the one a full evaluation gives.
     `progress(stage, done, total)` hears of each stage ("states", "rollout", "dissipation")."""
-    metrics: dict[str, float] = {}
+    results: dict[str, float] = {}
     with frozen(model):
         learned_ad = learned_d = None
         for i, name in enumerate(("val", "test", "ood")):
@@ -221,19 +265,21 @@ def evaluate(model: nn.Module, splits: Splits, dtype: torch.dtype = torch.float3
                 continue
             with_d = name == "test" and getattr(model, "dissipation", None) is not None
             pred, true, ad = _predict(model, getattr(splits, name), dtype, device, dissipation=with_d)
-            metrics.update(acceleration_metrics(pred, true, name))
+            results.update(acceleration_metrics(pred, true, name))
             if name == "test":
                 learned_ad = ad
             if progress is not None:
                 progress("states", i + 1, 3)
-        if rollouts:
-            metrics.update(rollout_metrics(model, splits, tuple(n for n in ROLLOUT_SPLITS if n in splits.rollouts), dtype, device, progress))
+        names = tuple(n for n in rollout_splits(metrics) if n in splits.rollouts)
+        if names:
+            results.update(rollout_metrics(model, splits, names, dtype, device, progress))
         if learned_ad is not None:
             q, v, _ = splits.test.to_torch(dtype, device)
             with torch.no_grad():
                 learned_d = model.dissipation(q, v)
-        metrics.update(dissipation_metrics(splits, learned_ad, learned_d))
+        results.update(dissipation_metrics(splits, learned_ad, learned_d))
         if progress is not None:
             progress("dissipation", 1, 1)
-    out = {k: (v if math.isfinite(v) else math.inf) for k, v in metrics.items()}
+    results.update({short: results[full] for short, full in ALIASES.items() if full in results})
+    out = {k: (v if math.isfinite(v) else math.inf) for k, v in results.items()}
     return {**out, **splits.data_metrics}  # file data: ood_rule (a name, "none" without ood), its count and range excess

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import torch
 from torch import nn
@@ -141,11 +141,13 @@ def fit(
     *,
     progress: Progress | None = None,
     cache_dir: str | os.PathLike | None = None,
+    metrics: Collection[str] | None = None,
 ) -> FitResult:
     """Train the model `config` describes; see the module docstring. `report(epoch, val_rel_mse)`
     runs after every epoch and may raise to stop the run (the exception propagates, nothing is
     written); `progress(record)` receives each epoch's history record (for progress bars), then
-    the final evaluation's {"phase": "evaluate", ...} records."""
+    the final evaluation's {"phase": "evaluate", ...} records. `metrics`: the names the final
+    evaluation must give (None: all; see `evaluate`)."""
     if not isinstance(config, TrainConfig):
         raise ConfigError("config", type(config).__name__, "a TrainConfig")
     start = time.perf_counter()
@@ -220,12 +222,12 @@ def fit(
     if reason is not None:
         return _diverged(config, epoch, reason, best_val, best_epoch, history, device, start, out_dir)
     model.load_state_dict(best_state)
-    metrics = _final_metrics(model, splits, dtype, device, progress)
-    metrics.update(epochs=float(epoch), best_epoch=float(best_epoch))
+    results = _final_metrics(model, splits, dtype, device, progress, metrics)
+    results.update(epochs=float(epoch), best_epoch=float(best_epoch))
     wall = time.perf_counter() - start
-    metrics["wall_time_s"] = wall
+    results["wall_time_s"] = wall
     checkpoint = None
-    result = FitResult("ok", None, None, best_epoch, epoch, metrics, history, None, wall, describe_device(device), config.to_dict())
+    result = FitResult("ok", None, None, best_epoch, epoch, results, history, None, wall, describe_device(device), config.to_dict())
     if out_dir is not None:
         checkpoint = str(_write_run(Path(out_dir), model, config, result))
         result = replace(result, checkpoint=checkpoint)
@@ -240,17 +242,13 @@ def _rollout_windows(config: TrainConfig, splits: Splits, dtype: torch.dtype, de
     return tuple(torch.as_tensor(x, dtype=dtype, device=device) for x in arrays)
 
 
-def _final_metrics(model: nn.Module, splits: Splits, dtype: torch.dtype, device: torch.device, progress: Progress | None = None) -> dict[str, float]:
-    """The lead's `evaluate` plus the contract's short names for the test-rollout metrics; its
-    progress reaches `progress` as {"phase": "evaluate", "stage", "done", "total"} records."""
+def _final_metrics(model: nn.Module, splits: Splits, dtype: torch.dtype, device: torch.device, progress: Progress | None = None,
+                   metrics: Collection[str] | None = None) -> dict[str, float]:
+    """`evaluate`, its progress reaching `progress` as {"phase": "evaluate", "stage", "done", "total"} records."""
     relay = None
     if progress is not None:
         relay = lambda stage, done, total: progress({"phase": "evaluate", "stage": stage, "done": done, "total": total})  # noqa: E731
-    metrics = evaluate(model, splits, dtype, device, progress=relay)
-    metrics["rollout_error"] = metrics["test_rollout_error"]
-    if "test_energy_error" in metrics:  # absent for file data (no true energy)
-        metrics["energy_error"] = metrics["test_energy_error"]
-    return metrics
+    return evaluate(model, splits, dtype, device, metrics=metrics, progress=relay)
 
 
 def _diverged(config, epoch, reason, best_val, best_epoch, history, device, start, out_dir) -> FitResult:
@@ -323,9 +321,10 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> tuple[nn.Mo
     return model.to(target), config, payload
 
 
-def evaluate_checkpoint(path: str | os.PathLike, device: str = "cpu", cache_dir: str | os.PathLike | None = None) -> dict[str, float]:
+def evaluate_checkpoint(path: str | os.PathLike, device: str = "cpu", cache_dir: str | os.PathLike | None = None,
+                        metrics: Collection[str] | None = None) -> dict[str, float]:
     """Reload a checkpoint and evaluate it on its config's data: the same metrics `fit` reported
-    (without the run bookkeeping: epochs, best_epoch, wall_time_s)."""
+    (without the run bookkeeping: epochs, best_epoch, wall_time_s); `metrics` as in `evaluate`."""
     model, config, _ = load_checkpoint(path, device)
     splits = load_data(config.data, config.data_seed, cache_dir)
-    return _final_metrics(model, splits, DTYPES[config.dtype], resolve_device(device))
+    return _final_metrics(model, splits, DTYPES[config.dtype], resolve_device(device), metrics=metrics)

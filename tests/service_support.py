@@ -179,7 +179,7 @@ def fake_fit(epochs_delay: float = 0.0, fail_on: set[int] | None = None, diverge
 
     calls = {"n": 0}
 
-    def fit(config, report=None, out_dir=None):
+    def fit(config, report=None, out_dir=None, metrics=None):
         calls["n"] += 1
         if fail_on and calls["n"] in fail_on:
             raise RuntimeError(f"boom on call {calls['n']}")

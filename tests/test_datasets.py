@@ -412,7 +412,7 @@ def _checkpointing_fit(seen: list):
     writes a checkpoint, so the worker uploads it."""
     inner = fake_fit()
 
-    def fit(config, report=None, out_dir=None):
+    def fit(config, report=None, out_dir=None, metrics=None):
         path = Path(config.data.file)
         seen.append((str(path), sha(path.read_bytes())))
         result = inner(config, report, out_dir)
@@ -528,7 +528,7 @@ def test_workers_report_and_dashboard_use_s3(s3_url, tmp_path, monkeypatch):
     launch(load_spec(write_spec(tmp_path, tiny_spec(trials=4))), url, log=lambda m: None)
     inner = fake_fit()
 
-    def fit(config, report=None, out_dir=None):
+    def fit(config, report=None, out_dir=None, metrics=None):
         result = inner(config, report, out_dir)
         (Path(out_dir) / "model.pt").write_bytes(b"ckpt")
         return dataclasses.replace(result, checkpoint=str(Path(out_dir) / "model.pt"))

@@ -10,7 +10,7 @@ import torch
 
 import evaluate_reference
 from dlnn_core.data import DataConfig, load_data
-from dlnn_core.evaluate import evaluate
+from dlnn_core.evaluate import ALIASES, METRICS, evaluate
 from dlnn_core.lagrangian import inference_terms
 from dlnn_core.models import ModelConfig, build_model
 from dlnn_core.systems import get_system
@@ -30,6 +30,10 @@ def splits_for(n: int):
 
 
 def assert_same_metrics(new: dict, old: dict, rel: float) -> None:
+    """The reference predates the short names (rollout_error = test_rollout_error, ...): they must equal their long ones."""
+    for short, full in ALIASES.items():
+        assert (short in new) == (full in new) and new.get(short) == new.get(full), short
+    new = {k: v for k, v in new.items() if k not in ALIASES}
     assert new.keys() == old.keys()
     for key, value in old.items():
         assert not math.isnan(new[key]), key
@@ -61,7 +65,7 @@ def test_free_form_state_metrics_match():
     splits = splits_for(2)
     torch.manual_seed(0)
     model = build_model(ModelConfig(kind="dlnn", form="free", hidden=32, activation="softplus", shared_trunk=True), splits.system).double()
-    new = evaluate(model, splits, torch.float64, rollouts=False)
+    new = evaluate(model, splits, torch.float64, metrics=())
     old = evaluate_reference.evaluate(model, splits, torch.float64, rollouts=False)
     assert_same_metrics(new, old, rel=1e-9)
 
@@ -78,7 +82,7 @@ def test_a_diverging_rollout_gives_the_same_finite_or_inf_metrics(kind, activati
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(scale)
-    new = evaluate(model, splits)
+    new = {k: v for k, v in evaluate(model, splits).items() if k not in ALIASES}
     old = evaluate_reference.evaluate(model, splits)
     assert new.keys() == old.keys()
     assert not any(math.isnan(v) for v in new.values())
@@ -137,3 +141,38 @@ def test_evaluate_reports_progress():
     rollout = [c for c in calls if c[0] == "rollout"]
     assert rollout[-1] == ("rollout", 110, 110) and len(rollout) == 5
     assert calls[-1] == ("dissipation", 1, 1)
+
+
+@pytest.mark.parametrize("need,splits_rolled", [((), ()), (("val_rel_mse",), ()), (("rollout_error", "wall_time_s"), ("test",)),
+                                                (("ood_valid_steps",), ("ood",)), (None, ("test", "ood"))])
+def test_asked_metrics_roll_out_only_their_splits_and_equal_the_full_evaluation(need, splits_rolled):
+    """A study asks for its objectives: only the splits they need are rolled out (the rollout is the
+    cost), the q̈ and dissipation metrics always come, and every value equals the full evaluation's."""
+    splits = splits_for(1)
+    torch.manual_seed(1)
+    model = build_model(ModelConfig(form="structured", hidden=16, activation="swish"), splits.system).double()
+    full = evaluate(model, splits, torch.float64)
+    rolled = []
+    part = evaluate(model, splits, torch.float64, metrics=need,
+                    progress=lambda stage, done, total: rolled.append(total) if stage == "rollout" else None)
+    assert bool(rolled) == bool(splits_rolled)
+    for key, value in part.items():
+        assert value == pytest.approx(full[key], rel=1e-12), key  # a split rolled alone: another batch, the last bit may differ
+    got = {s for s in ("test", "ood") if f"{s}_rollout_error" in part}
+    assert got == set(splits_rolled)
+    assert {"val_rel_mse", "test_rel_mse_median", "ood_rel_mse", "dissipation_rel_error", "dissipation_share"} <= part.keys()
+    assert set(need or ()) - {"wall_time_s"} <= part.keys()
+
+
+def test_every_metric_a_study_may_ask_for_is_produced_by_its_source():
+    """The registry and evaluate agree: each evaluated metric exists in a full evaluation of a damped system
+    (run bookkeeping comes from fit), and asking for it alone yields it."""
+    splits = load_data(DataConfig(system="damped_pendulum", n_train=64, n_val=32, n_test=32, n_rollout=2, rollout_steps=510), seed=1)
+    model = build_model(ModelConfig(form="structured", hidden=16), splits.system)
+    full = evaluate(model, splits)
+    for name, metric in METRICS.items():
+        if metric.source == "run":
+            continue
+        assert name in full, name
+        assert metric.direction in ("minimize", "maximize")
+    assert evaluate(model, splits, metrics=("ood_energy_error",)).keys() >= {"ood_energy_error", "ood_rollout_error"}

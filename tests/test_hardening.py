@@ -255,7 +255,7 @@ def _fit_with_checkpoint(inner):
     """fake_fit that also writes a checkpoint file, so the worker uploads it."""
     from dataclasses import replace
 
-    def fit(config, report=None, out_dir=None):
+    def fit(config, report=None, out_dir=None, metrics=None):
         result = inner(config, report=report, out_dir=out_dir)
         path = Path(out_dir) / "model.pt"
         path.write_bytes(b"checkpoint" * 100)
@@ -293,7 +293,7 @@ def test_a_full_tmpdir_says_so(storage_url, tmp_path, monkeypatch):
     calls = {"n": 0}
     inner = fake_fit()
 
-    def fit(config, report=None, out_dir=None):
+    def fit(config, report=None, out_dir=None, metrics=None):
         calls["n"] += 1
         if calls["n"] == 1:  # an OSError from our own writes (config.json, metrics.json)
             raise OSError(errno.ENOSPC, "No space left on device")

@@ -199,7 +199,7 @@ def test_verify_retrains_the_best_with_fresh_seeds_and_export_marks_the_winner(t
     assert verify(url, "tiny", top=2, seeds=2, references=("structured_adam",), log=lambda m: None) == (child, 0)  # idempotent
     seen = []
 
-    def fit(config, report=None, out_dir=None):  # the seed changes the result a little; prunable trials would be pruned
+    def fit(config, report=None, out_dir=None, metrics=None):  # the seed changes the result a little; prunable trials would be pruned
         seen.append((config.seed, config.optimizer.name, config.model.hidden))
         result = fake_fit()(config, report, out_dir)
         result.metrics["val_rel_mse"] *= 1 + config.seed / 1e4

@@ -351,3 +351,34 @@ def test_trial_view_and_sampler_history_keep_what_samplers_need(storage_url, tmp
         groups = incremental.calculate(study).search_spaces
         assert groups == _GroupDecomposedSearchSpace(True).calculate(study).search_spaces
     assert len(groups) == 4  # opt | lr[a] | lr[b] | lr[c], d0
+
+
+def test_full_evaluation_goes_to_references_and_trials_among_the_best(tmp_path, monkeypatch):
+    """With the real fit: a val_rel_mse study rolls out nothing for most trials; the baseline and
+    every trial among the FULL_EVALUATION_TOP best when it completed get every metric and a rollout
+    plot, and so the study's final best does. Seeded sampler and training, so the run is the same every time."""
+    from workers import worker
+
+    monkeypatch.setattr(worker, "FULL_EVALUATION_TOP", 1)
+    url = f"sqlite:///{tmp_path / 'dlnn.db'}"
+    monkeypatch.setenv("DLNN_CACHE_DIR", str(tmp_path / "cache"))
+    text = tiny_spec(trials=7, sampler='name = "random"') + '[[baseline]]\nname = "adam"\nparams = {"optimizer.name" = "adam", "optimizer.lr" = 1e-3}\n'
+    launch(load_spec(write_spec(tmp_path, text)), url, log=lambda m: None)
+    assert run_worker(url, "tiny", fit_fn=None, seed=3, install_signals=False, artifacts=tmp_path / "artifacts", log=lambda m: None) == 0
+    study = optuna.load_study(study_name="tiny", storage=url)
+    done = sorted((t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: t.datetime_complete)
+    assert len(done) == 7
+    best_so_far, full, partial = math.inf, [], []
+    for t in done:
+        metrics = records.trial_metrics(t)
+        value = metrics["val_rel_mse"]
+        expected = "baseline" in t.user_attrs or value < best_so_far
+        best_so_far = min(best_so_far, value)
+        (full if expected else partial).append(t.number)
+        assert (t.user_attrs.get(records.EVALUATION) == "full") == expected, (t.number, t.user_attrs)
+        assert ("test_rollout_error" in metrics and "ood_energy_error" in metrics) == expected, t.number
+        assert {"val_rel_mse", "test_rel_mse", "ood_rel_mse_median", "dissipation_share", "wall_time_s"} <= metrics.keys()
+        files = {m.filename for m in optuna.artifacts.get_all_artifact_meta(t, storage=study._storage)}
+        assert files == ({"model.pt", "rollout.png"} if expected else {"model.pt"}), (t.number, files)  # the plot goes with the full set
+    assert full and partial, (full, partial)
+    assert "test_rollout_error" in records.trial_metrics(min(done, key=lambda t: t.value))

@@ -3,8 +3,9 @@
 A trial keeps (so the dashboard's trial table stays readable and sortable):
 - user attrs: `status` (ok, pruned, timeout, diverged, out_of_memory, interrupted, error) and `reason`,
   `worker` (its id, host:pid), `device`, `lr_rel` (lr / the optimizer's default lr, a unit-free
-  learning rate for every optimizer), and every metric fit measured as its own number
-  (`val_rel_mse`, `test_rollout_error`, ...; non-finite ones as the string "inf");
+  learning rate for every optimizer), `evaluation` ("full" where every metric was computed: the
+  references and the trials among the best when they completed; see worker.py), and every metric
+  measured as its own number (`val_rel_mse`, `test_rollout_error`, ...; non-finite ones as "inf");
 - system attrs (not shown in the table): the full `TrainConfig` (`dlnn:config`), the metrics
   as one dict (`dlnn:metrics`) and the worker's identity with package versions (`dlnn:worker`).
 
@@ -27,6 +28,7 @@ WORKER = "dlnn:worker"
 STATUS = "status"
 REASON = "reason"
 LR_REL = "lr_rel"
+EVALUATION = "evaluation"  # "full" on trials that got every metric; others have their objectives' and the q̈ metrics
 DASHBOARD_CONSTRAINTS = "constraints"  # the list form of constraints that optuna-dashboard 0.21 reads
 LOG_FLOOR = -30.0  # log10 of a zero error: below any float32 or float64 error a trial can reach
 

@@ -40,6 +40,7 @@ from typing import Any, Mapping
 from dlnn_core import ACTIVATIONS, METHODS, MODEL_FORMS, MODEL_KINDS, SYSTEMS, ConfigError, datafiles
 from dlnn_core.activations import ZERO_CURVATURE
 from dlnn_core.config import LIMITS, PRESETS, TrainConfig
+from dlnn_core.evaluate import METRICS as EVAL_METRICS
 from dlnn_core.declared import DeclarationError
 from dlnn_core.losses import LOSSES
 from dlnn_core.models import INIT_CHOICES
@@ -50,21 +51,12 @@ from .names import NAME_RE, name_problem  # noqa: F401 (NAME_RE: re-exported whe
 from .samplers import PRUNERS, SAMPLERS, check_options
 from .space import PARENTS, Param, describe, params_for
 
-# Metrics a study can optimize (keys of FitResult.metrics), with their natural direction.
-METRICS: dict[str, str] = {
-    **{f"{s}_{m}": "minimize" for s in ("val", "test", "ood") for m in ("rel_mse", "rel_mse_median")},
-    **{f"{s}_{m}": "minimize" for s in ("test", "ood") for m in ("rollout_error", "rollout_error_100", "rollout_error_500", "energy_error")},
-    **{f"{s}_valid_steps": "maximize" for s in ("test", "ood")},
-    "rollout_error": "minimize",  # = test_rollout_error
-    "energy_error": "minimize",  # = test_energy_error
-    "dissipation_rel_error": "minimize",  # learned vs true deceleration from D (damped systems only)
-    "wall_time_s": "minimize",
-    "epochs": "minimize",
-}
+# Metrics a study can optimize, with their natural direction: dlnn_core.evaluate.METRICS is the one list.
+METRICS: dict[str, str] = {name: m.direction for name, m in EVAL_METRICS.items()}
 # Metrics that need the true system's equations: absent for data files, so no objective there.
-NEEDS_SYSTEM = frozenset({"dissipation_rel_error", "energy_error", "test_energy_error", "ood_energy_error"})
+NEEDS_SYSTEM = frozenset(name for name, m in EVAL_METRICS.items() if m.needs_system)
 # Error metrics: positive, minimized, spanning decades. Studies store them as log10 (workers/records.py).
-LOG_METRICS = frozenset(m for m, d in METRICS.items() if d == "minimize" and m not in ("wall_time_s", "epochs"))
+LOG_METRICS = frozenset(name for name, m in EVAL_METRICS.items() if m.log_scale and m.direction == "minimize")
 # The value each epoch reports to the pruner (fit's report callback).
 PRUNING_METRIC = "val_rel_mse"
 

@@ -27,9 +27,16 @@ How a worker behaves:
 - Reading the study is cheap however large it grows: samplers and pruners read a cached, sorted
   view refreshed at most twice a second (storage.TrialView), TPE models at most `max_history`
   trials (service.sampler_history) and its parameter groups are updated incrementally.
+- A trial's final evaluation computes what the objectives need (the rollouts are its cost: a
+  val_rel_mse study rolls out nothing). References (baselines, verify runs) and every trial that
+  is among the FULL_EVALUATION_TOP best when it completes (on the Pareto front, for several
+  objectives) get every metric, re-evaluated from the checkpoint after `fit`, outside its
+  wall_time_s. The study's final top trials are always among them: a trial among the K best at
+  the end was among the K best of the fewer trials done when it completed. The rollout plot
+  artifact (a rollout as costly as the evaluation's) is drawn for the same trials.
 - Each trial stores what workers/records.py lists (the config, the worker, every metric as its
-  own sortable attr, its `status` and `reason`) and, as artifacts, its checkpoint and a
-  predicted-vs-true rollout plot. Error objectives are reported and returned as log10 (the
+  own sortable attr, its `status` and `reason`) and, as artifacts, its checkpoint and (see above)
+  a predicted-vs-true rollout plot. Error objectives are reported and returned as log10 (the
   per-epoch values too), so an exploding trial does not flatten the dashboard's plots.
 """
 
@@ -63,6 +70,7 @@ from .spec import PRUNING_METRIC, StudySpec
 from .storage import artifact_store, close_storage, is_connection_error, open_storage, redact
 
 CONNECTION_PATIENCE_S = 600.0  # how long a worker waits for a lost database before giving up
+FULL_EVALUATION_TOP = 5  # completed trials this far up get every metric (as many as `dlnn export` exports by default)
 
 
 class GracefulStop(Exception):
@@ -122,6 +130,20 @@ class StopFlag:
         self._event.wait(seconds)
 
 
+def _among_best(trial: optuna.Trial, values: list[float]) -> bool:
+    """Whether these objective values (raw) would be among the study's FULL_EVALUATION_TOP best
+    completed trials, or, with several objectives, dominated by none of them."""
+    study = trial.study
+    signs = [1.0 if d == optuna.study.StudyDirection.MINIMIZE else -1.0 for d in study.directions]
+    scales = records.stored_scales(study)
+    mine = [s * v for s, v in zip(signs, values)]
+    done = [[s * v for s, v in zip(signs, records.raw_values(scales, t))]
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
+    if len(mine) == 1:
+        return sum(v[0] < mine[0] for v in done) < FULL_EVALUATION_TOP
+    return not any(all(a <= b for a, b in zip(v, mine)) and v != mine for v in done)
+
+
 def _set_constraint(trial: optuna.Trial, value: float, retry: bool = False) -> None:
     """Mark a trial infeasible (value > 0). Feasible is what a trial without constraints is, so
     nothing is written for it, except on a retry: that one inherits its original's system attrs
@@ -144,7 +166,7 @@ class Objective:
 
     def __init__(self, spec: StudySpec, stop: StopFlag, worker: dict[str, Any], device: str | None, store,
                  fit_fn: Callable | None, log: Callable[[str], None], artifact_plots: bool = True,
-                 data_cache: str | Path | None = None):
+                 data_cache: str | Path | None = None, evaluate_fn: Callable | None = None):
         self.spec, self.stop, self.worker = spec, stop, worker
         self.data_cache = data_cache  # where fetched dataset files are kept, by hash (None: datasets.default_cache_dir())
         self.lost: set[int] = set()  # trial ids whose run was cut by a lost database connection
@@ -153,8 +175,11 @@ class Objective:
         self.store = CleanArtifactStore(store) if store is not None else None
         self.base_flat = spec.base.to_flat()
         if fit_fn is None:
-            from dlnn_core.train import fit as fit_fn
-        self.fit = fit_fn
+            from dlnn_core.train import evaluate_checkpoint, fit as fit_fn
+
+            evaluate_fn = evaluate_fn or evaluate_checkpoint
+        self.fit = fit_fn  # fit(config, report, out_dir, metrics): trains and evaluates what `metrics` names
+        self.evaluate = evaluate_fn  # evaluate(checkpoint, device): every metric (None: fit's are all there is)
 
     def __call__(self, trial: optuna.Trial):
         self.unfinished.add(trial._trial_id)
@@ -221,7 +246,7 @@ class Objective:
 
         with tempfile.TemporaryDirectory(prefix=f"dlnn-trial{trial.number}-") as out:
             try:
-                result = self.fit(fit_config, report=report, out_dir=out)
+                result = self.fit(fit_config, report=report, out_dir=out, metrics=spec.metrics)
             except optuna.TrialPruned as exc:
                 trial.set_user_attr("status", "timeout" if isinstance(exc, StudyTimeout) else "pruned")
                 trial.set_user_attr("reason", str(exc))
@@ -240,19 +265,31 @@ class Objective:
                                     or f"{type(exc).__name__}: {exc}"[:2000])
                 raise
             trial.set_user_attr("device", result.device)
-            records.record_metrics(trial, {**result.metrics, "wall_time_s": result.wall_time_s, "epochs": result.epochs_run})
+            metrics = {**result.metrics, "wall_time_s": result.wall_time_s, "epochs": result.epochs_run}
             if result.status != "ok":
+                records.record_metrics(trial, metrics)
                 self._upload(trial, Path(out) / "diverged.json")
                 return self._infeasible(trial, "diverged", f"diverged at epoch {result.diverged_epoch}: {result.reason}", retry)
-            missing = [m for m in spec.metrics if m not in result.metrics]
+            missing = [m for m in spec.metrics if m not in metrics]
             if missing:
-                raise KeyError(f"fit reported no {', '.join(missing)}; it has {', '.join(sorted(result.metrics))}")
-            values = [float(result.metrics[m]) for m in spec.metrics]
-            if not all(math.isfinite(v) for v in values):
+                raise KeyError(f"fit reported no {', '.join(missing)}; it has {', '.join(sorted(metrics))}")
+            values = [float(metrics[m]) for m in spec.metrics]
+            finite = all(math.isfinite(v) for v in values)
+            full = finite and self.evaluate is not None and bool(result.checkpoint) and (not prunable or _among_best(trial, values))
+            if full:
+                try:
+                    metrics = {**self.evaluate(result.checkpoint, fit_config.device), **metrics}
+                    trial.set_user_attr(records.EVALUATION, "full")
+                except Exception as exc:  # the objectives are known: the trial stands with what fit measured
+                    if is_connection_error(exc):
+                        raise
+                    trial.set_user_attr(records.EVALUATION, f"objectives only: the full evaluation failed ({type(exc).__name__}: {exc})"[:500])
+            records.record_metrics(trial, metrics)
+            if not finite:
                 return self._infeasible(trial, "diverged", f"non-finite objective {dict(zip(spec.metrics, values))}", retry)
             if result.checkpoint:
                 self._upload(trial, Path(result.checkpoint))
-                if self.plots:
+                if self.plots and (full or self.evaluate is None):  # the plot's rollout costs what the full evaluation's does
                     try:
                         from .plots import rollout_png
 
@@ -352,7 +389,7 @@ def worker_identity(seed: int, device: str | None, versions: dict[str, str]) -> 
 def run_worker(url: str, name: str, *, n_trials: int | None = None, timeout: float | None = None, device: str | None = None,
                jobs: int = 1, seed: int | None = None, artifacts: str | Path | None = "dlnn_artifacts", threads: int | None = None,
                fit_fn: Callable | None = None, log: Callable[[str], None] | None = None, install_signals: bool = True,
-               plots: bool = True, data_cache: str | Path | None = None) -> int:
+               plots: bool = True, data_cache: str | Path | None = None, evaluate_fn: Callable | None = None) -> int:
     """Pull trials of study `name` until its budget is used, this worker's own limits hit, or a
     signal arrives; returns the exit code (0)."""
     prefix = f"[{socket.gethostname()}:{os.getpid()}]"
@@ -379,7 +416,7 @@ def run_worker(url: str, name: str, *, n_trials: int | None = None, timeout: flo
         stop.install()
     from dlnn_core.train import versions
 
-    objective = Objective(spec, stop, worker_identity(seed, device, versions()), device, store, fit_fn, log, plots, data_cache)
+    objective = Objective(spec, stop, worker_identity(seed, device, versions()), device, store, fit_fn, log, plots, data_cache, evaluate_fn)
     counter = {"done": 0}
     # A stopped or cut trial is not at fault: it is re-queued with the same params however often it
     # happens (max_retry bounds only trials whose worker died). Re-queues that the lost database
