@@ -130,7 +130,7 @@ def noop_fit(config, report=None, out_dir=None):
 
 
 def child_ours(url: str, study: str, trials: int, artifacts: str) -> dict:
-    from workers.worker import run_worker
+    from dlnn_studies.study.worker import run_worker
 
     run_worker(url, study, n_trials=trials, fit_fn=noop_fit, install_signals=False, artifacts=artifacts, plots=False,
                log=lambda m: None)
@@ -140,10 +140,10 @@ def child_ours(url: str, study: str, trials: int, artifacts: str) -> dict:
 def child_plain(url: str, study: str, trials: int, artifacts: str) -> dict:
     import optuna
 
-    from workers.samplers import build_pruner, build_sampler
-    from workers.space import grid_space, suggest
-    from workers.spec import parse_spec
-    from workers.storage import normalize_url
+    from dlnn_studies.spec.samplers import build_pruner, build_sampler
+    from dlnn_studies.spec.space import grid_space, suggest
+    from dlnn_studies.spec.schema import parse_spec
+    from dlnn_studies.store.storage import normalize_url
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     storage = optuna.storages.RDBStorage(normalize_url(url)) if url != "memory" else None
@@ -162,7 +162,7 @@ def plain_objective(space, base_flat):
     """What a user writes with plain Optuna: the same parameters, 10 reports with pruning checks."""
     import optuna
 
-    from workers.space import suggest
+    from dlnn_studies.spec.space import suggest
 
     def objective(trial):
         MARKS.append(cpu())
@@ -181,12 +181,12 @@ def in_memory(kind: str, trials: int, artifacts: str) -> dict:
     """One process on Optuna's InMemoryStorage: the same pieces as `run_worker`, minus a database."""
     import optuna
 
-    from workers.samplers import build_pruner, build_sampler
-    from workers.service import SPEC_ATTR, build_study
-    from workers.space import grid_space, suggest
-    from workers.spec import parse_spec
-    from workers.storage import artifact_store
-    from workers.worker import Objective, StopFlag, worker_identity
+    from dlnn_studies.spec.samplers import build_pruner, build_sampler
+    from dlnn_studies.study.service import SPEC_ATTR, build_study
+    from dlnn_studies.spec.space import grid_space, suggest
+    from dlnn_studies.spec.schema import parse_spec
+    from dlnn_studies.store.storage import artifact_store
+    from dlnn_studies.study.worker import Objective, StopFlag, worker_identity
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     spec = parse_spec(__import__("tomllib").loads(SPEC.format(name="mem", budget=10**6)))
@@ -232,8 +232,8 @@ def drop_database(admin: str, name: str) -> None:
 
 
 def launch(url: str, name: str, budget: int) -> None:
-    from workers.service import launch as service_launch
-    from workers.spec import parse_spec
+    from dlnn_studies.study.service import launch as service_launch
+    from dlnn_studies.spec.schema import parse_spec
 
     spec = parse_spec(__import__("tomllib").loads(SPEC.format(name=name, budget=budget)))
     service_launch(spec, url, log=lambda m: None)
@@ -248,11 +248,11 @@ def populate(url: str, name: str, n: int, seed: int = 0) -> float:
     import optuna
     import sqlalchemy
     from optuna.distributions import distribution_to_json
-    from workers.optuna_private import rdb_models as models
+    from dlnn_studies.store.optuna_private import rdb_models as models
 
-    from workers.space import suggest
-    from workers.spec import parse_spec
-    from workers.storage import normalize_url
+    from dlnn_studies.spec.space import suggest
+    from dlnn_studies.spec.schema import parse_spec
+    from dlnn_studies.store.storage import normalize_url
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     start = time.perf_counter()

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from composefile import REPO, duration_s, example_env, load_compose, resolve, service_env
-from workers import proxy
+from dlnn_studies.ops import proxy
 
 K8S = REPO / "deploy" / "k8s"
 SECRET_WORDS = re.compile(r"PASSWORD|SECRET|TOKEN|PASSWD|API_KEY", re.I)
@@ -108,7 +108,7 @@ def test_worker_job_has_parallelism_a_gpu_each_and_the_compose_grace_period(mani
     config = _config(manifests)
     assert _env(worker, config)["DLNN_GPU_SLOTS"] == "off"  # the device plugin assigns the GPU
     (wait,) = pod["initContainers"]
-    assert _argv(wait, _env(wait, config))[:6] == ["python", "-m", "workers.entrypoint", "wait", "--study", config["DLNN_STUDY"]]
+    assert _argv(wait, _env(wait, config))[:6] == ["python", "-m", "dlnn_studies.cli.ops", "wait", "--study", config["DLNN_STUDY"]]
     assert pod["securityContext"]["runAsNonRoot"] is True
 
 
@@ -150,7 +150,7 @@ def test_proxy_manifest_matches_the_worker_url_it_documents(manifests):
     service = manifests[("Service", "dlnn-proxy")]
     (container,) = _containers(manifests[("Deployment", "dlnn-proxy")])
     argv = container["command"]
-    assert argv[:3] == ["python", "-m", "workers.proxy"]
+    assert argv[:3] == ["python", "-m", "dlnn_studies.ops.proxy"]
     port = int(argv[argv.index("--port") + 1])
     assert service["spec"]["ports"][0]["targetPort"] == port == proxy.DEFAULT_PORT
     documented = re.search(r"grpc://[\w.-]+:\d+", (K8S / "proxy.yaml").read_text()).group()

@@ -11,9 +11,10 @@ import optuna
 import pytest
 from service_support import REPO, create_pg_database, drop_pg_database, free_port, tiny_spec
 
-from workers import proxy, service
-from workers.spec import parse_spec
-from workers.storage import normalize_url
+from dlnn_studies.ops import proxy
+from dlnn_studies.study import service
+from dlnn_studies.spec.schema import parse_spec
+from dlnn_studies.store.storage import normalize_url
 
 
 def test_parse_proxy_url():
@@ -36,12 +37,12 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 @pytest.fixture
 def served():
-    """A fresh database with one study, served by `python -m workers.proxy`; yields (db url, proxy url, name)."""
+    """A fresh database with one study, served by `python -m dlnn_studies.ops.proxy`; yields (db url, proxy url, name)."""
     name, db_url = create_pg_database()
     db_url = normalize_url(db_url)
     optuna.create_study(study_name="s", storage=db_url)  # the launcher's job, directly on PostgreSQL
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "workers.proxy", "--storage", db_url, "--host", "127.0.0.1",
+    proc = subprocess.Popen([sys.executable, "-m", "dlnn_studies.ops.proxy", "--storage", db_url, "--host", "127.0.0.1",
                              "--port", str(port), "--threads", "4"], cwd=REPO, stderr=subprocess.PIPE, text=True)
     try:
         yield db_url, f"grpc://127.0.0.1:{port}", proc
@@ -79,8 +80,8 @@ def test_status_reads_a_launched_study_through_the_proxy(served):
 def test_report_reads_a_study_through_the_proxy(served, tmp_path):
     from service_support import fake_fit
 
-    from workers.report import report
-    from workers.worker import run_worker
+    from dlnn_studies.study.report import report
+    from dlnn_studies.study.worker import run_worker
 
     db_url, url, _ = served
     service.launch(parse_spec(tomllib.loads(tiny_spec(name="answered", trials=4))), db_url, log=lambda m: None)

@@ -6,7 +6,7 @@ servers"). Optuna's own client has no heartbeat, so `HeartbeatGrpcStorageProxy` 
 system attribute: a killed worker's trial is still failed and retried as on PostgreSQL. The heartbeat time
 comes from the worker's clock, so keep the hosts' clocks in sync (NTP) well within the grace period.
 
-Serve:   python -m workers.proxy --storage postgresql+psycopg2://user@db:5432/dlnn --port 13000
+Serve:   python -m dlnn_studies.ops.proxy --storage postgresql+psycopg2://user@db:5432/dlnn --port 13000
 Workers: DLNN_STORAGE=grpc://dlnn-proxy:13000 dlnn work STUDY
 """
 
@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import GrpcStorageProxy
-from .optuna_private import BaseHeartbeat
+from ..store.optuna_private import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
 
 log = logging.getLogger("dlnn.proxy")
@@ -149,7 +149,7 @@ def serve(storage_url: str, host: str = "0.0.0.0", port: int = DEFAULT_PORT, *, 
     """Serve `storage_url` over gRPC until `stop` is set (by default: until SIGTERM or SIGINT)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from .optuna_private import grpc_make_server
+    from ..store.optuna_private import grpc_make_server
 
     make_server = grpc_make_server()
 
@@ -177,7 +177,7 @@ def _redact(url: str) -> str:
 
 
 def run_proxy(argv: list[str] | None = None) -> int:
-    """Command `dlnn proxy` / `python -m workers.proxy`: serve the study storage to workers over gRPC."""
+    """Command `dlnn proxy` / `python -m dlnn_studies.ops.proxy`: serve the study storage to workers over gRPC."""
     parser = argparse.ArgumentParser(prog="dlnn proxy", description=run_proxy.__doc__)
     parser.add_argument("--storage", default=os.environ.get("DLNN_STORAGE"),
                         help="database URL to serve (default $DLNN_STORAGE); PostgreSQL in production")

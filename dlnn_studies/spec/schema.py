@@ -45,7 +45,7 @@ from dlnn_core.losses import LOSSES
 from dlnn_core.models import INIT_CHOICES
 from dlnn_core.optim import OPTIMIZERS, SCHEDULERS
 
-from .errors import UsageError
+from ..errors import UsageError
 from .names import NAME_RE, name_problem  # noqa: F401 (NAME_RE: re-exported where it was defined)
 from .samplers import PRUNERS, SAMPLERS, check_options
 from .space import PARENTS, Param, describe, params_for
@@ -63,7 +63,7 @@ METRICS: dict[str, str] = {
 }
 # Metrics that need the true system's equations: absent for data files, so no objective there.
 NEEDS_SYSTEM = frozenset({"dissipation_rel_error", "energy_error", "test_energy_error", "ood_energy_error"})
-# Error metrics: positive, minimized, spanning decades. Studies store them as log10 (workers/records.py).
+# Error metrics: positive, minimized, spanning decades. Studies store them as log10 (study/records.py).
 LOG_METRICS = frozenset(m for m, d in METRICS.items() if d == "minimize" and m not in ("wall_time_s", "epochs"))
 # The value each epoch reports to the pruner (fit's report callback).
 PRUNING_METRIC = "val_rel_mse"

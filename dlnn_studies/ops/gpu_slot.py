@@ -335,7 +335,7 @@ def claim_slot_file(directory: str, gpus: list[Gpu], per_gpu: int = 1, namespace
             raise SlotError(f"DLNN_GPU_LOCK_DIR: cannot lock {path!r}: {exc}") from None
         if fd is None:
             return None
-        with contextlib.suppress(OSError):  # who holds it, for `python -m workers.gpu_slot`
+        with contextlib.suppress(OSError):  # who holds it, for `python -m dlnn_studies.ops.gpu_slot`
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{socket.gethostname()} pid {os.getpid()}\n".encode(), 0)
         return FileSlotClaim(path, gpu, slot, key, fd)
@@ -406,7 +406,7 @@ def _scheme(url: str | None) -> str:
 
 
 def slots_in_use(dsn: str, gpus: list[Gpu], per_gpu: int = 1, namespace: str = "default") -> dict[tuple[int, int], int]:
-    """{(GPU index, slot): backend pid} for the slots held now in this database (for `python -m workers.gpu_slot`)."""
+    """{(GPU index, slot): backend pid} for the slots held now in this database (for `python -m dlnn_studies.ops.gpu_slot`)."""
     wanted = {slot_key(g, s, namespace): (g.index, s) for g, s in slot_order(gpus, per_gpu)}
     conn = _connect(dsn)
     try:
@@ -426,10 +426,10 @@ def slots_in_use(dsn: str, gpus: list[Gpu], per_gpu: int = 1, namespace: str = "
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m workers.gpu_slot`: show the GPUs, the slots and which are held (run inside a worker)."""
+    """`python -m dlnn_studies.ops.gpu_slot`: show the GPUs, the slots and which are held (run inside a worker)."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m workers.gpu_slot", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m dlnn_studies.ops.gpu_slot", description=main.__doc__)
     parser.add_argument("--storage", default=os.environ.get("DLNN_STORAGE"), help="PostgreSQL URL (default $DLNN_STORAGE)")
     args = parser.parse_args(argv)
     try:

@@ -1,8 +1,8 @@
 """Container entry commands that sit around `dlnn`: launch every configured study, wait for the storage.
 
-  python -m workers.entrypoint launch   `dlnn launch` each spec named in DLNN_STUDIES (names or paths,
+  python -m dlnn_studies.cli.ops launch   `dlnn launch` each spec named in DLNN_STUDIES (names or paths,
                                         space- or comma-separated; default: every studies/*.toml)
-  python -m workers.entrypoint wait [--study NAME] [--timeout S]
+  python -m dlnn_studies.cli.ops wait [--study NAME] [--timeout S]
                                         block until the storage has the schema (and the study): the init
                                         step of Kubernetes worker and dashboard pods, which have no depends_on
 """
@@ -37,7 +37,7 @@ def spec_paths(value: str | None, studies_dir: Path = STUDIES_DIR) -> list[Path]
 
 
 def _dlnn(argv: list[str]) -> int:
-    from workers.cli import main  # imported here: `wait` must not need the whole service
+    from .main import main  # imported here: `wait` must not need the whole service
 
     try:
         rc = main(argv)
@@ -64,7 +64,7 @@ def launch_all(env: Mapping[str, str] = os.environ) -> int:
 
 def storage_state(url: str, study: str | None = None) -> str | None:
     """None when the storage has the schema (and `study`), else why not yet."""
-    from workers import proxy
+    from ..ops import proxy
 
     try:
         if proxy.is_proxy_url(url):
@@ -113,7 +113,7 @@ def wait_for(url: str, study: str | None = None, timeout_s: float = 600.0, poll_
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m workers.entrypoint", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m dlnn_studies.cli.ops", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("launch", help="dlnn launch every spec in $DLNN_STUDIES (default: studies/*.toml)")

@@ -27,10 +27,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from . import records
-from .errors import UsageError
+from ..errors import UsageError
 from .service import feasible, ranked_trials, stored_spec
-from .spec import StudySpec
-from .storage import close_storage, open_storage
+from ..spec.schema import StudySpec
+from ..store.storage import close_storage, open_storage
 
 OUTCOMES = ("complete", "pruned", "diverged", "failed")
 TOLERANCE = 10.0  # the learning-rate band: where an optimizer stays within this factor of its own best
@@ -743,7 +743,7 @@ class Written:
 def report(url: str, name: str, out: str | Path = "reports", *, artifacts: str | Path | None = None, save_to_study: bool = True,
            rollout_plot: bool = True) -> Written:
     """Write out/<study>/report.md (+ figures/) and report.html; save the note and figures into the study."""
-    from .names import study_folder
+    from ..spec.names import study_folder
 
     d = load(url, name)
     folder = study_folder(out, name)
@@ -768,7 +768,7 @@ def save_into_study(url: str, name: str, blocks: list[Block], artifacts: str | P
 
     from optuna_dashboard import save_note
 
-    from .storage import artifact_store
+    from ..store.storage import artifact_store
 
     storage = open_storage(url)
     try:
@@ -806,7 +806,7 @@ def _rollout_plotter(url: str, name: str, artifacts: str | Path) -> Callable:
         import tempfile
 
         from .plots import rollouts_overlay
-        from .storage import artifact_store
+        from ..store.storage import artifact_store
 
         store = artifact_store(artifacts)
         storage = open_storage(url)

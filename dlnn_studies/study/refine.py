@@ -21,12 +21,12 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from . import records
-from .errors import UsageError
-from .names import check_name
+from ..errors import UsageError
+from ..spec.names import check_name
 from .service import CONSTRAINT, ranked_trials, stored_spec
-from .space import Param
-from .spec import StudySpec, parse_spec
-from .storage import close_storage, open_storage
+from ..spec.space import Param
+from ..spec.schema import StudySpec, parse_spec
+from ..store.storage import close_storage, open_storage
 
 
 def _round(x: float) -> float:

@@ -27,12 +27,12 @@ from optuna.trial import FrozenTrial, TrialState
 from dlnn_core.errors import shorten
 
 from . import records
-from .errors import UsageError
-from .names import check_name
-from .samplers import build_pruner, build_sampler
-from .space import grid_space
-from .spec import StudySpec, make_baseline, parse_spec, recipe, spec_digest
-from .storage import TrialView, budget_counts, close_storage, open_storage, redact, study_lock
+from ..errors import UsageError
+from ..spec.names import check_name
+from ..spec.samplers import build_pruner, build_sampler
+from ..spec.space import grid_space
+from ..spec.schema import StudySpec, make_baseline, parse_spec, recipe, spec_digest
+from ..store.storage import TrialView, budget_counts, close_storage, open_storage, redact, study_lock
 
 SPEC_ATTR = "dlnn:spec"  # study user attr: the validated spec (parsed TOML), so every worker builds the same sampler/pruner
 DIGEST_ATTR = "dlnn:spec_digest"
@@ -197,7 +197,7 @@ def pin_data(spec: StudySpec, artifacts: str | Path | None, base_dir: str | Path
     is here; when it is not, the store must already hold those bytes (checked before creating).
     Without a store, a spec that pins its hash (refine and verify derive theirs from a stored spec)
     is taken as it is: its workers fetch by that hash."""
-    from . import datasets
+    from ..store import datasets
 
     file, declared = datasets.config_file(spec.base)
     if file is None:
@@ -209,7 +209,7 @@ def pin_data(spec: StudySpec, artifacts: str | Path | None, base_dir: str | Path
             return spec, None
         raise UsageError(f"data.file {file!r}: a study's dataset goes into the artifact store, so every worker gets the same "
                          "bytes; pass --artifacts DIR or s3://BUCKET/PREFIX (or set DLNN_ARTIFACTS)")
-    from .artifacts import open_store
+    from ..store.artifacts import open_store
 
     local = Path(file).expanduser()
     if not local.is_absolute() and base_dir is not None:
@@ -233,8 +233,8 @@ def _publish(pin: DataPin | None, log) -> None:
     """The pinned bytes into the store (once: an intact copy is kept), or a check that they are there."""
     if pin is None:
         return
-    from . import datasets
-    from .artifacts import describe, exists
+    from ..store import datasets
+    from ..store.artifacts import describe, exists
 
     if pin.local is not None:
         datasets.publish(pin.store, pin.local, pin.sha256)
@@ -322,7 +322,7 @@ def _data_change(storage, summary, stored: dict, spec: StudySpec, update: bool) 
     `update` may make it. A study's trials must be comparable, so its bytes change only while
     no trial has started (a mistake caught before the workers run); after that, never: the data
     is the experiment, and a new dataset is a new study."""
-    from . import datasets
+    from ..store import datasets
 
     old_file, old_sha = datasets.raw_file(stored)
     new_file, new_sha = datasets.raw_file(spec.raw)
@@ -396,7 +396,7 @@ def seed_configs(storage, old: str, spec: StudySpec, top: int) -> list[tuple[str
 
 def next_steps(name: str, url: str | None, artifacts: str | Path | None = None) -> str:
     """The commands that follow a launch; `--artifacts` where the store is not the default directory."""
-    from .artifacts import DEFAULT_ARTIFACTS
+    from ..store.artifacts import DEFAULT_ARTIFACTS
 
     storage = f" --storage {redact(url)}" if url and url != "sqlite:///dlnn.db" else ""
     store = f" --artifacts {artifacts}" if artifacts and str(artifacts) != DEFAULT_ARTIFACTS else ""
@@ -484,7 +484,7 @@ def status(url: str, name: str, now: datetime.datetime | None = None) -> dict[st
 
 
 def _dataset(spec: StudySpec) -> dict[str, str] | None:
-    from .datasets import config_file
+    from ..store.datasets import config_file
 
     file, sha256 = config_file(spec.base)
     return {"file": file, "sha256": sha256} if file else None

@@ -21,10 +21,10 @@ from typing import Any, Callable, Iterable
 import optuna
 
 from . import records
-from .errors import UsageError
+from ..errors import UsageError
 from .service import launch, ranked_trials, stored_spec
-from .spec import parse_spec, recipe
-from .storage import close_storage, open_storage
+from ..spec.schema import parse_spec, recipe
+from ..store.storage import close_storage, open_storage
 
 FIRST_SEED = 1000  # fresh seeds: far from the 0.. that specs and searches use
 
