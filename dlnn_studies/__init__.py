@@ -4,8 +4,8 @@ dashboard -> report and export. `dlnn_core` trains one config and knows nothing 
   cli/     the `dlnn` command: main.py holds the one table of every command; study, train and ops commands
   study/   what is done to a study: launch, the budgeted study, workers, status, refine, verify, report, export
   spec/    study specs (studies/*.toml): their schema, search space, study names, sampler and pruner registries
-  store/   where things are kept: the Optuna storage, artifacts, dataset files, full disks, and
-           optuna_private.py, the only module that imports Optuna's private names
+  store/   where things are kept: the Optuna storage (a database or the gRPC proxy's client), artifacts,
+           dataset files, full disks, and optuna_private.py, the only module that imports Optuna's private names
   ops/     processes beside the workers: GPU slot claiming, the dashboard server, the gRPC storage proxy
   errors.py  UsageError, the one user-facing error
 

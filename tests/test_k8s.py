@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from composefile import REPO, duration_s, example_env, load_compose, resolve, service_env
-from dlnn_studies.ops import proxy
+from dlnn_studies.store import proxy_client
 
 K8S = REPO / "deploy" / "k8s"
 SECRET_WORDS = re.compile(r"PASSWORD|SECRET|TOKEN|PASSWD|API_KEY", re.I)
@@ -152,9 +152,9 @@ def test_proxy_manifest_matches_the_worker_url_it_documents(manifests):
     argv = container["command"]
     assert argv[:3] == ["python", "-m", "dlnn_studies.ops.proxy"]
     port = int(argv[argv.index("--port") + 1])
-    assert service["spec"]["ports"][0]["targetPort"] == port == proxy.DEFAULT_PORT
+    assert service["spec"]["ports"][0]["targetPort"] == port == proxy_client.DEFAULT_PORT
     documented = re.search(r"grpc://[\w.-]+:\d+", (K8S / "proxy.yaml").read_text()).group()
-    address = proxy.parse_proxy_url(documented)
+    address = proxy_client.parse_proxy_url(documented)
     assert (address.host, address.port) == (service["metadata"]["name"], service["spec"]["ports"][0]["port"])
     env = _env(container, _config(manifests))
-    assert not proxy.is_proxy_url(env["DLNN_STORAGE"])  # the proxy itself talks to the database
+    assert not proxy_client.is_proxy_url(env["DLNN_STORAGE"])  # the proxy itself talks to the database

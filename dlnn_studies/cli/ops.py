@@ -64,7 +64,7 @@ def launch_all(env: Mapping[str, str] = os.environ) -> int:
 
 def storage_state(url: str, study: str | None = None) -> str | None:
     """None when the storage has the schema (and `study`), else why not yet."""
-    from ..ops import proxy
+    from ..store import proxy_client as proxy
 
     try:
         if proxy.is_proxy_url(url):

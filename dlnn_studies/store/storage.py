@@ -230,8 +230,8 @@ def open_storage(url: str, *, create_schema: bool = False, jobs: int = 1, heartb
     """An RDBStorage (or gRPC proxy) for `url`. Only `launch` creates the schema; workers never race it.
     `worker`: the worker's pool (see `engine_kwargs`), without the schema version check (open a
     storage without `worker` first for that; `run_worker` does)."""
-    if is_grpc(url):  # a gRPC storage proxy in front of the database (ops/proxy.py), for large fleets
-        from ..ops.proxy import connect
+    if is_grpc(url):  # a gRPC storage proxy in front of the database (proxy_client.py), for large fleets
+        from .proxy_client import connect
 
         try:
             return connect(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
