@@ -14,9 +14,9 @@ from ..errors import UsageError
 
 
 def commands() -> dict:
-    from . import study, train
+    from . import ops, study, train
 
-    return {**train.COMMANDS, **study.COMMANDS}
+    return {**train.COMMANDS, **study.COMMANDS, **ops.COMMANDS}
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,5 +1,5 @@
 """The study commands of `dlnn`: launch, work, status, export, refine, report, verify, dashboard, run.
-Each entry of COMMANDS is (configure(parser), run(args) -> exit code); cli.py merges them."""
+Each entry of COMMANDS is (configure(parser), run(args) -> exit code); main.py merges them."""
 
 from __future__ import annotations
 

@@ -2,15 +2,13 @@
 connections and an in-process trial cache, and serves the study storage to workers over gRPC (the
 workers' side, with its heartbeat, is store/proxy_client.py).
 
-Serve:   python -m dlnn_studies.ops.proxy --storage postgresql+psycopg2://user@db:5432/dlnn --port 13000
+Serve:   dlnn proxy --storage postgresql+psycopg2://user@db:5432/dlnn --port 13000
 Workers: DLNN_STORAGE=grpc://dlnn-proxy:13000 dlnn work STUDY
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
 import signal
 import sys
 import threading
@@ -63,28 +61,3 @@ def _redact(url: str) -> str:
     if parts.password:
         return url.replace(f":{parts.password}@", ":***@")
     return url
-
-
-def run_proxy(argv: list[str] | None = None) -> int:
-    """Command `dlnn proxy` / `python -m dlnn_studies.ops.proxy`: serve the study storage to workers over gRPC."""
-    parser = argparse.ArgumentParser(prog="dlnn proxy", description=run_proxy.__doc__)
-    parser.add_argument("--storage", default=os.environ.get("DLNN_STORAGE"),
-                        help="database URL to serve (default $DLNN_STORAGE); PostgreSQL in production")
-    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0: a cluster service)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
-    parser.add_argument("--threads", type=int, default=16, help="gRPC threads = database connections (default 16)")
-    args = parser.parse_args(argv)
-    if not args.storage:
-        parser.error("no storage: pass --storage URL or set DLNN_STORAGE")
-    if not 1 <= args.port <= 65535 or args.threads < 1:
-        parser.error("--port must be 1-65535 and --threads at least 1")
-    try:
-        serve(args.storage, args.host, args.port, threads=args.threads)
-    except (ValueError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(run_proxy())
