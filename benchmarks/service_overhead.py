@@ -232,7 +232,7 @@ def drop_database(admin: str, name: str) -> None:
 
 
 def launch(url: str, name: str, budget: int) -> None:
-    from dlnn_studies.study.service import launch as service_launch
+    from dlnn_studies.study.launch import launch as service_launch
     from dlnn_studies.spec.schema import parse_spec
 
     spec = parse_spec(__import__("tomllib").loads(SPEC.format(name=name, budget=budget)))

@@ -101,7 +101,7 @@ def level(spec: str, trials: int, workers: int, folder: Path) -> dict:
     """Launch a fresh study and run `workers` processes on it; trials per hour and the summed clocks."""
     import optuna
 
-    from dlnn_studies.study.service import launch
+    from dlnn_studies.study.launch import launch
     from dlnn_studies.spec.schema import parse_spec
 
     raw = tomllib.loads((ROOT / "studies" / f"{spec}.toml").read_text())

@@ -12,7 +12,7 @@ import psycopg2
 import pytest
 from service_support import PG_ADMIN, pg_url, spawn, tiny_spec, write_spec  # noqa: F401 (fixture)
 
-from dlnn_studies.study.service import launch
+from dlnn_studies.study.launch import launch
 from dlnn_studies.spec.schema import load_spec
 
 WORKERS = 4

@@ -377,7 +377,8 @@ def test_a_study_on_a_file_runs_and_is_read_back_without_it(pendulum, tmp_path, 
     plot included) → report; then, with the file gone, status and export still read the study (its
     stored spec is not re-checked against the file)."""
     from dlnn_studies.study.report import report
-    from dlnn_studies.study.service import launch, stored_spec
+    from dlnn_studies.study.launch import launch
+    from dlnn_studies.study.service import stored_spec
     from dlnn_studies.store.storage import close_storage, open_storage
     from dlnn_studies.study.worker import run_worker
 

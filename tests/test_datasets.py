@@ -330,7 +330,7 @@ def _stored(url: str, name: str) -> dict:
 
 
 def test_launch_publishes_the_file_and_pins_its_hash(store_url, tmp_path, monkeypatch, data_file_field):
-    from dlnn_studies.study.service import launch
+    from dlnn_studies.study.launch import launch
     from dlnn_studies.spec.schema import load_spec
 
     monkeypatch.chdir(tmp_path)
@@ -348,7 +348,7 @@ def test_launch_publishes_the_file_and_pins_its_hash(store_url, tmp_path, monkey
     if store_url.startswith("s3://"):
         assert any(f"dlnn work withdata --storage {url} --artifacts {store_url}" in m for m in logs)
 
-    from dlnn_studies.study.service import format_status, status
+    from dlnn_studies.study.status import format_status, status
 
     assert f"data: flight.npz (sha256 {sha(trajectories(seed=3))})" in format_status(status(url, "withdata"))
 
@@ -381,7 +381,7 @@ def test_launch_publishes_the_file_and_pins_its_hash(store_url, tmp_path, monkey
 
 
 def test_launch_refuses_what_it_cannot_pin_and_creates_nothing(tmp_path, monkeypatch, data_file_field):
-    from dlnn_studies.study.service import launch
+    from dlnn_studies.study.launch import launch
     from dlnn_studies.spec.schema import load_spec
 
     monkeypatch.chdir(tmp_path)
@@ -426,7 +426,7 @@ def _checkpointing_fit(seen: list):
 
 def test_workers_train_on_the_pinned_bytes_and_export_carries_the_hash(store_url, tmp_path, monkeypatch, data_file_field, capsys):
     from dlnn_studies.study.export import export
-    from dlnn_studies.study.service import launch
+    from dlnn_studies.study.launch import launch
     from dlnn_studies.spec.schema import load_spec
     from dlnn_studies.cli.train import load_train_config, local_data
     from dlnn_studies.study.worker import run_worker
@@ -495,7 +495,7 @@ def test_workers_train_on_the_pinned_bytes_and_export_carries_the_hash(store_url
 
 
 def test_a_worker_without_the_bytes_stops_at_once_and_says_which(tmp_path, monkeypatch, data_file_field):
-    from dlnn_studies.study.service import launch
+    from dlnn_studies.study.launch import launch
     from dlnn_studies.spec.schema import load_spec
     from dlnn_studies.study.worker import run_worker
 
@@ -521,7 +521,7 @@ def test_workers_report_and_dashboard_use_s3(s3_url, tmp_path, monkeypatch):
 
     from dlnn_studies.ops.dashboard import build_app
     from dlnn_studies.study.report import report
-    from dlnn_studies.study.service import launch
+    from dlnn_studies.study.launch import launch
     from dlnn_studies.spec.schema import load_spec
     from dlnn_studies.study.worker import run_worker
 

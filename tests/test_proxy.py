@@ -15,7 +15,8 @@ from dlnn_studies.ops import proxy
 from dlnn_studies.spec.schema import parse_spec
 from dlnn_studies.store import proxy_client
 from dlnn_studies.store.storage import normalize_url
-from dlnn_studies.study import service
+from dlnn_studies.study.launch import launch
+from dlnn_studies.study.status import status
 
 
 def test_parse_proxy_url():
@@ -71,8 +72,8 @@ def test_workers_optimize_through_the_proxy_and_it_stops_on_sigterm(served):
 @needs_grpc
 def test_status_reads_a_launched_study_through_the_proxy(served):
     db_url, url, _ = served
-    service.launch(parse_spec(tomllib.loads(tiny_spec(name="via_proxy", trials=3))), db_url, log=lambda m: None)
-    s = service.status(url, "via_proxy")
+    launch(parse_spec(tomllib.loads(tiny_spec(name="via_proxy", trials=3))), db_url, log=lambda m: None)
+    s = status(url, "via_proxy")
     assert s["study"] == "via_proxy" and s["budget"] == {"trials": 3, "used": 0, "timeout_s": None}
     assert s["best"] is None and s["running"] == [] and s["failures"] == []
 
@@ -85,7 +86,7 @@ def test_report_reads_a_study_through_the_proxy(served, tmp_path):
     from dlnn_studies.study.worker import run_worker
 
     db_url, url, _ = served
-    service.launch(parse_spec(tomllib.loads(tiny_spec(name="answered", trials=4))), db_url, log=lambda m: None)
+    launch(parse_spec(tomllib.loads(tiny_spec(name="answered", trials=4))), db_url, log=lambda m: None)
     run_worker(db_url, "answered", fit_fn=fake_fit(), install_signals=False, artifacts=None, log=lambda m: None, timeout=120)
     written = report(url, "answered", tmp_path / "r")  # read and note saved through grpc://
     assert "4 trials: 4 complete" in written.markdown.read_text() and written.note_saved

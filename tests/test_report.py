@@ -22,7 +22,7 @@ from dlnn_core.optim import OPTIMIZERS
 from dlnn_studies.cli import main as cli
 from dlnn_studies.study import records
 from dlnn_studies.study.report import load, report, tolerance_band
-from dlnn_studies.study.service import launch
+from dlnn_studies.study.launch import launch
 from dlnn_studies.spec.schema import load_spec
 from dlnn_studies.store.storage import normalize_url
 from dlnn_studies.study.verify import candidates, verify

@@ -22,7 +22,8 @@ from dlnn_studies.errors import UsageError
 from dlnn_studies.study.export import export
 from dlnn_studies.study.refine import refine
 from dlnn_core.optim import OPTIMIZERS
-from dlnn_studies.study.service import launch, status
+from dlnn_studies.study.launch import launch
+from dlnn_studies.study.status import status
 from dlnn_studies.spec.space import lr_from_position
 from dlnn_studies.spec.schema import load_spec
 from dlnn_studies.store.storage import normalize_url

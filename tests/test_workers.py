@@ -21,7 +21,7 @@ from service_support import (dlnn, fake_fit, free_port, pg_url, spawn, storage_u
                              write_spec)
 
 from dlnn_studies.study import records
-from dlnn_studies.study.service import launch
+from dlnn_studies.study.launch import launch
 from dlnn_studies.spec.schema import load_spec
 from dlnn_studies.store.storage import normalize_url
 from dlnn_studies.study.worker import run_worker

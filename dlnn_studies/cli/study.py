@@ -77,7 +77,7 @@ def configure_launch(p: argparse.ArgumentParser) -> None:
 
 def run_launch(args: argparse.Namespace) -> int:
     """Create a study from a spec (idempotent), enqueue its baselines, print how to add workers."""
-    from ..study.service import launch
+    from ..study.launch import launch
     from ..spec.schema import load_spec
 
     spec = load_spec(args.spec)
@@ -129,7 +129,7 @@ def configure_status(p: argparse.ArgumentParser) -> None:
 
 def run_status(args: argparse.Namespace) -> int:
     """Trials by state, best value and config, running trials, recent failures."""
-    from ..study.service import format_status, status
+    from ..study.status import format_status, status
 
     url = storage_url(args.storage)
     if args.study is None:
@@ -339,7 +339,8 @@ def configure_run(p: argparse.ArgumentParser) -> None:
 def run_run(args: argparse.Namespace) -> int:
     """Launch a study, run N local workers to its budget, then print its status and export the best configs."""
     from ..study.export import export
-    from ..study.service import format_status, launch, status
+    from ..study.launch import launch
+    from ..study.status import format_status, status
     from ..spec.schema import load_spec
 
     url = storage_url(args.storage)

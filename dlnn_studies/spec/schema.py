@@ -291,7 +291,7 @@ class _Validator:
         """A spec on a data file: objectives the file can give, the file itself (read and checked
         with the largest searched batch and Savitzky–Golay window; a relative path from the working
         directory, as `launch` reads it). `launch` then pins its sha256 and publishes the bytes
-        (service.pin_data); a pinned file that is not here is not read (its bytes are in the store)."""
+        (launch.pin_data); a pinned file that is not here is not read (its bytes are in the store)."""
         for m in metrics:
             if m in NEEDS_SYSTEM:
                 self.err(f"objective: {m} needs the true system's equations, which base.data.file does not give; "

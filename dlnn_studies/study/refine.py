@@ -169,7 +169,7 @@ def seed_trials(study: optuna.Study, spec: StudySpec, seeds: list[FrozenTrial], 
 def refine(url: str, name: str, *, around: int = 5, points: int = 3, new_name: str | None = None, max_trials: int = 100,
            trial: int | None = None, log=print):
     """Launch the refine study on the same storage and seed it; returns its spec."""
-    from .service import launch
+    from .launch import launch
 
     if new_name is not None:
         check_name(new_name, "--name")

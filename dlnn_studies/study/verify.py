@@ -22,7 +22,8 @@ import optuna
 
 from . import records
 from ..errors import UsageError
-from .service import launch, ranked_trials, stored_spec
+from .launch import launch
+from .service import ranked_trials, stored_spec
 from ..spec.schema import parse_spec, recipe
 from ..store.storage import close_storage, open_storage
 
