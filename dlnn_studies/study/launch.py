@@ -2,7 +2,8 @@
 
 Relaunching the same spec is a no-op; a changed spec is refused unless --update, and a spec whose data
 names a file has those bytes published into the artifact store, and their hash recorded in the stored
-spec, before the study exists. `--from OLD` enqueues the old study's best configs first.
+spec, before the study exists. `--from OLD` enqueues the old study's best configs first, and a refine
+study gets its seeds copied in as finished trials (`seed_trials`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import optuna
+from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import FrozenTrial, TrialState
 
@@ -22,7 +24,7 @@ from ..errors import UsageError
 from ..spec.names import check_name
 from ..spec.schema import StudySpec, make_baseline, parse_spec, recipe, spec_digest
 from ..store.storage import close_storage, open_storage, redact
-from .service import DIGEST_ATTR, SPEC_ATTR, find_study, ranked_trials
+from .service import CONSTRAINT, DIGEST_ATTR, SPEC_ATTR, find_study, ranked_trials
 
 @dataclass(frozen=True)
 class Launched:
@@ -165,8 +167,6 @@ def _launch(storage, spec: StudySpec, url: str, update: bool, from_study: str | 
         enqueued += 1
     copied = 0
     if seed_with is not None:
-        from .refine import seed_trials
-
         copied = seed_trials(study, spec, seed_with[1], seed_with[0])
     message = (f"launched study {name!r} on {redact(url)}: {spec.trials} trials, sampler {spec.sampler}, pruner {spec.pruner}"
                f", {enqueued} enqueued first ({len(spec.baselines)} baselines"
@@ -257,6 +257,33 @@ def seed_configs(storage, old: str, spec: StudySpec, top: int) -> list[tuple[str
         if b is not None:
             out.append((f"{old}#{trial.number}", b))
     return out
+
+
+def seed_trials(study: optuna.Study, spec: StudySpec, seeds: list[FrozenTrial], origin: str) -> int:
+    """Copy finished trials into the new study (values, config, metrics); params that fit the new
+    space keep their distribution there, so the dashboard plots them beside the grid's trials."""
+    params_by_name = {p.key: p for p in spec.space if p.kind != "fixed"}
+    for t in seeds:
+        flat = records.trial_flat(t)
+        metrics = records.trial_metrics(t)
+        params, dists = {}, {}
+        for key, p in params_by_name.items():
+            value = flat.get(key)
+            if value is None:
+                continue
+            if p.kind == "int":
+                dist = IntDistribution(min(int(p.low), int(value)), max(int(p.high), int(value)), log=p.log)
+            else:
+                dist = FloatDistribution(min(p.low, value), max(p.high, value), log=p.log)
+            params[key], dists[key] = value, dist
+        user_attrs = {k: v for k, v in t.user_attrs.items() if k not in ("reason", "baseline", "overrides")}
+        user_attrs.update(seeded_from=f"{origin}#{t.number}", status=records.OK)
+        system_attrs = {k: t.system_attrs[k] for k in (records.CONFIG, records.METRICS, records.WORKER) if k in t.system_attrs}
+        values = [records.to_stored(m, metrics[m]) if m in metrics else v for m, v in zip(spec.metrics, t.values)]
+        study.add_trial(optuna.create_trial(
+            state=TrialState.COMPLETE, values=values, params=params, distributions=dists, user_attrs=user_attrs,
+            system_attrs={**system_attrs, f"constraints:{CONSTRAINT}": 0.0}, intermediate_values=t.intermediate_values))
+    return len(seeds)
 
 
 def next_steps(name: str, url: str | None, artifacts: str | Path | None = None) -> str:
