@@ -92,7 +92,7 @@ def export(url: str, name: str, *, top: int = 5, out: str | Path = "exports", fm
         digest = study.user_attrs.get(DIGEST_ATTR)
         raw_spec = study.user_attrs.get(SPEC_ATTR)
         n_trials = len(study.get_trials(deepcopy=False))
-        from .verify import robust_winner
+        from .report import robust_winner
 
         winner = robust_winner(storage, name, spec.directions[0])
     finally:
