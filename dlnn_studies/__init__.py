@@ -10,7 +10,7 @@ dashboard -> report and export. `dlnn_core` trains one config and knows nothing 
   errors.py  UsageError, the one user-facing error
 
 Imports run one way: cli -> study -> spec -> store, cli -> ops -> store, and everything -> dlnn_core and
-errors.py; no module imports a cycle.
+errors.py; no module imports a cycle (tests/test_layout.py checks both).
 
 Importing this package is cheap (no torch): `dlnn_studies.ops.gpu_slot` must run before torch touches CUDA,
 so the public names below are loaded on first use."""
