@@ -118,7 +118,7 @@ def rerun_pruned(url: str, name: str, log=print) -> tuple[list[Curve], dict[int,
     """The study's full curves: completed trials as stored, pruned ones rerun to full length."""
     from dlnn_core.config import TrainConfig
     from dlnn_core.train import fit
-    from workers.report import load
+    from dlnn_studies.study.report import load
 
     d = load(url, name)
     epochs = d.spec.base.epochs

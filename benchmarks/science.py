@@ -22,7 +22,7 @@ import torch
 
 from dlnn_core.config import PRESETS, TrainConfig
 from dlnn_core.train import fit
-from workers.train_commands import parse_overrides
+from dlnn_studies.cli.train import parse_overrides
 
 # Model variants: overrides on top of the base config (published: the preset as published).
 VARIANTS = {

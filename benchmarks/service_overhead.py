@@ -146,7 +146,7 @@ def noop_fit(config, report=None, out_dir=None, metrics=None):
 
 
 def child_ours(url: str, study: str, trials: int, artifacts: str) -> dict:
-    from workers.worker import run_worker
+    from dlnn_studies.study.worker import run_worker
 
     run_worker(url, study, n_trials=trials, fit_fn=noop_fit, install_signals=False, artifacts=artifacts, plots=False,
                log=lambda m: None)
@@ -156,10 +156,10 @@ def child_ours(url: str, study: str, trials: int, artifacts: str) -> dict:
 def child_plain(url: str, study: str, trials: int, artifacts: str) -> dict:
     import optuna
 
-    from workers.samplers import build_pruner, build_sampler
-    from workers.space import grid_space, suggest
-    from workers.spec import parse_spec
-    from workers.storage import normalize_url
+    from dlnn_studies.spec.samplers import build_pruner, build_sampler
+    from dlnn_studies.spec.space import grid_space, suggest
+    from dlnn_studies.spec.schema import parse_spec
+    from dlnn_studies.store.storage import normalize_url
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     storage = optuna.storages.RDBStorage(normalize_url(url)) if url != "memory" else None
@@ -181,7 +181,7 @@ def plain_objective(space, base, store=None):
     checkpoint uploaded."""
     import optuna
 
-    from workers.space import suggest
+    from dlnn_studies.spec.space import suggest
 
     base_flat = base.to_flat()
 
@@ -218,12 +218,12 @@ def in_memory(kind: str, trials: int, artifacts: str) -> dict:
     """One process on Optuna's InMemoryStorage: the same pieces as `run_worker`, minus a database."""
     import optuna
 
-    from workers.samplers import build_pruner, build_sampler
-    from workers.service import SPEC_ATTR, build_study
-    from workers.space import grid_space, suggest
-    from workers.spec import parse_spec
-    from workers.storage import artifact_store
-    from workers.worker import Objective, StopFlag, worker_identity
+    from dlnn_studies.spec.samplers import build_pruner, build_sampler
+    from dlnn_studies.study.service import SPEC_ATTR, build_study
+    from dlnn_studies.spec.space import grid_space, suggest
+    from dlnn_studies.spec.schema import parse_spec
+    from dlnn_studies.store.storage import artifact_store
+    from dlnn_studies.study.worker import Objective, StopFlag, worker_identity
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     spec = parse_spec(__import__("tomllib").loads(SPEC.format(name="mem", budget=10**6)))
@@ -271,8 +271,8 @@ def drop_database(admin: str, name: str) -> None:
 
 
 def launch(url: str, name: str, budget: int) -> None:
-    from workers.service import launch as service_launch
-    from workers.spec import parse_spec
+    from dlnn_studies.study.launch import launch as service_launch
+    from dlnn_studies.spec.schema import parse_spec
 
     spec = parse_spec(__import__("tomllib").loads(SPEC.format(name=name, budget=budget)))
     service_launch(spec, url, log=lambda m: None)
@@ -287,11 +287,11 @@ def populate(url: str, name: str, n: int, seed: int = 0) -> float:
     import optuna
     import sqlalchemy
     from optuna.distributions import distribution_to_json
-    from workers.optuna_private import rdb_models as models
+    from dlnn_studies.store.optuna_private import rdb_models as models
 
-    from workers.space import suggest
-    from workers.spec import parse_spec
-    from workers.storage import normalize_url
+    from dlnn_studies.spec.space import suggest
+    from dlnn_studies.spec.schema import parse_spec
+    from dlnn_studies.store.storage import normalize_url
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     start = time.perf_counter()
@@ -372,16 +372,16 @@ def main() -> int:
     artifacts = tempfile.mkdtemp(prefix="dlnn-bench-artifacts-")
     rows = []
     print(f"# service overhead, CPU-seconds per trial (client processes), python {sys.version.split()[0]}, {os.cpu_count()} cores")
-    print(f"{'storage':<12}{'procs':>6}{'trials':>8}{'plain':>10}{'ours':>10}{'ratio':>8}")
+    print(f"{'storage':<26}{'procs':>6}{'trials':>8}{'plain':>10}{'ours':>10}{'ratio':>8}")
     mem_trials = max(args.trials, 100)  # cheap in memory: past TPE's random start-up trials
     mem: dict[str, float] = {}
     for _ in range(args.memory_rounds):  # alternating, the lowest of each: the neighbours' noise hits all three
         for kind in ("plain", "plain+records", "ours"):
             mem[kind] = min(mem.get(kind, float("inf")), in_memory(kind, mem_trials, artifacts)["cpu_per_trial"])
     for baseline in ("plain", "plain+records"):
-        row = (f"memory vs {baseline}" if baseline != "plain" else "memory", 1, mem_trials, mem[baseline], mem["ours"])
+        row = (f"memory ({baseline})", 1, mem_trials, mem[baseline], mem["ours"])
         rows.append(row)
-        print(f"{row[0]:<12}{row[1]:>6}{row[2]:>8}{row[3]:>10.4f}{row[4]:>10.4f}{row[4] / row[3]:>8.2f}", flush=True)
+        print(f"{row[0]:<26}{row[1]:>6}{row[2]:>8}{row[3]:>10.4f}{row[4]:>10.4f}{row[4] / row[3]:>8.2f}", flush=True)
     db, url = pg_database(args.pg)
     try:
         for n in args.workers:
@@ -393,7 +393,7 @@ def main() -> int:
                 res[kind] = run_children(kind, url, name, n, per, artifacts)
             row = ("postgresql", n, res["ours"]["trials"], res["plain"]["cpu_per_trial"], res["ours"]["cpu_per_trial"])
             rows.append(row)
-            print(f"{row[0]:<12}{row[1]:>6}{row[2]:>8}{row[3]:>10.4f}{row[4]:>10.4f}{row[4] / row[3]:>8.2f}", flush=True)
+            print(f"{row[0]:<26}{row[1]:>6}{row[2]:>8}{row[3]:>10.4f}{row[4]:>10.4f}{row[4] / row[3]:>8.2f}", flush=True)
 
         if args.sizes:
             print(f"\n{'finished':>9}{'trials':>8}{'plain':>10}{'ours':>10}{'ratio':>8}   (1 process, PostgreSQL, CPU-s per trial)")

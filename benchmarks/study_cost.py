@@ -46,8 +46,8 @@ PARTS = ("data", "training", "evaluation", "storage in a trial", "sampling", "pl
 def child(url: str, name: str, artifacts: str, cache: str, threads: int) -> dict:
     """One worker process: run the study with clocks around fit's phases and the sampler."""
     import dlnn_core.train as train
-    import workers.plots as plots
-    import workers.worker as worker
+    import dlnn_studies.study.plots as plots
+    import dlnn_studies.study.worker as worker
 
     clock: dict[str, float] = defaultdict(float)
     real_fit = train.fit
@@ -102,8 +102,8 @@ def level(spec: str, trials: int, workers: int, folder: Path) -> dict:
     """Launch a fresh study and run `workers` processes on it; trials per hour and the summed clocks."""
     import optuna
 
-    from workers.service import launch
-    from workers.spec import parse_spec
+    from dlnn_studies.study.launch import launch
+    from dlnn_studies.spec.schema import parse_spec
 
     raw = tomllib.loads((ROOT / "studies" / f"{spec}.toml").read_text())
     raw["budget"]["trials"] = trials

@@ -1,5 +1,5 @@
 """dlnn_core: dissipative Lagrangian neural networks — physics, models, data and training.
-Knows nothing about Optuna; the study service in `workers/` drives it through `fit`."""
+Knows nothing about Optuna; the study service in `dlnn_studies/` drives it through `fit`."""
 
 from .activations import ACTIVATIONS, get_activation
 from .config import PRESETS, OptimizerConfig, SchedulerConfig, TrainConfig, load_config, save_config

@@ -138,7 +138,7 @@ def env(**extra: str) -> dict[str, str]:
 
 
 def dlnn(*args: str, cwd: Path, timeout: float = 300, check: bool = True, **extra_env: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "workers.cli", *args], cwd=cwd, env=env(**extra_env),
+    proc = subprocess.run([sys.executable, "-m", "dlnn_studies.cli.main", *args], cwd=cwd, env=env(**extra_env),
                           capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"dlnn {' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
@@ -147,7 +147,7 @@ def dlnn(*args: str, cwd: Path, timeout: float = 300, check: bool = True, **extr
 
 def spawn(*args: str, cwd: Path, log: Path | None = None, **extra_env: str) -> subprocess.Popen:
     out = open(log, "w") if log else subprocess.DEVNULL
-    return subprocess.Popen([sys.executable, "-m", "workers.cli", *args], cwd=cwd, env=env(**extra_env),
+    return subprocess.Popen([sys.executable, "-m", "dlnn_studies.cli.main", *args], cwd=cwd, env=env(**extra_env),
                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 

@@ -86,7 +86,7 @@ def test_dependency_order(compose):
 def test_gpu_worker_reserves_the_gpus_and_the_cpu_worker_is_a_profile(compose):
     services = compose["services"]
     devices = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
-    # count: all, not 1: every replica must see every GPU to claim its own slot (workers/gpu_slot.py).
+    # count: all, not 1: every replica must see every GPU to claim its own slot (dlnn_studies/ops/gpu_slot.py).
     assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
     assert services["worker"]["profiles"] == ["gpu"] and services["worker-cpu"]["profiles"] == ["cpu"]
     assert "deploy" not in services["worker-cpu"]
@@ -153,13 +153,13 @@ def test_no_literal_secret(raw):
     assert ".env" in (REPO / ".dockerignore").read_text().split()
 
 
-def test_dlnn_services_share_one_image_built_from_workers_dockerfile(compose):
+def test_dlnn_services_share_one_image_built_from_the_dockerfile(compose):
     services = compose["services"]
     for name in DLNN_SERVICES:
         s = services[name]
-        assert s["image"] == "dlnn-studies:latest" and s["build"]["dockerfile"] == "workers/Dockerfile"
+        assert s["image"] == "dlnn-studies:latest" and s["build"]["dockerfile"] == "deploy/Dockerfile"
         assert s["build"]["context"] == "." and s["cap_drop"] == ["ALL"]
-    dockerfile = (REPO / "workers" / "Dockerfile").read_text()
+    dockerfile = (REPO / "deploy" / "Dockerfile").read_text()
     base = re.search(r"^ARG BASE_IMAGE=(\S+)$", dockerfile, re.M).group(1)
     assert services["worker"]["build"]["args"]["BASE_IMAGE"] == base == read_env_file()["DLNN_BASE_IMAGE"]
     torch_pin = re.search(r"^torch==(\S+)$", (REPO / "requirements.txt").read_text(), re.M).group(1)
@@ -197,7 +197,7 @@ def test_docker_compose_config_accepts_the_file(tmp_path):
 
 
 def test_launch_entrypoint_resolves_spec_names_and_paths(tmp_path):
-    from workers.entrypoint import spec_paths
+    from dlnn_studies.cli.ops import spec_paths
 
     (tmp_path / "a.toml").write_text("")
     (tmp_path / "b.toml").write_text("")
@@ -213,7 +213,7 @@ def test_launch_entrypoint_resolves_spec_names_and_paths(tmp_path):
 def test_wait_entrypoint_waits_for_the_schema_and_the_study():
     import optuna
 
-    from workers.entrypoint import storage_state, wait_for
+    from dlnn_studies.cli.ops import storage_state, wait_for
 
     db = f"dlnn_wait_{uuid.uuid4().hex[:10]}"
     admin = psycopg2.connect(ADMIN_URL)
@@ -297,7 +297,7 @@ def _get(url: str, auth: tuple[str, str] | None = None):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (REPO / "workers" / "cli.py").exists(), reason="needs the `dlnn` CLI (issue 4)")
+@pytest.mark.skipif(not (REPO / "dlnn_studies" / "cli" / "main.py").exists(), reason="needs the `dlnn` CLI (issue 4)")
 def test_topology_launch_two_workers_and_the_dashboard(raw, tmp_path):
     db = f"dlnn_topology_{uuid.uuid4().hex[:10]}"
     admin = psycopg2.connect(ADMIN_URL)

@@ -12,8 +12,8 @@ import psycopg2
 import pytest
 from service_support import PG_ADMIN, pg_url, spawn, tiny_spec, write_spec  # noqa: F401 (fixture)
 
-from workers.service import launch
-from workers.spec import load_spec
+from dlnn_studies.study.launch import launch
+from dlnn_studies.spec.schema import load_spec
 
 WORKERS = 4
 
@@ -118,7 +118,7 @@ def test_a_full_server_makes_new_connections_wait_not_fail(limited_role, tmp_pat
     worker, which retries), not a failure of the trial."""
     from sqlalchemy import text
 
-    from workers import storage as st
+    from dlnn_studies.store import storage as st
 
     url = limited_role
     launch(load_spec(write_spec(tmp_path, tiny_spec())), url, log=lambda m: None)

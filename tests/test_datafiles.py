@@ -19,8 +19,8 @@ from dlnn_core.data import integrate
 from dlnn_core.evaluate import rollout_metrics
 from dlnn_core.systems import get_system
 from dlnn_core.train import evaluate_checkpoint
-from workers import cli
-from workers.spec import SpecError, load_spec
+from dlnn_studies.cli import main as cli
+from dlnn_studies.spec.schema import SpecError, load_spec
 
 RATE = 30.0
 LENGTHS = (31, 45, 24, 38, 27, 41, 33, 36)
@@ -376,10 +376,11 @@ def test_a_study_on_a_file_runs_and_is_read_back_without_it(pendulum, tmp_path, 
     """launch (publishes the file by hash) → a worker with the real fit on the fetched bytes (rollout
     plot included) → report; then, with the file gone, status and export still read the study (its
     stored spec is not re-checked against the file)."""
-    from workers.report import report
-    from workers.service import launch, stored_spec
-    from workers.storage import close_storage, open_storage
-    from workers.worker import run_worker
+    from dlnn_studies.study.report import report
+    from dlnn_studies.study.launch import launch
+    from dlnn_studies.study.service import stored_spec
+    from dlnn_studies.store.storage import close_storage, open_storage
+    from dlnn_studies.study.worker import run_worker
 
     _, t, q, v, a = pendulum
     data = df.write_trajectory_file(tmp_path / "data" / "runs.csv", t, q, v, a, names=["theta"], angles=[True])

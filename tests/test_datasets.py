@@ -25,9 +25,10 @@ from optuna.trial import TrialState
 from s3_support import env_for_processes, s3_endpoint, s3_env, s3_objects, s3_url  # noqa: F401
 from service_support import REPO, fake_fit, tiny_spec, write_spec
 
-from workers import cli, datasets
-from workers.artifacts import DirectoryStore, S3Store, StoreURL, artifacts_url, open_store, parse_artifacts
-from workers.errors import UsageError
+from dlnn_studies.cli import main as cli
+from dlnn_studies.store import datasets
+from dlnn_studies.store.artifacts import DirectoryStore, S3Store, StoreURL, artifacts_url, open_store, parse_artifacts
+from dlnn_studies.errors import UsageError
 
 # ----------------------------------------------------------------------------- fixtures
 
@@ -247,7 +248,7 @@ def test_concurrent_workers_never_see_half_a_file(store_url, tmp_path, s3_env):
     digest = datasets.publish(open_store(store_url), src)
     cache = tmp_path / "shared-cache"
     target = datasets.cache_path(digest, cache, "big.npz")
-    code = ("import sys; from workers.artifacts import open_store; from workers.datasets import fetch;"
+    code = ("import sys; from dlnn_studies.store.artifacts import open_store; from dlnn_studies.store.datasets import fetch;"
             "print(fetch(open_store(sys.argv[1]), sys.argv[2], sys.argv[3], 'big.npz'))")
     env = env_for_processes({**s3_env, "PYTHONPATH": str(REPO)})
     seen, stop = [], threading.Event()
@@ -323,14 +324,14 @@ def _spec(tmp_path: Path, file: str | None, extra_data: str = "", name: str = "w
 
 
 def _stored(url: str, name: str) -> dict:
-    from workers.service import SPEC_ATTR
+    from dlnn_studies.study.service import SPEC_ATTR
 
     return optuna.load_study(study_name=name, storage=url).user_attrs[SPEC_ATTR]
 
 
 def test_launch_publishes_the_file_and_pins_its_hash(store_url, tmp_path, monkeypatch, data_file_field):
-    from workers.service import launch
-    from workers.spec import load_spec
+    from dlnn_studies.study.launch import launch
+    from dlnn_studies.spec.schema import load_spec
 
     monkeypatch.chdir(tmp_path)
     url = f"sqlite:///{tmp_path / 'dlnn.db'}"
@@ -347,7 +348,7 @@ def test_launch_publishes_the_file_and_pins_its_hash(store_url, tmp_path, monkey
     if store_url.startswith("s3://"):
         assert any(f"dlnn work withdata --storage {url} --artifacts {store_url}" in m for m in logs)
 
-    from workers.service import format_status, status
+    from dlnn_studies.study.status import format_status, status
 
     assert f"data: flight.npz (sha256 {sha(trajectories(seed=3))})" in format_status(status(url, "withdata"))
 
@@ -380,8 +381,8 @@ def test_launch_publishes_the_file_and_pins_its_hash(store_url, tmp_path, monkey
 
 
 def test_launch_refuses_what_it_cannot_pin_and_creates_nothing(tmp_path, monkeypatch, data_file_field):
-    from workers.service import launch
-    from workers.spec import load_spec
+    from dlnn_studies.study.launch import launch
+    from dlnn_studies.spec.schema import load_spec
 
     monkeypatch.chdir(tmp_path)
     url = f"sqlite:///{tmp_path / 'dlnn.db'}"
@@ -424,11 +425,11 @@ def _checkpointing_fit(seen: list):
 
 
 def test_workers_train_on_the_pinned_bytes_and_export_carries_the_hash(store_url, tmp_path, monkeypatch, data_file_field, capsys):
-    from workers.export import export
-    from workers.service import launch
-    from workers.spec import load_spec
-    from workers.train_commands import load_train_config, local_data
-    from workers.worker import run_worker
+    from dlnn_studies.study.export import export
+    from dlnn_studies.study.launch import launch
+    from dlnn_studies.spec.schema import load_spec
+    from dlnn_studies.cli.train import load_train_config, local_data
+    from dlnn_studies.study.worker import run_worker
 
     launch_dir, worker_dir = tmp_path / "launch-host", tmp_path / "worker-host"
     launch_dir.mkdir()
@@ -450,7 +451,7 @@ def test_workers_train_on_the_pinned_bytes_and_export_carries_the_hash(store_url
     assert seen and {h for _, h in seen} == {sha(data)} and {p for p, _ in seen} == {str(cache / f"{sha(data)}.npz")}
     study = optuna.load_study(study_name="withdata", storage=url)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
-    from workers import records
+    from dlnn_studies.study import records
 
     for t in study.trials:  # each trial keeps the name and hash it trained on, not the cache path
         assert records.trial_config(t)["data"]["file"] == "flight.npz"
@@ -462,7 +463,7 @@ def test_workers_train_on_the_pinned_bytes_and_export_carries_the_hash(store_url
         assert "artifact_error" not in t.user_attrs
 
     # a verification study derived from the stored spec keeps the pin; its workers fetch the same bytes
-    from workers.verify import verify
+    from dlnn_studies.study.verify import verify
 
     child, _ = verify(url, "withdata", top=1, seeds=1, log=lambda m: None)
     assert _stored(url, child)["base"]["data"]["file_sha256"] == sha(data)
@@ -494,9 +495,9 @@ def test_workers_train_on_the_pinned_bytes_and_export_carries_the_hash(store_url
 
 
 def test_a_worker_without_the_bytes_stops_at_once_and_says_which(tmp_path, monkeypatch, data_file_field):
-    from workers.service import launch
-    from workers.spec import load_spec
-    from workers.worker import run_worker
+    from dlnn_studies.study.launch import launch
+    from dlnn_studies.spec.schema import load_spec
+    from dlnn_studies.study.worker import run_worker
 
     monkeypatch.chdir(tmp_path)
     url = f"sqlite:///{tmp_path / 'dlnn.db'}"
@@ -518,11 +519,11 @@ def test_workers_report_and_dashboard_use_s3(s3_url, tmp_path, monkeypatch):
     S3, and the dashboard built by `dlnn dashboard` serves them from there."""
     from wsgiref.util import setup_testing_defaults
 
-    from workers.dashboard import build_app
-    from workers.report import report
-    from workers.service import launch
-    from workers.spec import load_spec
-    from workers.worker import run_worker
+    from dlnn_studies.ops.dashboard import build_app
+    from dlnn_studies.study.report import report
+    from dlnn_studies.study.launch import launch
+    from dlnn_studies.spec.schema import load_spec
+    from dlnn_studies.study.worker import run_worker
 
     url = f"sqlite:///{tmp_path / 'dlnn.db'}"
     launch(load_spec(write_spec(tmp_path, tiny_spec(trials=4))), url, log=lambda m: None)
@@ -548,7 +549,7 @@ def test_workers_report_and_dashboard_use_s3(s3_url, tmp_path, monkeypatch):
     status = {}
     body = b"".join(app(environ, lambda s, headers, exc=None: status.setdefault("s", s)))
     assert status["s"].startswith("200") and body == b"ckpt"
-    from workers.storage import close_storage
+    from dlnn_studies.store.storage import close_storage
 
     close_storage(storage)
 

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 from service_support import REPO, dlnn, spawn
 
 from dlnn_core.datafiles import file_sha256, read_trajectory_file
-from workers import records
+from dlnn_studies.study import records
 
 EXAMPLE = REPO / "examples" / "coulomb_pendulum"
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from workers import gpu_slot
-from workers.gpu_slot import Gpu, SlotError, claim_gpu_slot, claim_slot, slots_in_use
+from dlnn_studies.ops import gpu_slot
+from dlnn_studies.ops.gpu_slot import Gpu, SlotError, claim_gpu_slot, claim_slot, slots_in_use
 
 ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 REPO = Path(__file__).resolve().parents[1]
@@ -72,7 +72,7 @@ def test_a_killed_workers_slot_frees_up_for_a_waiting_one(db, claims):
     env.pop("CUDA_VISIBLE_DEVICES", None)
     # Load the module by path: the worker process needs nothing else to claim its slot.
     code = ("import importlib.util, os, sys, time; "
-            f"spec = importlib.util.spec_from_file_location('gpu_slot', {str(REPO / 'workers' / 'gpu_slot.py')!r}); "
+            f"spec = importlib.util.spec_from_file_location('gpu_slot', {str(REPO / 'dlnn_studies' / 'ops' / 'gpu_slot.py')!r}); "
             "m = importlib.util.module_from_spec(spec); sys.modules['gpu_slot'] = m; spec.loader.exec_module(m); "
             f"m.claim_gpu_slot({storage!r}); print(os.environ['CUDA_VISIBLE_DEVICES'], flush=True); time.sleep(60)")
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
@@ -200,7 +200,7 @@ def test_a_killed_workers_file_lock_frees_its_slot(tmp_path, claims):
     env = {**os.environ, "DLNN_GPU_COUNT": "1", "DLNN_GPU_LOCK_DIR": lock_dir}
     env.pop("CUDA_VISIBLE_DEVICES", None)
     code = ("import importlib.util, os, sys, time; "
-            f"spec = importlib.util.spec_from_file_location('gpu_slot', {str(REPO / 'workers' / 'gpu_slot.py')!r}); "
+            f"spec = importlib.util.spec_from_file_location('gpu_slot', {str(REPO / 'dlnn_studies' / 'ops' / 'gpu_slot.py')!r}); "
             "m = importlib.util.module_from_spec(spec); sys.modules['gpu_slot'] = m; spec.loader.exec_module(m); "
             "m.claim_gpu_slot('sqlite:///unused.db'); print(os.environ['CUDA_VISIBLE_DEVICES'], flush=True); time.sleep(60)")
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)

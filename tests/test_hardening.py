@@ -19,11 +19,11 @@ from service_support import fake_fit, storage_url, tiny_spec, wait_until, write_
 
 from dlnn_core import ConfigError
 from dlnn_core.config import LIMITS, PRESETS, TrainConfig
-from workers import cli
-from workers.service import launch
-from workers.spec import SpecError, load_spec, parse_spec
-from workers.storage import normalize_url
-from workers.worker import run_worker
+from dlnn_studies.cli import main as cli
+from dlnn_studies.study.launch import launch
+from dlnn_studies.spec.schema import SpecError, load_spec, parse_spec
+from dlnn_studies.store.storage import normalize_url
+from dlnn_studies.study.worker import run_worker
 
 
 def _problems(text: str) -> list[str]:
@@ -150,7 +150,7 @@ def _files(root):
 
 def test_export_stays_inside_out_whatever_the_stored_name(storage_url, tmp_path):
     """Studies created through the Optuna API (with database access) may carry any name."""
-    from workers.export import export
+    from dlnn_studies.study.export import export
 
     _finished_study(storage_url, tmp_path)
     out = tmp_path / "a" / "b" / "out"
@@ -265,13 +265,13 @@ def _fit_with_checkpoint(inner):
 
 
 def test_every_artifact_failure_is_recorded_and_partial_files_removed(storage_url, tmp_path, monkeypatch):
-    import workers.plots
-    import workers.worker
+    import dlnn_studies.study.plots
+    import dlnn_studies.study.worker
 
     store_dir = tmp_path / "artifacts"
     store_dir.mkdir()
-    monkeypatch.setattr(workers.worker, "artifact_store", lambda path: _FullDiskStore(str(store_dir)))
-    monkeypatch.setattr(workers.plots, "rollout_png", lambda checkpoint, out: Path(out).write_bytes(b"png" * 100) and Path(out))
+    monkeypatch.setattr(dlnn_studies.study.worker, "artifact_store", lambda path: _FullDiskStore(str(store_dir)))
+    monkeypatch.setattr(dlnn_studies.study.plots, "rollout_png", lambda checkpoint, out: Path(out).write_bytes(b"png" * 100) and Path(out))
     launch(load_spec(write_spec(tmp_path, tiny_spec(trials=2))), storage_url, log=lambda m: None)
     _work(storage_url, "tiny", tmp_path, _fit_with_checkpoint(fake_fit()))
     trials = _trials(storage_url, "tiny")
@@ -287,7 +287,7 @@ def test_a_full_tmpdir_says_so(storage_url, tmp_path, monkeypatch):
     import shutil
     import tempfile
 
-    import workers.disk
+    import dlnn_studies.store.disk
 
     launch(load_spec(write_spec(tmp_path, tiny_spec(trials=3))), storage_url, log=lambda m: None)
     calls = {"n": 0}
@@ -298,7 +298,7 @@ def test_a_full_tmpdir_says_so(storage_url, tmp_path, monkeypatch):
         if calls["n"] == 1:  # an OSError from our own writes (config.json, metrics.json)
             raise OSError(errno.ENOSPC, "No space left on device")
         if calls["n"] == 2:  # torch.save on a full disk hides the errno; TMPDIR is (nearly) full
-            monkeypatch.setattr(workers.disk.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 4096, 4096))
+            monkeypatch.setattr(dlnn_studies.store.disk.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 4096, 4096))
             raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
         return inner(config, report=report, out_dir=out_dir)
 

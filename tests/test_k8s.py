@@ -7,7 +7,8 @@ import pytest
 import yaml
 
 from composefile import REPO, duration_s, example_env, load_compose, resolve, service_env
-from workers import proxy
+from dlnn_studies.cli.main import commands
+from dlnn_studies.store import proxy_client
 
 K8S = REPO / "deploy" / "k8s"
 SECRET_WORDS = re.compile(r"PASSWORD|SECRET|TOKEN|PASSWD|API_KEY", re.I)
@@ -95,6 +96,8 @@ def test_same_image_and_commands_as_compose(manifests, compose):
                 argv = c["command"]
                 if argv[:2] == ["python", "-m"]:
                     assert (REPO / (argv[2].replace(".", "/") + ".py")).is_file(), argv
+                if argv[0] == "dlnn":
+                    assert argv[1] in commands(), argv
 
 
 def test_worker_job_has_parallelism_a_gpu_each_and_the_compose_grace_period(manifests, compose):
@@ -108,7 +111,7 @@ def test_worker_job_has_parallelism_a_gpu_each_and_the_compose_grace_period(mani
     config = _config(manifests)
     assert _env(worker, config)["DLNN_GPU_SLOTS"] == "off"  # the device plugin assigns the GPU
     (wait,) = pod["initContainers"]
-    assert _argv(wait, _env(wait, config))[:6] == ["python", "-m", "workers.entrypoint", "wait", "--study", config["DLNN_STUDY"]]
+    assert _argv(wait, _env(wait, config))[:4] == ["dlnn", "wait", "--study", config["DLNN_STUDY"]]
     assert pod["securityContext"]["runAsNonRoot"] is True
 
 
@@ -150,11 +153,11 @@ def test_proxy_manifest_matches_the_worker_url_it_documents(manifests):
     service = manifests[("Service", "dlnn-proxy")]
     (container,) = _containers(manifests[("Deployment", "dlnn-proxy")])
     argv = container["command"]
-    assert argv[:3] == ["python", "-m", "workers.proxy"]
+    assert argv[:2] == ["dlnn", "proxy"]
     port = int(argv[argv.index("--port") + 1])
-    assert service["spec"]["ports"][0]["targetPort"] == port == proxy.DEFAULT_PORT
+    assert service["spec"]["ports"][0]["targetPort"] == port == proxy_client.DEFAULT_PORT
     documented = re.search(r"grpc://[\w.-]+:\d+", (K8S / "proxy.yaml").read_text()).group()
-    address = proxy.parse_proxy_url(documented)
+    address = proxy_client.parse_proxy_url(documented)
     assert (address.host, address.port) == (service["metadata"]["name"], service["spec"]["ports"][0]["port"])
     env = _env(container, _config(manifests))
-    assert not proxy.is_proxy_url(env["DLNN_STORAGE"])  # the proxy itself talks to the database
+    assert not proxy_client.is_proxy_url(env["DLNN_STORAGE"])  # the proxy itself talks to the database

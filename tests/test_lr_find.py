@@ -86,7 +86,7 @@ def test_bad_arguments_are_config_errors():
 
 
 def test_lr_find_command_prints_the_range_and_writes_the_plot(tmp_path, capsys):
-    from workers.train_commands import COMMANDS
+    from dlnn_studies.cli.train import COMMANDS
 
     configure, run = COMMANDS["lr-find"]
     parser = argparse.ArgumentParser(prog="dlnn lr-find")

@@ -11,21 +11,24 @@ import optuna
 import pytest
 from service_support import REPO, create_pg_database, drop_pg_database, free_port, tiny_spec
 
-from workers import proxy, service
-from workers.spec import parse_spec
-from workers.storage import normalize_url
+from dlnn_studies.ops import proxy
+from dlnn_studies.spec.schema import parse_spec
+from dlnn_studies.store import proxy_client
+from dlnn_studies.store.storage import normalize_url
+from dlnn_studies.study.launch import launch
+from dlnn_studies.study.status import status
 
 
 def test_parse_proxy_url():
-    assert proxy.parse_proxy_url("grpc://dlnn-proxy:13001") == proxy.ProxyAddress("dlnn-proxy", 13001)
-    assert proxy.parse_proxy_url("grpc://proxy") == proxy.ProxyAddress("proxy", 13000)
-    assert proxy.parse_proxy_url("grpc://[::1]:9") .url == "grpc://[::1]:9"
-    assert proxy.is_proxy_url("GRPC://x:1") and not proxy.is_proxy_url("postgresql://u@h/db")
+    assert proxy_client.parse_proxy_url("grpc://dlnn-proxy:13001") == proxy_client.ProxyAddress("dlnn-proxy", 13001)
+    assert proxy_client.parse_proxy_url("grpc://proxy") == proxy_client.ProxyAddress("proxy", 13000)
+    assert proxy_client.parse_proxy_url("grpc://[::1]:9") .url == "grpc://[::1]:9"
+    assert proxy_client.is_proxy_url("GRPC://x:1") and not proxy_client.is_proxy_url("postgresql://u@h/db")
     for bad, msg in [("grpc://:13000", "no host"), ("grpc://h:99999", "bad port"), ("grpc://h:x", "bad port"),
                      ("grpc://u:pw@h:1", "only grpc://host:port"), ("grpc://h:1/db", "only grpc://host:port"),
                      ("postgresql://h/db", "not a gRPC proxy")]:
         with pytest.raises(ValueError, match=msg):
-            proxy.parse_proxy_url(bad)
+            proxy_client.parse_proxy_url(bad)
     with pytest.raises(ValueError, match="needs the database URL"):
         proxy.backend_storage("grpc://h:1")
 
@@ -36,12 +39,12 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 @pytest.fixture
 def served():
-    """A fresh database with one study, served by `python -m workers.proxy`; yields (db url, proxy url, name)."""
+    """A fresh database with one study, served by `dlnn proxy`; yields (db url, proxy url, name)."""
     name, db_url = create_pg_database()
     db_url = normalize_url(db_url)
     optuna.create_study(study_name="s", storage=db_url)  # the launcher's job, directly on PostgreSQL
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "workers.proxy", "--storage", db_url, "--host", "127.0.0.1",
+    proc = subprocess.Popen([sys.executable, "-m", "dlnn_studies.cli.main", "proxy", "--storage", db_url, "--host", "127.0.0.1",
                              "--port", str(port), "--threads", "4"], cwd=REPO, stderr=subprocess.PIPE, text=True)
     try:
         yield db_url, f"grpc://127.0.0.1:{port}", proc
@@ -55,7 +58,7 @@ def served():
 @needs_grpc
 def test_workers_optimize_through_the_proxy_and_it_stops_on_sigterm(served):
     db_url, url, proc = served
-    storage = proxy.connect(url, timeout=30)
+    storage = proxy_client.connect(url, timeout=30)
     study = optuna.load_study(study_name="s", storage=storage)
     study.optimize(lambda t: t.suggest_float("x", -1, 1) ** 2, n_trials=4)
     storage.close()
@@ -69,8 +72,8 @@ def test_workers_optimize_through_the_proxy_and_it_stops_on_sigterm(served):
 @needs_grpc
 def test_status_reads_a_launched_study_through_the_proxy(served):
     db_url, url, _ = served
-    service.launch(parse_spec(tomllib.loads(tiny_spec(name="via_proxy", trials=3))), db_url, log=lambda m: None)
-    s = service.status(url, "via_proxy")
+    launch(parse_spec(tomllib.loads(tiny_spec(name="via_proxy", trials=3))), db_url, log=lambda m: None)
+    s = status(url, "via_proxy")
     assert s["study"] == "via_proxy" and s["budget"] == {"trials": 3, "used": 0, "timeout_s": None}
     assert s["best"] is None and s["running"] == [] and s["failures"] == []
 
@@ -79,11 +82,11 @@ def test_status_reads_a_launched_study_through_the_proxy(served):
 def test_report_reads_a_study_through_the_proxy(served, tmp_path):
     from service_support import fake_fit
 
-    from workers.report import report
-    from workers.worker import run_worker
+    from dlnn_studies.study.report import report
+    from dlnn_studies.study.worker import run_worker
 
     db_url, url, _ = served
-    service.launch(parse_spec(tomllib.loads(tiny_spec(name="answered", trials=4))), db_url, log=lambda m: None)
+    launch(parse_spec(tomllib.loads(tiny_spec(name="answered", trials=4))), db_url, log=lambda m: None)
     run_worker(db_url, "answered", fit_fn=fake_fit(), install_signals=False, artifacts=None, log=lambda m: None, timeout=120)
     written = report(url, "answered", tmp_path / "r")  # read and note saved through grpc://
     assert "4 trials: 4 complete" in written.markdown.read_text() and written.note_saved
@@ -97,12 +100,12 @@ def test_report_reads_a_study_through_the_proxy(served, tmp_path):
 def test_a_dead_workers_trial_is_failed_and_retried_and_a_live_one_is_not(served):
     _, url, _ = served
     retry = optuna.storages.RetryHeartbeatStaleTrialCallback()
-    storage = proxy.connect(url, heartbeat_interval=1, grace_period=2, heartbeat_stale_trial_callback=retry)
+    storage = proxy_client.connect(url, heartbeat_interval=1, grace_period=2, heartbeat_stale_trial_callback=retry)
     study = optuna.load_study(study_name="s", storage=storage)
 
     # A trial whose worker died: its last heartbeat is older than the grace period.
     dead = study.ask({"x": optuna.distributions.FloatDistribution(-1, 1)})
-    storage.set_trial_system_attr(dead._trial_id, proxy.HEARTBEAT_KEY, [dead._trial_id, time.time() - 60])
+    storage.set_trial_system_attr(dead._trial_id, proxy_client.HEARTBEAT_KEY, [dead._trial_id, time.time() - 60])
 
     # A live trial in `optimize`, running longer than the grace period, keeps beating.
     seen = []
@@ -125,4 +128,4 @@ def test_a_dead_workers_trial_is_failed_and_retried_and_a_live_one_is_not(served
 @needs_grpc
 def test_connect_fails_clearly_without_a_proxy():
     with pytest.raises(ConnectionError, match="no gRPC storage proxy answers"):
-        proxy.connect(f"grpc://127.0.0.1:{free_port()}", timeout=1)
+        proxy_client.connect(f"grpc://127.0.0.1:{free_port()}", timeout=1)

@@ -19,13 +19,14 @@ from service_support import fake_fit, pg_url, storage_url, tiny_spec, write_spec
 
 from dlnn_core.config import TrainConfig
 from dlnn_core.optim import OPTIMIZERS
-from workers import cli, records
-from workers.report import load, report, tolerance_band
-from workers.service import launch
-from workers.spec import load_spec
-from workers.storage import normalize_url
-from workers.verify import candidates, verify
-from workers.worker import run_worker
+from dlnn_studies.cli import main as cli
+from dlnn_studies.study import records
+from dlnn_studies.study.report import load, report, tolerance_band
+from dlnn_studies.study.launch import launch
+from dlnn_studies.spec.schema import load_spec
+from dlnn_studies.store.storage import normalize_url
+from dlnn_studies.study.verify import candidates, verify
+from dlnn_studies.study.worker import run_worker
 
 SPACE = """
 [space.optimizer]

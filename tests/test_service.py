@@ -16,16 +16,18 @@ import yaml
 from optuna.trial import TrialState
 from service_support import fake_fit, pg_url, storage_url, tiny_spec, write_spec  # noqa: F401 (fixtures)
 
-from workers import cli, records
-from workers.errors import UsageError
-from workers.export import export
-from workers.refine import refine
+from dlnn_studies.cli import main as cli
+from dlnn_studies.study import records
+from dlnn_studies.errors import UsageError
+from dlnn_studies.study.export import export
+from dlnn_studies.study.refine import refine
 from dlnn_core.optim import OPTIMIZERS
-from workers.service import launch, status
-from workers.space import lr_from_position
-from workers.spec import load_spec
-from workers.storage import normalize_url
-from workers.worker import run_worker
+from dlnn_studies.study.launch import launch
+from dlnn_studies.study.status import status
+from dlnn_studies.spec.space import lr_from_position
+from dlnn_studies.spec.schema import load_spec
+from dlnn_studies.store.storage import normalize_url
+from dlnn_studies.study.worker import run_worker
 
 
 def _work(url, name, tmp_path, fit, **kw):
@@ -311,9 +313,9 @@ def test_trial_view_and_sampler_history_keep_what_samplers_need(storage_url, tmp
 
     from optuna.search_space.group_decomposed import _GroupDecomposedSearchSpace
 
-    from workers.samplers import IncrementalGroups
-    from workers.service import sampler_history
-    from workers.storage import TrialView, open_storage
+    from dlnn_studies.spec.samplers import IncrementalGroups
+    from dlnn_studies.study.service import sampler_history
+    from dlnn_studies.store.storage import TrialView, open_storage
 
     _launch(storage_url, tmp_path, tiny_spec(trials=40, sampler='name = "random"'))
     _work(storage_url, "tiny", tmp_path, fake_fit(), n_trials=30)
@@ -357,7 +359,7 @@ def test_full_evaluation_goes_to_references_and_trials_among_the_best(tmp_path, 
     """With the real fit: a val_rel_mse study rolls out nothing for most trials; the baseline and
     every trial among the FULL_EVALUATION_TOP best when it completed get every metric and a rollout
     plot, and so the study's final best does. Seeded sampler and training, so the run is the same every time."""
-    from workers import worker
+    from dlnn_studies.study import worker
 
     monkeypatch.setattr(worker, "FULL_EVALUATION_TOP", 1)
     url = f"sqlite:///{tmp_path / 'dlnn.db'}"

@@ -9,10 +9,10 @@ import optuna
 import pytest
 from service_support import REPO, pg_tables, pg_url, tiny_spec, write_spec  # noqa: F401 (pg_url is a fixture)
 
-from workers import cli
-from workers.samplers import PRUNERS, SAMPLERS, build_pruner, build_sampler
-from workers.space import grid_space, suggest
-from workers.spec import SpecError, load_spec, parse_spec
+from dlnn_studies.cli import main as cli
+from dlnn_studies.spec.samplers import PRUNERS, SAMPLERS, build_pruner, build_sampler
+from dlnn_studies.spec.space import grid_space, suggest
+from dlnn_studies.spec.schema import SpecError, load_spec, parse_spec
 
 STUDIES = sorted((REPO / "studies").glob("*.toml"))
 

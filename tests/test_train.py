@@ -192,7 +192,7 @@ def test_published_preset_trains_end_to_end(tmp_path):
 
 
 def _run(command, argv):
-    from workers.train_commands import COMMANDS
+    from dlnn_studies.cli.train import COMMANDS
 
     configure, run = COMMANDS[command]
     parser = argparse.ArgumentParser(prog=f"dlnn {command}")
@@ -237,7 +237,7 @@ def test_train_command_reports_divergence_with_exit_2(tmp_path, capsys):
     (["published_dlnn", "--set", "lr"], "KEY=VALUE"),
 ])
 def test_train_command_usage_errors(argv, message, tmp_path, monkeypatch):
-    from workers.errors import UsageError
+    from dlnn_studies.errors import UsageError
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UsageError, match=message):

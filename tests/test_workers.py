@@ -20,11 +20,11 @@ from optuna.trial import TrialState
 from service_support import (dlnn, fake_fit, free_port, pg_url, spawn, storage_url, tiny_spec, wait_until,  # noqa: F401
                              write_spec)
 
-from workers import records
-from workers.service import launch
-from workers.spec import load_spec
-from workers.storage import normalize_url
-from workers.worker import run_worker
+from dlnn_studies.study import records
+from dlnn_studies.study.launch import launch
+from dlnn_studies.spec.schema import load_spec
+from dlnn_studies.store.storage import normalize_url
+from dlnn_studies.study.worker import run_worker
 
 
 def _prepare(tmp_path: Path, url: str, text: str) -> str:

@@ -30,7 +30,7 @@ from typing import Any, BinaryIO
 
 import optuna
 
-from .errors import UsageError
+from ..errors import UsageError
 
 ENV_ARTIFACTS = "DLNN_ARTIFACTS"
 DEFAULT_ARTIFACTS = "dlnn_artifacts"

@@ -10,13 +10,13 @@ import warnings
 
 from dlnn_core.errors import ConfigError, shorten
 
-from .errors import UsageError
+from ..errors import UsageError
 
 
 def commands() -> dict:
-    from . import study_commands, train_commands
+    from . import ops, study, train
 
-    return {**train_commands.COMMANDS, **study_commands.COMMANDS}
+    return {**train.COMMANDS, **study.COMMANDS, **ops.COMMANDS}
 
 
 class _Parser(argparse.ArgumentParser):

@@ -31,7 +31,7 @@ from optuna.exceptions import ExperimentalWarning
 from sqlalchemy import exc as sa_exc
 
 from .artifacts import DEFAULT_ARTIFACTS, ENV_ARTIFACTS, artifacts_url, open_store  # noqa: F401 - re-exported
-from .errors import UsageError
+from ..errors import UsageError
 from .optuna_private import CachedStorage
 
 ENV_STORAGE = "DLNN_STORAGE"
@@ -230,8 +230,8 @@ def open_storage(url: str, *, create_schema: bool = False, jobs: int = 1, heartb
     """An RDBStorage (or gRPC proxy) for `url`. Only `launch` creates the schema; workers never race it.
     `worker`: the worker's pool (see `engine_kwargs`), without the schema version check (open a
     storage without `worker` first for that; `run_worker` does)."""
-    if is_grpc(url):  # a gRPC storage proxy in front of the database (workers/proxy.py), for large fleets
-        from .proxy import connect
+    if is_grpc(url):  # a gRPC storage proxy in front of the database (proxy_client.py), for large fleets
+        from .proxy_client import connect
 
         try:
             return connect(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
@@ -395,7 +395,7 @@ def budget_counts(conn: sqlalchemy.engine.Connection, study_id: int) -> tuple[in
 
 def artifact_store(url: str | Path):
     """Checkpoints, plots and dataset files: a directory that every worker and the dashboard can
-    reach, or `s3://bucket/prefix` (workers/artifacts.py parses both)."""
+    reach, or `s3://bucket/prefix` (artifacts.py parses both)."""
     return open_store(url)
 
 

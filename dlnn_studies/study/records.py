@@ -103,7 +103,7 @@ def trial_status(t: FrozenTrial) -> str | None:
 
 def is_log_scaled(metric: str) -> bool:
     """Error metrics (positive, minimized, spanning many decades) are optimized as log10."""
-    from .spec import LOG_METRICS
+    from ..spec.schema import LOG_METRICS
 
     return metric in LOG_METRICS
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .artifacts import describe, exists
-from .errors import UsageError
+from ..errors import UsageError
 
 DATASET_PREFIX = "datasets/"  # key of a dataset in the artifact store: datasets/<sha256>
 CHUNK = 1 << 20

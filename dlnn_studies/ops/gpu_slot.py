@@ -335,7 +335,7 @@ def claim_slot_file(directory: str, gpus: list[Gpu], per_gpu: int = 1, namespace
             raise SlotError(f"DLNN_GPU_LOCK_DIR: cannot lock {path!r}: {exc}") from None
         if fd is None:
             return None
-        with contextlib.suppress(OSError):  # who holds it, for `python -m workers.gpu_slot`
+        with contextlib.suppress(OSError):  # who holds it, for `dlnn gpu-slot`
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{socket.gethostname()} pid {os.getpid()}\n".encode(), 0)
         return FileSlotClaim(path, gpu, slot, key, fd)
@@ -406,7 +406,7 @@ def _scheme(url: str | None) -> str:
 
 
 def slots_in_use(dsn: str, gpus: list[Gpu], per_gpu: int = 1, namespace: str = "default") -> dict[tuple[int, int], int]:
-    """{(GPU index, slot): backend pid} for the slots held now in this database (for `python -m workers.gpu_slot`)."""
+    """{(GPU index, slot): backend pid} for the slots held now in this database (for `dlnn gpu-slot`)."""
     wanted = {slot_key(g, s, namespace): (g.index, s) for g, s in slot_order(gpus, per_gpu)}
     conn = _connect(dsn)
     try:
@@ -423,38 +423,3 @@ def slots_in_use(dsn: str, gpus: list[Gpu], per_gpu: int = 1, namespace: str = "
         if key in wanted:
             held[wanted[key]] = pid
     return held
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m workers.gpu_slot`: show the GPUs, the slots and which are held (run inside a worker)."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m workers.gpu_slot", description=main.__doc__)
-    parser.add_argument("--storage", default=os.environ.get("DLNN_STORAGE"), help="PostgreSQL URL (default $DLNN_STORAGE)")
-    args = parser.parse_args(argv)
-    try:
-        settings = settings_from_env()
-        gpus = list_gpus()
-        dsn = lock_url(args.storage)
-        if not gpus:
-            print("no GPUs visible: workers here run on the CPU and claim no slot")
-            return 0
-        if settings.lock_dir is not None:
-            held = {k: f"held by {v}" for k, v in
-                    file_slots_in_use(settings.lock_dir, gpus, settings.per_gpu, settings.namespace).items()}
-        else:
-            held = {k: f"held by backend pid {v}" for k, v in
-                    (slots_in_use(dsn, gpus, settings.per_gpu, settings.namespace) if dsn else {}).items()}
-    except SlotError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    known = dsn or settings.lock_dir
-    for gpu, slot in slot_order(gpus, settings.per_gpu):
-        holder = held.get((gpu.index, slot))
-        state = holder or ("free" if known else "unknown (no PostgreSQL)")
-        print(f"GPU {gpu.index} slot {slot} ({gpu.visible_id}): {state}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,5 +1,5 @@
 """The study commands of `dlnn`: launch, work, status, export, refine, report, verify, dashboard, run.
-Each entry of COMMANDS is (configure(parser), run(args) -> exit code); cli.py merges them."""
+Each entry of COMMANDS is (configure(parser), run(args) -> exit code); main.py merges them."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from pathlib import Path
 
 from dlnn_core.errors import shorten
 
-from .errors import UsageError
-from .artifacts import DEFAULT_ARTIFACTS, ENV_ARTIFACTS, argument, artifacts_url
-from .storage import ENV_STORAGE, redact, storage_url
+from ..errors import UsageError
+from ..store.artifacts import DEFAULT_ARTIFACTS, ENV_ARTIFACTS, argument, artifacts_url
+from ..store.storage import ENV_STORAGE, redact, storage_url
 
 
 def _storage(p: argparse.ArgumentParser) -> None:
@@ -77,8 +77,8 @@ def configure_launch(p: argparse.ArgumentParser) -> None:
 
 def run_launch(args: argparse.Namespace) -> int:
     """Create a study from a spec (idempotent), enqueue its baselines, print how to add workers."""
-    from .service import launch
-    from .spec import load_spec
+    from ..study.launch import launch
+    from ..spec.schema import load_spec
 
     spec = load_spec(args.spec)
     launch(spec, storage_url(args.storage), name=args.name, update=args.update, from_study=args.from_study, top=args.top,
@@ -104,14 +104,14 @@ def configure_work(p: argparse.ArgumentParser) -> None:
 
 def run_work(args: argparse.Namespace) -> int:
     """Pull and train trials until the study's budget (counted across all workers) is used."""
-    from .gpu_slot import SlotError, claim_gpu_slot
+    from ..ops.gpu_slot import SlotError, claim_gpu_slot
 
     url = storage_url(args.storage)
     try:  # before torch initializes CUDA: pick a free (GPU, slot) and pin CUDA_VISIBLE_DEVICES
         claim_gpu_slot(url, args.device or "auto")
     except SlotError as exc:
         raise UsageError(f"GPU slot: {exc}") from None
-    from .worker import run_worker
+    from ..study.worker import run_worker
 
     return run_worker(url, args.study, n_trials=args.n_trials, timeout=args.timeout, device=args.device,
                       jobs=args.jobs, seed=args.seed, artifacts=artifacts_url(args.artifacts), threads=args.threads,
@@ -129,7 +129,7 @@ def configure_status(p: argparse.ArgumentParser) -> None:
 
 def run_status(args: argparse.Namespace) -> int:
     """Trials by state, best value and config, running trials, recent failures."""
-    from .service import format_status, status
+    from ..study.status import format_status, status
 
     url = storage_url(args.storage)
     if args.study is None:
@@ -142,7 +142,7 @@ def run_status(args: argparse.Namespace) -> int:
 def _list_studies(url: str, as_json: bool) -> int:
     from optuna.trial import TrialState
 
-    from .storage import close_storage, open_storage
+    from ..store.storage import close_storage, open_storage
 
     storage = open_storage(url)
     try:
@@ -182,7 +182,7 @@ def configure_export(p: argparse.ArgumentParser) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     """Write the K best configs (files `dlnn train` accepts) with metrics, provenance and a summary table."""
-    from .export import export
+    from ..study.export import export
 
     result = export(storage_url(args.storage), args.study, top=args.top, out=args.out, fmt=args.format, per=args.per,
                     artifacts=artifacts_url(args.artifacts, default=None))
@@ -209,7 +209,7 @@ def configure_refine(p: argparse.ArgumentParser) -> None:
 
 def run_refine(args: argparse.Namespace) -> int:
     """Launch a grid study around the best region of STUDY, seeded with its best trials."""
-    from .refine import refine
+    from ..study.refine import refine
 
     spec, _ = refine(storage_url(args.storage), args.study, around=args.around, points=args.points, new_name=args.name,
                      max_trials=args.max_trials, trial=args.trial)
@@ -233,7 +233,7 @@ def configure_report(p: argparse.ArgumentParser) -> None:
 
 def run_report(args: argparse.Namespace) -> int:
     """Write what a study answers (per choice, lr tolerance, d0, interactions, importances, failures) as HTML and Markdown."""
-    from .report import report
+    from ..study.report import report
 
     written = report(storage_url(args.storage), args.study, args.out, artifacts=artifacts_url(args.artifacts), save_to_study=not args.no_save)
     print(written.headline)
@@ -260,7 +260,7 @@ def configure_verify(p: argparse.ArgumentParser) -> None:
 
 def run_verify(args: argparse.Namespace) -> int:
     """Retrain the best configs with fresh seeds as trials of STUDY-verify; the report ranks them by mean ± std."""
-    from .verify import verify
+    from ..study.verify import verify
 
     url = storage_url(args.storage)
     child, _ = verify(url, args.study, top=args.top, seeds=args.seeds, references=tuple(args.reference))
@@ -277,7 +277,7 @@ def _local_workers(url: str, name: str, n: int, threads: int | None, artifacts: 
                    timeout: float | None = None) -> list[int]:
     """Run n worker processes on study `name` until its budget is used; returns their exit codes."""
     threads = threads or max(1, (os.cpu_count() or 1) // n)
-    command = [sys.executable, "-m", "workers.cli", "work", name, "--threads", str(threads), "--artifacts", str(artifacts)]
+    command = [sys.executable, "-m", "dlnn_studies.cli.main", "work", name, "--threads", str(threads), "--artifacts", str(artifacts)]
     env = {**os.environ, ENV_STORAGE: url}  # not on the command line, where `ps` would show a password
     if device:
         command += ["--device", device]
@@ -314,7 +314,7 @@ def configure_dashboard(p: argparse.ArgumentParser) -> None:
 
 def run_dashboard(args: argparse.Namespace) -> int:
     """Serve optuna-dashboard on the same storage and artifact store."""
-    from .dashboard import serve
+    from ..ops.dashboard import serve
 
     return serve(storage_url(args.storage), args.host, args.port, artifacts_url(args.artifacts))
 
@@ -338,9 +338,10 @@ def configure_run(p: argparse.ArgumentParser) -> None:
 
 def run_run(args: argparse.Namespace) -> int:
     """Launch a study, run N local workers to its budget, then print its status and export the best configs."""
-    from .export import export
-    from .service import format_status, launch, status
-    from .spec import load_spec
+    from ..study.export import export
+    from ..study.launch import launch
+    from ..study.status import format_status, status
+    from ..spec.schema import load_spec
 
     url = storage_url(args.storage)
     spec = load_spec(args.spec)
@@ -352,7 +353,7 @@ def run_run(args: argparse.Namespace) -> int:
     print(format_status(status(url, name)))
     if any(codes):
         print(f"\nworkers exited with {codes}")
-    from .report import report
+    from ..study.report import report
 
     written = report(url, name, args.reports, artifacts=artifacts_url(args.artifacts))
     print(f"\nwhat the study answers (best {spec.metrics[0]} and trial outcomes per choice):")

@@ -16,10 +16,10 @@ import optuna
 from dlnn_core.errors import shorten
 
 from . import records
-from .errors import UsageError
-from .names import study_folder
+from ..errors import UsageError
+from ..spec.names import study_folder
 from .service import DIGEST_ATTR, SPEC_ATTR, ranked_trials, stored_spec
-from .storage import close_storage, open_storage
+from ..store.storage import close_storage, open_storage
 
 FORMATS = ("yaml", "json")
 SUMMARY_METRICS = ("val_rel_mse", "val_rel_mse_median", "test_rel_mse", "ood_rel_mse", "rollout_error", "energy_error", "wall_time_s")
@@ -67,7 +67,7 @@ def export(url: str, name: str, *, top: int = 5, out: str | Path = "exports", fm
     A config that trained on a dataset file carries its name and sha256 (`data.file`,
     `data.file_sha256`), so `dlnn train` finds those exact bytes or names them; with `artifacts`,
     the store is checked to hold them and named in the retrain command."""
-    from . import datasets as ds
+    from ..store import datasets as ds
     from dlnn_core.config import TrainConfig
 
     if fmt not in FORMATS:
@@ -92,7 +92,7 @@ def export(url: str, name: str, *, top: int = 5, out: str | Path = "exports", fm
         digest = study.user_attrs.get(DIGEST_ATTR)
         raw_spec = study.user_attrs.get(SPEC_ATTR)
         n_trials = len(study.get_trials(deepcopy=False))
-        from .verify import robust_winner
+        from .report import robust_winner
 
         winner = robust_winner(storage, name, spec.directions[0])
     finally:
@@ -163,8 +163,8 @@ def _check_datasets(pinned: dict[str, str], artifacts: str | None) -> tuple[str,
     """Notes for the terminal: where the pinned datasets are (or that they are not in the store)."""
     if not pinned:
         return ()
-    from . import datasets as ds
-    from .artifacts import exists, open_store
+    from ..store import datasets as ds
+    from ..store.artifacts import exists, open_store
 
     if artifacts is None:
         return tuple(f"dataset {file} (sha256 {ds.short(sha)}…): retrain with --artifacts STORE (the study's store), "

@@ -34,7 +34,7 @@ How a worker behaves:
   wall_time_s. The study's final top trials are always among them: a trial among the K best at
   the end was among the K best of the fewer trials done when it completed. The rollout plot
   artifact (a rollout as costly as the evaluation's) is drawn for the same trials.
-- Each trial stores what workers/records.py lists (the config, the worker, every metric as its
+- Each trial stores what records.py lists (the config, the worker, every metric as its
   own sortable attr, its `status` and `reason`) and, as artifacts, its checkpoint and (see above)
   a predicted-vs-true rollout plot. Error objectives are reported and returned as log10 (the
   per-epoch values too), so an exploding trial does not flatten the dashboard's plots.
@@ -62,12 +62,12 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.trial import FrozenTrial, TrialState
 
 from . import records
-from .disk import CleanArtifactStore, no_space_reason
-from .errors import UsageError
+from ..store.disk import CleanArtifactStore, no_space_reason
+from ..errors import UsageError
 from .service import CONSTRAINT, RETRY_KEY, BudgetReached, build_study, stored_spec
-from .space import suggest
-from .spec import PRUNING_METRIC, StudySpec
-from .storage import artifact_store, close_storage, is_connection_error, open_storage, redact
+from ..spec.space import suggest
+from ..spec.schema import PRUNING_METRIC, StudySpec
+from ..store.storage import artifact_store, close_storage, is_connection_error, open_storage, redact
 
 CONNECTION_PATIENCE_S = 600.0  # how long a worker waits for a lost database before giving up
 FULL_EVALUATION_TOP = 5  # completed trials this far up get every metric (as many as `dlnn export` exports by default)
@@ -221,7 +221,7 @@ class Objective:
             trial.set_user_attr("reason", f"invalid config: {exc}")
             raise
         records.set_system_attr(trial, records.CONFIG, config.to_dict())  # data.file as named, with its sha256
-        from .datasets import localize
+        from ..store.datasets import localize
 
         fit_config = localize(config, self.store, self.data_cache, log=self.log)  # the pinned bytes, fetched by hash
         from dlnn_core.optim import OPTIMIZERS
@@ -518,7 +518,7 @@ def _fetch_dataset(spec: StudySpec, store, cache_dir, log: Callable[[str], None]
     """The study's dataset file into the local cache before the first trial: a worker that cannot
     get the pinned bytes stops now, with the file, the hash and the store in its message, instead
     of failing every trial it draws."""
-    from . import datasets
+    from ..store import datasets
 
     file, sha256 = datasets.config_file(spec.base)
     if file is None:

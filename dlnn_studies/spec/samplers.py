@@ -16,7 +16,7 @@ import optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
-from .optuna_private import GroupDecomposedSearchSpace
+from ..store.optuna_private import GroupDecomposedSearchSpace
 
 
 @dataclass(frozen=True)

@@ -27,10 +27,11 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from . import records
-from .errors import UsageError
+from ..errors import UsageError
 from .service import feasible, ranked_trials, stored_spec
-from .spec import StudySpec
-from .storage import close_storage, open_storage
+from ..spec.schema import StudySpec
+from ..store.storage import close_storage, open_storage
+from .verify import Candidate, candidates, verify_name
 
 OUTCOMES = ("complete", "pruned", "diverged", "failed")
 TOLERANCE = 10.0  # the learning-rate band: where an optimizer stays within this factor of its own best
@@ -119,14 +120,23 @@ def load(url: str, name: str) -> StudyData:
         rows = rows_of(study)
         best = [t.number for t in ranked_trials(study)]
         verify: list[Row] = []
-        from .verify import verify_name
-
         child = verify_name(name)
         if child in {s.study_name for s in storage.get_all_studies()}:
             verify = rows_of(optuna.load_study(study_name=child, storage=storage))
     finally:
         close_storage(storage)
     return StudyData(name, spec, spec.metrics[0], spec.directions[0], rows, best, verify)
+
+
+def robust_winner(storage, name: str, direction: str) -> Candidate | None:
+    """The verified trial with the best mean over seeds (on an open storage), or None when
+    STUDY-verify does not exist or has no finished retrain."""
+    child = verify_name(name)
+    if child not in {s.study_name for s in storage.get_all_studies()}:
+        return None
+    rows = rows_of(optuna.load_study(study_name=child, storage=storage))
+    ranked = [c for c in candidates(rows, direction) if c.trial is not None]
+    return ranked[0] if ranked and ranked[0].mean is not None else None
 
 
 # ---------------------------------------------------------------------------------- blocks
@@ -616,8 +626,6 @@ def pruning(d: StudyData, figs: Figures) -> list[Block]:
 
 
 def robust(d: StudyData, figs: Figures) -> list[Block]:
-    from .verify import candidates
-
     out = [h2("Robust winners (fresh seeds)")]
     if not d.verify:
         return out + [p(f"Not verified yet: the best single draw of a search is optimistically biased. Run "
@@ -743,7 +751,7 @@ class Written:
 def report(url: str, name: str, out: str | Path = "reports", *, artifacts: str | Path | None = None, save_to_study: bool = True,
            rollout_plot: bool = True) -> Written:
     """Write out/<study>/report.md (+ figures/) and report.html; save the note and figures into the study."""
-    from .names import study_folder
+    from ..spec.names import study_folder
 
     d = load(url, name)
     folder = study_folder(out, name)
@@ -768,7 +776,7 @@ def save_into_study(url: str, name: str, blocks: list[Block], artifacts: str | P
 
     from optuna_dashboard import save_note
 
-    from .storage import artifact_store
+    from ..store.storage import artifact_store
 
     storage = open_storage(url)
     try:
@@ -806,7 +814,7 @@ def _rollout_plotter(url: str, name: str, artifacts: str | Path) -> Callable:
         import tempfile
 
         from .plots import rollouts_overlay
-        from .storage import artifact_store
+        from ..store.storage import artifact_store
 
         store = artifact_store(artifacts)
         storage = open_storage(url)

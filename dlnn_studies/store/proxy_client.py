@@ -1,24 +1,18 @@
-"""Optuna's gRPC storage proxy for large worker fleets: workers use `grpc://host:port` instead of a database URL.
+"""The client side of Optuna's gRPC storage proxy: workers use `grpc://host:port` instead of a database URL.
 
-One proxy process holds the PostgreSQL connections and an in-process trial cache; hundreds of workers talk
-to it over gRPC instead of each keeping its own pool and re-reading the study (see README "Run on GPU
-servers"). Optuna's own client has no heartbeat, so `HeartbeatGrpcStorageProxy` adds one, stored as a trial
-system attribute: a killed worker's trial is still failed and retried as on PostgreSQL. The heartbeat time
-comes from the worker's clock, so keep the hosts' clocks in sync (NTP) well within the grace period.
+The proxy itself (ops/proxy.py) holds the PostgreSQL connections and an in-process trial
+cache; hundreds of workers talk to it over gRPC instead of each keeping its own pool and re-reading the
+study (see README "Run on GPU servers"). Optuna's own client has no heartbeat, so `HeartbeatGrpcStorageProxy`
+adds one, stored as a trial system attribute: a killed worker's trial is still failed and retried as on
+PostgreSQL. The heartbeat time comes from the worker's clock, so keep the hosts' clocks in sync (NTP) well
+within the grace period.
 
-Serve:   python -m workers.proxy --storage postgresql+psycopg2://user@db:5432/dlnn --port 13000
 Workers: DLNN_STORAGE=grpc://dlnn-proxy:13000 dlnn work STUDY
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
-import logging
-import os
-import signal
-import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,8 +23,6 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import GrpcStorageProxy
 from .optuna_private import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
-
-log = logging.getLogger("dlnn.proxy")
 
 SCHEME = "grpc"
 DEFAULT_PORT = 13000
@@ -74,7 +66,7 @@ def parse_proxy_url(url: str) -> ProxyAddress:
     return ProxyAddress(parts.hostname, port or DEFAULT_PORT)
 
 
-def _require_grpc() -> None:
+def require_grpc() -> None:
     if importlib.util.find_spec("grpc") is None:
         raise RuntimeError("the gRPC storage proxy needs the grpcio package: pip install grpcio")
 
@@ -122,7 +114,7 @@ def connect(url: str, *, heartbeat_interval: int | None = None, grace_period: in
             timeout: float | None = 60.0) -> HeartbeatGrpcStorageProxy:
     """The storage a worker uses for `grpc://host:port`, once the proxy answers (ConnectionError after `timeout`)."""
     address = parse_proxy_url(url)
-    _require_grpc()
+    require_grpc()
     storage = HeartbeatGrpcStorageProxy(host=address.host, port=address.port, heartbeat_interval=heartbeat_interval,
                                         grace_period=grace_period,
                                         heartbeat_stale_trial_callback=heartbeat_stale_trial_callback)
@@ -132,70 +124,3 @@ def connect(url: str, *, heartbeat_interval: int | None = None, grace_period: in
         storage.close()
         raise ConnectionError(f"no gRPC storage proxy answers at {address.url} (waited {timeout} s)") from None
     return storage
-
-
-def backend_storage(storage_url: str, pool_size: int = 16) -> optuna.storages.BaseStorage:
-    """The proxy's own storage: PostgreSQL with a bounded, pre-pinged pool behind Optuna's trial cache."""
-    if is_proxy_url(storage_url):
-        raise ValueError(f"storage: {storage_url!r} is a proxy; the proxy needs the database URL itself")
-    engine_kwargs = {}
-    if not storage_url.startswith("sqlite"):
-        engine_kwargs = {"pool_size": pool_size, "max_overflow": 0, "pool_pre_ping": True, "pool_recycle": 1800}
-    return optuna.storages.get_storage(optuna.storages.RDBStorage(storage_url, engine_kwargs=engine_kwargs))
-
-
-def serve(storage_url: str, host: str = "0.0.0.0", port: int = DEFAULT_PORT, *, threads: int = 16,
-          stop: threading.Event | None = None, grace_s: float = 10.0) -> None:
-    """Serve `storage_url` over gRPC until `stop` is set (by default: until SIGTERM or SIGINT)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from .optuna_private import grpc_make_server
-
-    make_server = grpc_make_server()
-
-    _require_grpc()
-    storage = backend_storage(storage_url, pool_size=threads)
-    server = make_server(storage, host, port, ThreadPoolExecutor(max_workers=threads))
-    if stop is None:
-        stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
-    server.start()
-    print(f"dlnn: gRPC storage proxy on {ProxyAddress(host, port).url} -> {_redact(storage_url)}",
-          file=sys.stderr, flush=True)
-    while not stop.wait(1.0):
-        pass
-    server.stop(grace_s).wait()
-    print("dlnn: gRPC storage proxy stopped", file=sys.stderr, flush=True)
-
-
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        return url.replace(f":{parts.password}@", ":***@")
-    return url
-
-
-def run_proxy(argv: list[str] | None = None) -> int:
-    """Command `dlnn proxy` / `python -m workers.proxy`: serve the study storage to workers over gRPC."""
-    parser = argparse.ArgumentParser(prog="dlnn proxy", description=run_proxy.__doc__)
-    parser.add_argument("--storage", default=os.environ.get("DLNN_STORAGE"),
-                        help="database URL to serve (default $DLNN_STORAGE); PostgreSQL in production")
-    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0: a cluster service)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
-    parser.add_argument("--threads", type=int, default=16, help="gRPC threads = database connections (default 16)")
-    args = parser.parse_args(argv)
-    if not args.storage:
-        parser.error("no storage: pass --storage URL or set DLNN_STORAGE")
-    if not 1 <= args.port <= 65535 or args.threads < 1:
-        parser.error("--port must be 1-65535 and --threads at least 1")
-    try:
-        serve(args.storage, args.host, args.port, threads=args.threads)
-    except (ValueError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(run_proxy())

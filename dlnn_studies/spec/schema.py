@@ -46,7 +46,7 @@ from dlnn_core.losses import LOSSES
 from dlnn_core.models import INIT_CHOICES
 from dlnn_core.optim import OPTIMIZERS, SCHEDULERS
 
-from .errors import UsageError
+from ..errors import UsageError
 from .names import NAME_RE, name_problem  # noqa: F401 (NAME_RE: re-exported where it was defined)
 from .samplers import PRUNERS, SAMPLERS, check_options
 from .space import PARENTS, Param, describe, params_for
@@ -55,7 +55,7 @@ from .space import PARENTS, Param, describe, params_for
 METRICS: dict[str, str] = {name: m.direction for name, m in EVAL_METRICS.items()}
 # Metrics that need the true system's equations: absent for data files, so no objective there.
 NEEDS_SYSTEM = frozenset(name for name, m in EVAL_METRICS.items() if m.needs_system)
-# Error metrics: positive, minimized, spanning decades. Studies store them as log10 (workers/records.py).
+# Error metrics: positive, minimized, spanning decades. Studies store them as log10 (study/records.py).
 LOG_METRICS = frozenset(name for name, m in EVAL_METRICS.items() if m.log_scale and m.direction == "minimize")
 # The value each epoch reports to the pruner (fit's report callback).
 PRUNING_METRIC = "val_rel_mse"
@@ -283,7 +283,7 @@ class _Validator:
         """A spec on a data file: objectives the file can give, the file itself (read and checked
         with the largest searched batch and Savitzky–Golay window; a relative path from the working
         directory, as `launch` reads it). `launch` then pins its sha256 and publishes the bytes
-        (service.pin_data); a pinned file that is not here is not read (its bytes are in the store)."""
+        (launch.pin_data); a pinned file that is not here is not read (its bytes are in the store)."""
         for m in metrics:
             if m in NEEDS_SYSTEM:
                 self.err(f"objective: {m} needs the true system's equations, which base.data.file does not give; "

@@ -17,16 +17,15 @@ from typing import Any
 
 import numpy as np
 import optuna
-from optuna.distributions import FloatDistribution, IntDistribution
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from . import records
-from .errors import UsageError
-from .names import check_name
-from .service import CONSTRAINT, ranked_trials, stored_spec
-from .space import Param
-from .spec import StudySpec, parse_spec
-from .storage import close_storage, open_storage
+from ..errors import UsageError
+from ..spec.names import check_name
+from .service import ranked_trials, stored_spec
+from ..spec.space import Param
+from ..spec.schema import StudySpec, parse_spec
+from ..store.storage import close_storage, open_storage
 
 
 def _round(x: float) -> float:
@@ -139,37 +138,10 @@ def refine_spec(spec: StudySpec, ranked: list[FrozenTrial], *, name: str, around
     return new, seeds
 
 
-def seed_trials(study: optuna.Study, spec: StudySpec, seeds: list[FrozenTrial], origin: str) -> int:
-    """Copy finished trials into the new study (values, config, metrics); params that fit the new
-    space keep their distribution there, so the dashboard plots them beside the grid's trials."""
-    params_by_name = {p.key: p for p in spec.space if p.kind != "fixed"}
-    for t in seeds:
-        flat = records.trial_flat(t)
-        metrics = records.trial_metrics(t)
-        params, dists = {}, {}
-        for key, p in params_by_name.items():
-            value = flat.get(key)
-            if value is None:
-                continue
-            if p.kind == "int":
-                dist = IntDistribution(min(int(p.low), int(value)), max(int(p.high), int(value)), log=p.log)
-            else:
-                dist = FloatDistribution(min(p.low, value), max(p.high, value), log=p.log)
-            params[key], dists[key] = value, dist
-        user_attrs = {k: v for k, v in t.user_attrs.items() if k not in ("reason", "baseline", "overrides")}
-        user_attrs.update(seeded_from=f"{origin}#{t.number}", status=records.OK)
-        system_attrs = {k: t.system_attrs[k] for k in (records.CONFIG, records.METRICS, records.WORKER) if k in t.system_attrs}
-        values = [records.to_stored(m, metrics[m]) if m in metrics else v for m, v in zip(spec.metrics, t.values)]
-        study.add_trial(optuna.create_trial(
-            state=TrialState.COMPLETE, values=values, params=params, distributions=dists, user_attrs=user_attrs,
-            system_attrs={**system_attrs, f"constraints:{CONSTRAINT}": 0.0}, intermediate_values=t.intermediate_values))
-    return len(seeds)
-
-
 def refine(url: str, name: str, *, around: int = 5, points: int = 3, new_name: str | None = None, max_trials: int = 100,
            trial: int | None = None, log=print):
     """Launch the refine study on the same storage and seed it; returns its spec."""
-    from .service import launch
+    from .launch import launch
 
     if new_name is not None:
         check_name(new_name, "--name")

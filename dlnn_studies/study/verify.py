@@ -21,10 +21,11 @@ from typing import Any, Callable, Iterable
 import optuna
 
 from . import records
-from .errors import UsageError
-from .service import launch, ranked_trials, stored_spec
-from .spec import parse_spec, recipe
-from .storage import close_storage, open_storage
+from ..errors import UsageError
+from .launch import launch
+from .service import ranked_trials, stored_spec
+from ..spec.schema import parse_spec, recipe
+from ..store.storage import close_storage, open_storage
 
 FIRST_SEED = 1000  # fresh seeds: far from the 0.. that specs and searches use
 
@@ -127,16 +128,3 @@ def _mean(values: list[float]) -> float | None:
 
 def _std(values: list[float]) -> float | None:
     return statistics.stdev(values) if len(values) > 1 else (0.0 if values else None)
-
-
-def robust_winner(storage, name: str, direction: str) -> Candidate | None:
-    """The verified trial with the best mean over seeds (on an open storage), or None when
-    STUDY-verify does not exist or has no finished retrain."""
-    from .report import rows_of
-
-    child = verify_name(name)
-    if child not in {s.study_name for s in storage.get_all_studies()}:
-        return None
-    rows = rows_of(optuna.load_study(study_name=child, storage=storage))
-    ranked = [c for c in candidates(rows, direction) if c.trial is not None]
-    return ranked[0] if ranked and ranked[0].mean is not None else None

@@ -11,7 +11,7 @@ from typing import Any
 
 from dlnn_core.errors import shorten
 
-from .errors import UsageError
+from ..errors import UsageError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 NAME_RULE = "1-128 letters, digits, '_', '-' or '.', starting with a letter or digit"

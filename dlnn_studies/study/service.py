@@ -1,0 +1,167 @@
+"""Studies on a storage: the spec `launch` keeps on each study, the budgeted study the workers share,
+and the ranking every reader uses (launch.py creates studies, status.py reports on them).
+
+The trial budget is counted across all workers: a trial may only be created while fewer than
+`budget.trials` trials count, and the check and the creation happen under one lock per study
+(see storage.study_lock). A trial that was failed and retried (killed worker, SIGTERM) counts
+once: the retry takes its slot. Queued trials (baselines, retries) are always run.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import heapq
+import math
+import threading
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from dlnn_core.errors import shorten
+
+from ..errors import UsageError
+from ..spec.samplers import build_pruner, build_sampler
+from ..spec.space import grid_space
+from ..spec.schema import StudySpec, parse_spec
+from ..store.storage import TrialView, budget_counts, study_lock
+
+SPEC_ATTR = "dlnn:spec"  # study user attr: the validated spec (parsed TOML), so every worker builds the same sampler/pruner
+DIGEST_ATTR = "dlnn:spec_digest"
+CONSTRAINT = "diverged"  # trial constraint: > 0 marks a diverged / out-of-memory trial infeasible
+RETRY_KEY = "retry_history"  # system attr Optuna's retry callback puts on a retried trial
+
+
+class BudgetReached(Exception):
+    """No trial may be created: the study's budget (trials or timeout) is used up."""
+
+
+def find_study(storage: optuna.storages.BaseStorage, name: str):
+    """The FrozenStudy named `name`, or None."""
+    for study in storage.get_all_studies():
+        if study.study_name == name:
+            return study
+    return None
+
+
+def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
+    return [s.study_name for s in storage.get_all_studies()]
+
+
+def stored_spec(storage: optuna.storages.BaseStorage, name: str) -> StudySpec:
+    """The spec kept on a study by `launch`; a UsageError if the study does not exist or was not launched by dlnn."""
+    try:
+        study_id = storage.get_study_id_from_name(name)
+    except KeyError:
+        known = study_names(storage)
+        hint = f"; studies here: {', '.join(known)}" if known else "; this storage has no studies (run `dlnn launch SPEC`)"
+        raise UsageError(f"no study named {shorten(repr(name))}{hint}") from None
+    raw = storage.get_study_user_attrs(study_id).get(SPEC_ATTR)
+    if raw is None:
+        raise UsageError(f"study {shorten(repr(name))} was not created by `dlnn launch` (it has no stored spec)")
+    return parse_spec(raw, source=f"stored spec of study {shorten(repr(name))}", check_files=False)  # checked at launch
+
+
+def counted(trials: list[FrozenTrial]) -> int:
+    """Trials that use budget: all but the retries of failed trials (a retry takes its original's slot)."""
+    return sum(1 for t in trials if RETRY_KEY not in t.system_attrs)
+
+
+def first_start(trials: list[FrozenTrial]) -> datetime.datetime | None:
+    starts = [t.datetime_start for t in trials if t.datetime_start is not None]
+    return min(starts) if starts else None
+
+
+class ServiceStudy(optuna.Study):
+    """An Optuna study whose `ask` respects the study-wide budget, checked under a per-study lock,
+    and whose sampler sees at most `history` trials (see `sampler_history`)."""
+
+    def __init__(self, study_name: str, storage, sampler, pruner, *, budget: int, timeout_s: float | None,
+                 history: int | None = None):
+        if isinstance(storage, optuna.storages.RDBStorage):
+            storage = TrialView(storage)
+        super().__init__(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
+        self.budget, self.timeout_s = budget, timeout_s
+        self.history = history if history and len(self.directions) == 1 else None
+        self._capped = threading.local()
+
+    def get_trials(self, deepcopy: bool = True, states=None) -> list[FrozenTrial]:
+        """Every trial: pruners, callbacks and users see the whole study."""
+        return self._storage.get_all_trials(self._study_id, deepcopy=deepcopy, states=states)
+
+    def _get_trials(self, deepcopy: bool = True, states=None, use_cache: bool = False) -> list[FrozenTrial]:
+        """What samplers read (Optuna's samplers use this private accessor, the public one
+        serves everything else): capped to `history` trials when the study is larger."""
+        trials = super()._get_trials(deepcopy=False, states=None, use_cache=use_cache)
+        if self.history is not None and len(trials) > self.history:
+            # The same cap until the trials change (a new view generation, or a new list without one).
+            key = self._storage.generation(self._study_id) if isinstance(self._storage, TrialView) else id(trials)
+            cached = getattr(self._capped, "value", None)
+            if cached is None or cached[0] != key:
+                cached = (key, sampler_history(trials, self.history, self.direction))
+                self._capped.value = cached
+            trials = cached[1]
+        if states is not None:
+            trials = [t for t in trials if t.state in states]
+        return copy.deepcopy(trials) if deepcopy else trials
+
+    def ask(self, fixed_distributions=None) -> optuna.Trial:
+        if isinstance(self._storage, TrialView):
+            self._storage.refresh(self._study_id)  # queued trials and new peers seen fresh
+        with study_lock(self._storage, self._study_id) as conn:
+            if conn is not None:
+                used, waiting, start = budget_counts(conn, self._study_id)
+            else:
+                trials = self._storage.get_all_trials(self._study_id, deepcopy=False)
+                used, start = counted(trials), first_start(trials)
+                waiting = sum(t.state == TrialState.WAITING for t in trials)
+            if self.timeout_s is not None and start is not None:
+                if (datetime.datetime.now() - start).total_seconds() > self.timeout_s:
+                    raise BudgetReached(f"the study's timeout ({self.timeout_s:g} s from its first trial) has passed")
+            if not waiting and used >= self.budget:
+                raise BudgetReached(f"the study's budget of {self.budget} trials is used")
+            return super().ask(fixed_distributions)
+
+
+def sampler_history(trials: list[FrozenTrial], history: int, direction, best: int = 100) -> list[FrozenTrial]:
+    """The trials a sampler models once a study outgrows `history`: every unfinished trial, the
+    `best` completed feasible ones, and the most recent finished ones up to `history`, in number
+    order. TPE's "good" group is at most the 25 best trials, so it is unchanged; its "bad" group
+    becomes a recent sample, which TPE's own weights already favour; and the cost of a suggestion
+    stops growing with the study."""
+    finished = [t for t in trials if t.state.is_finished()]
+    keep = {t.number for t in trials if not t.state.is_finished()}
+    sign = 1.0 if direction == optuna.study.StudyDirection.MINIMIZE else -1.0
+    complete = [t for t in finished if t.state == TrialState.COMPLETE and t.value is not None and feasible(t)]
+    keep.update(t.number for t in heapq.nsmallest(best, complete, key=lambda t: sign * t.value))
+    for t in reversed(finished):
+        if len(keep) >= history:
+            break
+        keep.add(t.number)
+    return [t for t in trials if t.number in keep]
+
+
+def build_study(storage, name: str, spec: StudySpec, seed: int) -> ServiceStudy:
+    sampler = build_sampler(spec.sampler, spec.sampler_options, seed, grid_space(spec.space))
+    pruner = build_pruner(spec.pruner, spec.pruner_options, spec.base.epochs)
+    history = spec.sampler_options.get("max_history") if spec.sampler == "tpe" else None
+    return ServiceStudy(name, storage, sampler, pruner, budget=spec.trials, timeout_s=spec.timeout_s, history=history)
+
+
+# ---------------------------------------------------------------------------------- ranking
+
+
+def feasible(trial: FrozenTrial) -> bool:
+    return all(v <= 0 for v in trial.constraints.values())
+
+
+def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Completed feasible trials, best first (Pareto front first for several objectives)."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if feasible(t)
+            and t.values is not None and all(math.isfinite(v) for v in t.values)]
+    signs = [1.0 if d == optuna.study.StudyDirection.MINIMIZE else -1.0 for d in study.directions]
+    key = lambda t: tuple(s * v for s, v in zip(signs, t.values))  # noqa: E731
+    if len(signs) == 1:
+        return sorted(done, key=key)
+    front = {t.number for t in study.best_trials if feasible(t)}
+    return sorted((t for t in done if t.number in front), key=key) + sorted((t for t in done if t.number not in front), key=key)
