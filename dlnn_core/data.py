@@ -6,13 +6,11 @@ garbled or incomplete file is regenerated (with a warning) instead of failing ev
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
 import json
 import os
 import re
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +21,7 @@ import torch
 from scipy.integrate import solve_ivp
 from scipy.signal import savgol_filter
 
+from .atomic import write_atomic
 from .datafiles import DEFAULT_SPLIT, check_file_fields, check_file_pins
 from .errors import ConfigError
 from .declared import canonical_declaration, make_system
@@ -298,7 +297,7 @@ def load_data(cfg: DataConfig, seed: int, cache_dir: str | Path | None = None) -
         arrays[f"rollout.{name}.q"], arrays[f"rollout.{name}.qdot"] = traj.q, traj.qdot
     arrays[HASH_KEY] = np.array(content_hash(arrays))
     try:
-        _write_atomic(path, arrays)
+        write_atomic(path, lambda f: np.savez(f, **arrays))
     except OSError as exc:  # a full or read-only cache disk costs a regeneration next time, not the run
         warnings.warn(f"cannot write the dataset cache file {path} ({exc}); using the data uncached", RuntimeWarning, stacklevel=2)
     return splits
@@ -345,29 +344,6 @@ def _read_cache(path: Path, expected: dict[str, tuple[int, ...]]) -> tuple[dict[
     if stored is None or stored.shape != () or str(stored) != content_hash({k: arrays[k] for k in expected}):
         return None, "its content hash is missing or does not match"
     return arrays, None
-
-
-def _write_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write to a unique temporary file in the same directory, fsync it, then os.replace: readers
-    and concurrent writers of the same file see either a whole old file or a whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable where the platform allows
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 def trajectory_windows(states: StateSet, samples_per_trajectory: int, horizon: int) -> tuple[np.ndarray, ...]:

@@ -272,7 +272,7 @@ class StructuredLagrangian(nn.Module):
         networks by `mlp_jet`. None when a layer has no derivative rule there."""
         if not all(jets.supported(net) for net in self.nets):
             return None
-        n, batch = self.n, q.shape[0]
+        n = self.n
         x, tx = self.features.q_features(q), self.features.q_tangents(q)
         if len(self.nets) == 1:
             y, ty, _ = jets.mlp_jet(self.nets[0], x, tx)

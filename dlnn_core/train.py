@@ -13,7 +13,6 @@ import json
 import math
 import os
 import platform
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from importlib import metadata
@@ -23,6 +22,7 @@ from typing import Any, Callable, Collection
 import torch
 from torch import nn
 
+from .atomic import write_atomic
 from .config import TrainConfig
 from .data import Splits, load_data, samples_per_trajectory, trajectory_windows
 from .errors import ConfigError
@@ -278,10 +278,7 @@ def _summary(result: FitResult) -> dict[str, Any]:
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: f.write(text.encode()), durable=False)
 
 
 def _write_run(out: Path, model: nn.Module, config: TrainConfig, result: FitResult) -> Path:
@@ -299,10 +296,7 @@ def _write_run(out: Path, model: nn.Module, config: TrainConfig, result: FitResu
         "best_epoch": result.best_epoch,
         "versions": versions(),
     }
-    fd, tmp = tempfile.mkstemp(dir=out, suffix=".pt.tmp")
-    os.close(fd)
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: torch.save(payload, f), suffix=".pt.tmp", durable=False)
     save_config(config, out / "config.json")
     _atomic_text(out / "metrics.json", json.dumps({**_summary(result), "checkpoint": str(path)}, indent=2) + "\n")
     return path

@@ -8,17 +8,14 @@ Workers: DLNN_STORAGE=grpc://dlnn-proxy:13000 dlnn work STUDY
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 import threading
-from urllib.parse import urlsplit
 
 import optuna
 
 from ..store.proxy_client import DEFAULT_PORT, ProxyAddress, is_proxy_url, require_grpc
-
-log = logging.getLogger("dlnn.proxy")
+from ..store.storage import redact
 
 
 def backend_storage(storage_url: str, pool_size: int = 16) -> optuna.storages.BaseStorage:
@@ -48,16 +45,9 @@ def serve(storage_url: str, host: str = "0.0.0.0", port: int = DEFAULT_PORT, *, 
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
     server.start()
-    print(f"dlnn: gRPC storage proxy on {ProxyAddress(host, port).url} -> {_redact(storage_url)}",
+    print(f"dlnn: gRPC storage proxy on {ProxyAddress(host, port).url} -> {redact(storage_url)}",
           file=sys.stderr, flush=True)
     while not stop.wait(1.0):
         pass
     server.stop(grace_s).wait()
     print("dlnn: gRPC storage proxy stopped", file=sys.stderr, flush=True)
-
-
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        return url.replace(f":{parts.password}@", ":***@")
-    return url

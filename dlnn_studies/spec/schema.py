@@ -47,7 +47,7 @@ from dlnn_core.models import INIT_CHOICES
 from dlnn_core.optim import OPTIMIZERS, SCHEDULERS
 
 from ..errors import UsageError
-from .names import NAME_RE, name_problem  # noqa: F401 (NAME_RE: re-exported where it was defined)
+from .names import name_problem
 from .samplers import PRUNERS, SAMPLERS, check_options
 from .space import PARENTS, Param, describe, params_for
 

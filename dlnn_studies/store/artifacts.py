@@ -23,12 +23,13 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import tempfile
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import optuna
+from dlnn_core.atomic import write_atomic
 
 from ..errors import UsageError
 
@@ -122,20 +123,7 @@ class DirectoryStore(optuna.artifacts.FileSystemArtifactStore):
         self.location = str(base_path)
 
     def write(self, artifact_id: str, content_body: BinaryIO) -> None:
-        path = self._get_filepath(artifact_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                while chunk := content_body.read(1 << 20):
-                    f.write(chunk)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_atomic(self._get_filepath(artifact_id), lambda f: shutil.copyfileobj(content_body, f, 1 << 20), suffix=".partial")
 
     def exists(self, artifact_id: str) -> bool:
         return self._get_filepath(artifact_id).is_file()

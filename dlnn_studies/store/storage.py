@@ -30,7 +30,7 @@ import sqlalchemy.orm
 from optuna.exceptions import ExperimentalWarning
 from sqlalchemy import exc as sa_exc
 
-from .artifacts import DEFAULT_ARTIFACTS, ENV_ARTIFACTS, artifacts_url, open_store  # noqa: F401 - re-exported
+from .artifacts import open_store
 from ..errors import UsageError
 from .optuna_private import CachedStorage
 

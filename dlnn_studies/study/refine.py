@@ -78,8 +78,6 @@ def _numeric_grid(p: Param, values: list[float], best: float, points: int, bound
 def refine_spec(spec: StudySpec, ranked: list[FrozenTrial], *, name: str, around: int, points: int, max_trials: int,
                 trial: int | None = None) -> tuple[StudySpec, list[FrozenTrial]]:
     """The refine study's spec and the trials to seed it with."""
-    from dlnn_core.config import TrainConfig
-
     if not ranked:
         raise UsageError("the study has no completed feasible trials to refine around")
     if points < 2:

@@ -27,7 +27,6 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from . import records
-from ..errors import UsageError
 from .service import feasible, ranked_trials, stored_spec
 from ..spec.schema import StudySpec
 from ..store.storage import close_storage, open_storage
