@@ -384,3 +384,22 @@ def test_full_evaluation_goes_to_references_and_trials_among_the_best(tmp_path, 
         assert files == ({"model.pt", "rollout.png"} if expected else {"model.pt"}), (t.number, files)  # the plot goes with the full set
     assert full and partial, (full, partial)
     assert "test_rollout_error" in records.trial_metrics(min(done, key=lambda t: t.value))
+
+
+def test_history_cap_follows_every_new_trial_without_the_cached_view():
+    """In memory (and over gRPC) there is no view generation: the capped list must still change
+    whenever a trial finishes. It was cached under id(trials), which CPython reuses for the next
+    list, so samplers were handed a stale list."""
+    from dlnn_studies.study.service import ServiceStudy
+
+    storage = optuna.storages.InMemoryStorage()
+    optuna.create_study(storage=storage, study_name="capped")
+    study = ServiceStudy("capped", storage, optuna.samplers.RandomSampler(seed=0), optuna.pruners.NopPruner(),
+                         budget=10**6, timeout_s=None, history=5)
+    for i in range(30):
+        trial = study.ask()
+        trial.suggest_float("x", 0, 1)
+        seen = study._get_trials(deepcopy=False)
+        assert trial.number in [t.number for t in seen], i  # the running trial is always modelled
+        study.tell(trial, 100.0 - i)  # each one the best so far: the newest must enter the capped list
+        assert trial.number in [t.number for t in study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,))], i

@@ -9,6 +9,7 @@ once: the retry takes its slot. Queued trials (baselines, retries) are always ru
 
 from __future__ import annotations
 
+import collections
 import copy
 import datetime
 import heapq
@@ -94,8 +95,10 @@ class ServiceStudy(optuna.Study):
         serves everything else): capped to `history` trials when the study is larger."""
         trials = super()._get_trials(deepcopy=False, states=None, use_cache=use_cache)
         if self.history is not None and len(trials) > self.history:
-            # The same cap until the trials change (a new view generation, or a new list without one).
-            key = self._storage.generation(self._study_id) if isinstance(self._storage, TrialView) else id(trials)
+            # The same cap until the trials change: the view's generation, or else the trial count and the
+            # count in each state (states only move forward, so any change of a trial's state changes them).
+            key = (self._storage.generation(self._study_id) if isinstance(self._storage, TrialView)
+                   else (len(trials), tuple(sorted(collections.Counter(t.state for t in trials).items()))))
             cached = getattr(self._capped, "value", None)
             if cached is None or cached[0] != key:
                 cached = (key, sampler_history(trials, self.history, self.direction))
