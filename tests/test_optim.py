@@ -1,6 +1,7 @@
 """Optimizer, scheduler and loss registries: every entry builds, does what its metadata says,
 and the schedules move the learning rate at the right counts (also for D-Adaptation)."""
 
+import dataclasses
 import math
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 from dlnn_core.config import OptimizerConfig, SchedulerConfig
 from dlnn_core.errors import ConfigError
 from dlnn_core.losses import LOSSES
-from dlnn_core.optim import OPTIMIZERS, SCHEDULERS, adapted_d, build_optimizer, build_scheduler, current_lr
+from dlnn_core.optim import OPTIMIZERS, SCHEDULERS, SETTINGS, adapted_d, build_optimizer, build_scheduler, current_lr, reads
 
 
 def regression(seed=0):
@@ -52,10 +53,10 @@ def test_settings_reach_the_optimizer(name):
     assert group["lr"] == 0.123 and group["weight_decay"] == 0.01
     if betas:
         assert tuple(group["betas"]) == betas
-    if info.uses_momentum:
+    if reads(name, "momentum"):
         assert group["momentum"] == 0.5
-    if info.adaptive_d:
-        assert group["d"] == 1e-5
+    if reads(name, "d0"):
+        assert info.adaptive_d and group["d"] == 1e-5
     else:
         assert "d" not in group
 
@@ -148,6 +149,16 @@ def test_every_optimizer_builds_what_its_hand_written_factory_built(name):
         assert type(opt).__name__ == cls
         assert {k: v for k, v in opt.param_groups[0].items() if k != "params"} == expected
 
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_reads_is_data_and_adaptive_d_follows_from_it(name):
+    info = OPTIMIZERS[name]
+    assert reads(name, "lr") and all(reads(name, s) == (s in info.reads) for s in SETTINGS)
+    assert info.adaptive_d == reads(name, "d0") and reads(name, "betas") == (info.n_betas > 0)
+    with pytest.raises(ValueError, match="betas"):
+        dataclasses.replace(info, n_betas=0 if info.n_betas else 2)
+    with pytest.raises(ValueError, match="known"):
+        dataclasses.replace(info, reads=info.reads | {"lr_decay"})
 
 def test_lr_none_means_the_registry_default():
     opt = build_optimizer([torch.nn.Parameter(torch.zeros(2))], OptimizerConfig(name="lion"))
