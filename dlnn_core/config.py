@@ -19,7 +19,7 @@ from .errors import ConfigError
 from .lagrangian import DEFAULT_METHOD, METHODS
 from .losses import LOSSES
 from .models import ModelConfig
-from .optim import OPTIMIZERS, SCHEDULERS
+from .optim import OPTIMIZERS, SCHEDULERS, reads
 
 DTYPES = ("float32", "float64")
 INTERVALS = ("step", "epoch")
@@ -102,10 +102,10 @@ class OptimizerConfig:
         info = OPTIMIZERS[self.name]
         if self.betas is not None:
             betas = self.betas
-            ok = isinstance(betas, (list, tuple)) and len(betas) == info.n_betas and all(
+            ok = reads(self.name, "betas") and isinstance(betas, (list, tuple)) and len(betas) == info.n_betas and all(
                 isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)
             if not ok:
-                allowed = f"{info.n_betas} numbers in [0, 1) for {self.name}" if info.n_betas else f"null ({self.name} has no betas)"
+                allowed = f"{info.n_betas} numbers in [0, 1) for {self.name}" if reads(self.name, "betas") else f"null ({self.name} has no betas)"
                 raise ConfigError(p + "betas", betas, allowed)
             object.__setattr__(self, "betas", tuple(float(b) for b in betas))
 

@@ -1,9 +1,11 @@
 """Optimizer and learning-rate scheduler registries, by the names users write in study specs.
 
-Every optimizer entry is a frozen `OptimInfo` that knows its sensible learning-rate range, so a
-spec can say "lr: per optimizer". For D-Adaptation and Prodigy `lr` is a multiplier of the
-adapted step size d (around 1.0), not a step size. Optional packages are imported lazily inside
-the factories, so importing this module stays cheap.
+Every optimizer entry is a frozen `OptimInfo`, data as in timm: the class, the fixed arguments
+and the `OptimizerConfig` fields it reads (`reads`, the one place that says d0 applies only to
+D-Adaptation/Prodigy, momentum only to momentum optimizers, betas only where n_betas > 0), and its
+sensible learning-rate range, so a spec can say "lr: per optimizer". One generic `build_optimizer`
+builds every entry. For D-Adaptation and Prodigy `lr` is a multiplier of the adapted step size d
+(around 1.0), not a step size. Classes are imported on build, so importing this module stays cheap.
 
 Schedules are driven explicitly by the training loop (timm's convention): `after_update(n)`
 after the n-th optimizer step and `after_epoch(e, metric)` after e completed epochs. Schedulers
@@ -13,9 +15,10 @@ users who combine D-Adaptation with a cosine schedule do.
 
 from __future__ import annotations
 
+import importlib
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 import torch
 
@@ -24,133 +27,80 @@ from .errors import choose
 if TYPE_CHECKING:  # config imports this module; only the type is needed here
     from .config import OptimizerConfig, SchedulerConfig
 
-OptimFactory = Callable[[Iterable[torch.nn.Parameter], "OptimizerConfig", float], torch.optim.Optimizer]
+# The OptimizerConfig settings an optimizer may take besides lr (which every optimizer takes).
+SETTINGS = ("weight_decay", "momentum", "betas", "eps", "d0")
 
 
 @dataclass(frozen=True)
 class OptimInfo:
-    """One optimizer: how to build it and what its `lr` means."""
+    """One optimizer as data (timm's `OptimInfo`): its class, the fixed arguments that make this
+    entry, the `OptimizerConfig` fields its constructor takes, and what its `lr` means."""
 
     name: str
-    factory: OptimFactory  # (params, cfg, lr) -> optimizer
+    target: str  # "module.Class", imported on build so importing this module stays cheap
+    reads: frozenset[str]  # the OptimizerConfig fields passed besides lr (betas/eps only when set, else the optimizer's own)
     default_lr: float  # a learning rate that trains a small DLNN without tuning
     lr_range: tuple[float, float]  # sensible search bounds (log scale)
     package: str  # where it comes from (recorded with the versions)
-    n_betas: int = 0  # how many betas `OptimizerConfig.betas` must hold (0: not used)
-    uses_momentum: bool = False  # reads `OptimizerConfig.momentum`
-    adaptive_d: bool = False  # D-Adaptation/Prodigy: lr multiplies an estimated step size d (param_groups[0]["d"])
+    n_betas: int = 0  # how many betas `OptimizerConfig.betas` must hold: > 0 exactly when it reads betas
+    fixed: Mapping[str, Any] = field(default_factory=dict, hash=False)  # constructor arguments of this entry (nesterov=True)
     description: str = ""
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reads", frozenset(self.reads))
+        if not self.reads <= set(SETTINGS) or ("betas" in self.reads) != (self.n_betas > 0):
+            raise ValueError(f"optimizer {self.name}: reads {sorted(self.reads)} (known: {', '.join(SETTINGS)}) "
+                             f"must include betas exactly when n_betas ({self.n_betas}) > 0")
 
-def _kwargs(cfg: "OptimizerConfig", lr: float, **fixed) -> dict:
-    """The settings every factory passes: lr, weight decay, and betas/eps when given."""
-    kwargs = {"lr": lr, "weight_decay": cfg.weight_decay, **fixed}
-    if cfg.betas is not None:
-        kwargs["betas"] = tuple(cfg.betas)
-    if cfg.eps is not None:
-        kwargs["eps"] = cfg.eps
-    return kwargs
+    @property
+    def adaptive_d(self) -> bool:
+        """D-Adaptation/Prodigy: lr multiplies an estimated step size d (param_groups[0]["d"]) that
+        starts at d0; exactly the optimizers that read d0."""
+        return "d0" in self.reads
 
-
-def _sgd(params, cfg, lr):
-    return torch.optim.SGD(params, lr=lr, weight_decay=cfg.weight_decay)
-
-
-def _momentum(params, cfg, lr):
-    return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    def optimizer_class(self) -> type[torch.optim.Optimizer]:
+        module, cls = self.target.rsplit(".", 1)
+        return getattr(importlib.import_module(module), cls)
 
 
-def _nesterov(params, cfg, lr):
-    return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay)
-
-
-def _adagrad(params, cfg, lr):
-    return torch.optim.Adagrad(params, **_kwargs(cfg, lr))
-
-
-def _rmsprop(params, cfg, lr):
-    return torch.optim.RMSprop(params, **_kwargs(cfg, lr))
-
-
-def _adadelta(params, cfg, lr):
-    return torch.optim.Adadelta(params, **_kwargs(cfg, lr))
-
-
-def _adam(params, cfg, lr):
-    return torch.optim.Adam(params, **_kwargs(cfg, lr))
-
-
-def _adamw(params, cfg, lr):
-    return torch.optim.AdamW(params, **_kwargs(cfg, lr))
-
-
-def _dadaptadam(params, cfg, lr):
-    from dadaptation import DAdaptAdam
-
-    return DAdaptAdam(params, **_kwargs(cfg, lr, d0=cfg.d0))
-
-
-def _dadaptsgd(params, cfg, lr):
-    from dadaptation import DAdaptSGD
-
-    return DAdaptSGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, d0=cfg.d0)
-
-
-def _dadaptadagrad(params, cfg, lr):
-    from dadaptation import DAdaptAdaGrad
-
-    kwargs = {"lr": lr, "weight_decay": cfg.weight_decay, "d0": cfg.d0}
-    if cfg.eps is not None:
-        kwargs["eps"] = cfg.eps
-    return DAdaptAdaGrad(params, **kwargs)
-
-
-def _lion(params, cfg, lr):
-    from lion_pytorch import Lion
-
-    kwargs = {"lr": lr, "weight_decay": cfg.weight_decay}
-    if cfg.betas is not None:
-        kwargs["betas"] = tuple(cfg.betas)
-    return Lion(params, **kwargs)
-
-
-def _adan(params, cfg, lr):
-    from timm.optim import Adan
-
-    return Adan(params, **_kwargs(cfg, lr))
-
-
-def _prodigy(params, cfg, lr):
-    from prodigyopt import Prodigy
-
-    return Prodigy(params, **_kwargs(cfg, lr, d0=cfg.d0))
-
+_ADAPTIVE = frozenset({"weight_decay", "eps"})  # the torch adaptive-step optimizers without betas
+_ADAM = frozenset({"weight_decay", "betas", "eps"})
 
 OPTIMIZERS: dict[str, OptimInfo] = {
     info.name: info
     for info in (
-        OptimInfo("sgd", _sgd, 1e-2, (1e-4, 1e-1), "torch", description="plain SGD: tolerates a narrow lr range"),
-        OptimInfo("momentum", _momentum, 3e-3, (1e-4, 1e-1), "torch", uses_momentum=True, description="SGD with heavy-ball momentum"),
-        OptimInfo("nesterov", _nesterov, 3e-3, (1e-4, 1e-1), "torch", uses_momentum=True, description="SGD with Nesterov momentum"),
-        OptimInfo("adagrad", _adagrad, 3e-2, (1e-3, 3e-1), "torch"),
-        OptimInfo("rmsprop", _rmsprop, 1e-3, (1e-5, 1e-2), "torch"),
-        OptimInfo("adadelta", _adadelta, 1.0, (0.1, 10.0), "torch", description="lr scales an already unit-free step"),
-        OptimInfo("adam", _adam, 1e-3, (1e-5, 1e-2), "torch", n_betas=2),
-        OptimInfo("adamw", _adamw, 1e-3, (1e-5, 1e-2), "torch", n_betas=2, description="Adam with decoupled weight decay"),
+        OptimInfo("sgd", "torch.optim.SGD", {"weight_decay"}, 1e-2, (1e-4, 1e-1), "torch",
+                  description="plain SGD: tolerates a narrow lr range"),
+        OptimInfo("momentum", "torch.optim.SGD", {"weight_decay", "momentum"}, 3e-3, (1e-4, 1e-1), "torch",
+                  description="SGD with heavy-ball momentum"),
+        OptimInfo("nesterov", "torch.optim.SGD", {"weight_decay", "momentum"}, 3e-3, (1e-4, 1e-1), "torch", fixed={"nesterov": True},
+                  description="SGD with Nesterov momentum"),
+        OptimInfo("adagrad", "torch.optim.Adagrad", _ADAPTIVE, 3e-2, (1e-3, 3e-1), "torch"),
+        OptimInfo("rmsprop", "torch.optim.RMSprop", _ADAPTIVE, 1e-3, (1e-5, 1e-2), "torch"),
+        OptimInfo("adadelta", "torch.optim.Adadelta", _ADAPTIVE, 1.0, (0.1, 10.0), "torch", description="lr scales an already unit-free step"),
+        OptimInfo("adam", "torch.optim.Adam", _ADAM, 1e-3, (1e-5, 1e-2), "torch", n_betas=2),
+        OptimInfo("adamw", "torch.optim.AdamW", _ADAM, 1e-3, (1e-5, 1e-2), "torch", n_betas=2, description="Adam with decoupled weight decay"),
         # D-Adaptation's advice is lr 1.0; on small DLNNs here the Adam-type estimate overshoots
         # at 1.0 (validation error rises) and trains at 0.3, while the AdaGrad variant's d grows
         # too slowly at 1.0 and trains at 3 (measured in tests/test_train.py's setting).
-        OptimInfo("dadaptadam", _dadaptadam, 0.3, (0.03, 3.0), "dadaptation", n_betas=2, adaptive_d=True,
+        OptimInfo("dadaptadam", "dadaptation.DAdaptAdam", _ADAM | {"d0"}, 0.3, (0.03, 3.0), "dadaptation", n_betas=2,
                   description="D-Adaptation Adam: lr multiplies the estimated step size d (starts at d0)"),
-        OptimInfo("dadaptsgd", _dadaptsgd, 1.0, (0.1, 10.0), "dadaptation", uses_momentum=True, adaptive_d=True),
-        OptimInfo("dadaptadagrad", _dadaptadagrad, 3.0, (0.3, 30.0), "dadaptation", adaptive_d=True),
-        OptimInfo("lion", _lion, 1e-3, (1e-5, 3e-3), "lion_pytorch", n_betas=2,
+        OptimInfo("dadaptsgd", "dadaptation.DAdaptSGD", {"weight_decay", "momentum", "d0"}, 1.0, (0.1, 10.0), "dadaptation"),
+        OptimInfo("dadaptadagrad", "dadaptation.DAdaptAdaGrad", _ADAPTIVE | {"d0"}, 3.0, (0.3, 30.0), "dadaptation"),
+        OptimInfo("lion", "lion_pytorch.Lion", {"weight_decay", "betas"}, 1e-3, (1e-5, 3e-3), "lion_pytorch", n_betas=2,
                   description="sign update of fixed size lr per weight: keep lr at or below Adam's"),
-        OptimInfo("adan", _adan, 1e-3, (1e-5, 1e-2), "timm", n_betas=3),
-        OptimInfo("prodigy", _prodigy, 0.3, (0.03, 3.0), "prodigyopt", n_betas=2, adaptive_d=True,
+        OptimInfo("adan", "timm.optim.Adan", _ADAM, 1e-3, (1e-5, 1e-2), "timm", n_betas=3),
+        OptimInfo("prodigy", "prodigyopt.Prodigy", _ADAM | {"d0"}, 0.3, (0.03, 3.0), "prodigyopt", n_betas=2,
                   description="successor of D-Adaptation Adam; overshoots like it at lr 1.0"),
     )
 }
+
+
+def reads(optimizer: str, setting: str) -> bool:
+    """Whether the optimizer named `optimizer` takes `OptimizerConfig.<setting>`: lr always, the
+    others as its registry entry's `reads` says. The one answer to "does this setting apply here"
+    for config checks, spec checks, conditional search parameters and reports."""
+    return setting == "lr" or setting in OPTIMIZERS[optimizer].reads
 
 
 def resolve_lr(cfg: "OptimizerConfig") -> float:
@@ -158,10 +108,21 @@ def resolve_lr(cfg: "OptimizerConfig") -> float:
     return OPTIMIZERS[cfg.name].default_lr if cfg.lr is None else cfg.lr
 
 
+def optimizer_kwargs(cfg: "OptimizerConfig", lr: float | None = None) -> dict[str, Any]:
+    """The constructor arguments `build_optimizer` passes: lr, the entry's fixed arguments and the
+    config's fields the optimizer reads, leaving out unset ones (betas/eps None: the optimizer's own)."""
+    info = choose(OPTIMIZERS, cfg.name, "optimizer.name")
+    kwargs: dict[str, Any] = {"lr": resolve_lr(cfg) if lr is None else lr, **info.fixed}
+    for setting in SETTINGS:
+        if setting in info.reads and getattr(cfg, setting) is not None:
+            kwargs[setting] = getattr(cfg, setting)
+    return kwargs
+
+
 def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: "OptimizerConfig", lr: float | None = None) -> torch.optim.Optimizer:
     """The optimizer named by `cfg` over `params`; `lr` overrides the config (the range test uses it)."""
-    info = choose(OPTIMIZERS, cfg.name, "optimizer.name")
-    return info.factory(params, cfg, resolve_lr(cfg) if lr is None else lr)
+    kwargs = optimizer_kwargs(cfg, lr)
+    return OPTIMIZERS[cfg.name].optimizer_class()(params, **kwargs)
 
 
 def adapted_d(optimizer: torch.optim.Optimizer) -> float | None:

@@ -126,6 +126,8 @@ def test_betas_length_follows_the_optimizer(name):
         assert OptimizerConfig(name=name, betas=[0.9] * n).betas == (0.9,) * n
     with pytest.raises(ConfigError, match="optimizer.betas"):
         OptimizerConfig(name=name, betas=[0.9] * (n + 1))
+    with pytest.raises(ConfigError, match="optimizer.betas"):  # an empty list is not "no betas" either
+        OptimizerConfig(name=name, betas=[])
 
 
 def test_integral_floats_become_ints_and_configs_are_frozen():

@@ -1,6 +1,7 @@
 """Optimizer, scheduler and loss registries: every entry builds, does what its metadata says,
 and the schedules move the learning rate at the right counts (also for D-Adaptation)."""
 
+import dataclasses
 import math
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 from dlnn_core.config import OptimizerConfig, SchedulerConfig
 from dlnn_core.errors import ConfigError
 from dlnn_core.losses import LOSSES
-from dlnn_core.optim import OPTIMIZERS, SCHEDULERS, adapted_d, build_optimizer, build_scheduler, current_lr
+from dlnn_core.optim import OPTIMIZERS, SCHEDULERS, SETTINGS, adapted_d, build_optimizer, build_scheduler, current_lr, reads
 
 
 def regression(seed=0):
@@ -52,13 +53,112 @@ def test_settings_reach_the_optimizer(name):
     assert group["lr"] == 0.123 and group["weight_decay"] == 0.01
     if betas:
         assert tuple(group["betas"]) == betas
-    if info.uses_momentum:
+    if reads(name, "momentum"):
         assert group["momentum"] == 0.5
-    if info.adaptive_d:
-        assert group["d"] == 1e-5
+    if reads(name, "d0"):
+        assert info.adaptive_d and group["d"] == 1e-5
     else:
         assert "d" not in group
 
+
+# What each optimizer's hand-written factory built (dlnn_core/optim.py before the registry held
+# `reads` as data), captured by running that code once with the pinned versions: the class, then
+# param_groups[0] without "params" for a config that sets every field (ALL) and for one that leaves
+# betas and eps unset (lr 0.123, the rest at OptimizerConfig's defaults). A field the generic builder
+# stops or starts passing changes one of these.
+ALL = dict(lr=0.123, weight_decay=0.0123, momentum=0.456, eps=1.23e-7, d0=1.23e-5)
+BETAS = (0.81, 0.82, 0.83)
+_SGD = {"dampening": 0, "differentiable": False, "foreach": None, "fused": None, "maximize": False}
+_ADAM = {"amsgrad": False, "capturable": False, "differentiable": False, "foreach": None, "fused": None, "maximize": False}
+_DADAPT = {"growth_rate": math.inf, "k": 0, "log_every": 0}
+_PRODIGY = {"beta3": None, "d_coef": 1.0, "d_numerator": 0.0, "decouple": True, "fsdp_in_use": False, "growth_rate": math.inf,
+            "k": 0, "safeguard_warmup": False, "slice_p": 1, "use_bias_correction": False}
+BUILT_BEFORE = {
+    "sgd": ("SGD",
+            {**_SGD, "lr": 0.123, "momentum": 0, "nesterov": False, "weight_decay": 0.0123},
+            {**_SGD, "lr": 0.123, "momentum": 0, "nesterov": False, "weight_decay": 0.0}),
+    "momentum": ("SGD",
+                 {**_SGD, "lr": 0.123, "momentum": 0.456, "nesterov": False, "weight_decay": 0.0123},
+                 {**_SGD, "lr": 0.123, "momentum": 0.9, "nesterov": False, "weight_decay": 0.0}),
+    "nesterov": ("SGD",
+                 {**_SGD, "lr": 0.123, "momentum": 0.456, "nesterov": True, "weight_decay": 0.0123},
+                 {**_SGD, "lr": 0.123, "momentum": 0.9, "nesterov": True, "weight_decay": 0.0}),
+    "adagrad": ("Adagrad",
+                {"differentiable": False, "eps": 1.23e-07, "foreach": None, "fused": None, "initial_accumulator_value": 0, "lr": 0.123,
+                 "lr_decay": 0, "maximize": False, "weight_decay": 0.0123},
+                {"differentiable": False, "eps": 1e-10, "foreach": None, "fused": None, "initial_accumulator_value": 0, "lr": 0.123,
+                 "lr_decay": 0, "maximize": False, "weight_decay": 0.0}),
+    "rmsprop": ("RMSprop",
+                {"alpha": 0.99, "capturable": False, "centered": False, "differentiable": False, "eps": 1.23e-07, "foreach": None,
+                 "lr": 0.123, "maximize": False, "momentum": 0, "weight_decay": 0.0123},
+                {"alpha": 0.99, "capturable": False, "centered": False, "differentiable": False, "eps": 1e-08, "foreach": None,
+                 "lr": 0.123, "maximize": False, "momentum": 0, "weight_decay": 0.0}),
+    "adadelta": ("Adadelta",
+                 {"capturable": False, "differentiable": False, "eps": 1.23e-07, "foreach": None, "lr": 0.123, "maximize": False,
+                  "rho": 0.9, "weight_decay": 0.0123},
+                 {"capturable": False, "differentiable": False, "eps": 1e-06, "foreach": None, "lr": 0.123, "maximize": False,
+                  "rho": 0.9, "weight_decay": 0.0}),
+    "adam": ("Adam",
+             {**_ADAM, "betas": (0.81, 0.82), "decoupled_weight_decay": False, "eps": 1.23e-07, "lr": 0.123, "weight_decay": 0.0123},
+             {**_ADAM, "betas": (0.9, 0.999), "decoupled_weight_decay": False, "eps": 1e-08, "lr": 0.123, "weight_decay": 0.0}),
+    "adamw": ("AdamW",
+              {**_ADAM, "betas": (0.81, 0.82), "decoupled_weight_decay": True, "eps": 1.23e-07, "lr": 0.123, "weight_decay": 0.0123},
+              {**_ADAM, "betas": (0.9, 0.999), "decoupled_weight_decay": True, "eps": 1e-08, "lr": 0.123, "weight_decay": 0.0}),
+    "dadaptadam": ("DAdaptAdam",
+                   {**_DADAPT, "betas": (0.81, 0.82), "d": 1.23e-05, "decouple": False, "eps": 1.23e-07, "fsdp_in_use": False,
+                    "layer_scale": 1.0, "lr": 0.123, "numerator_weighted": 0.0, "use_bias_correction": False, "weight_decay": 0.0123},
+                   {**_DADAPT, "betas": (0.9, 0.999), "d": 1e-06, "decouple": False, "eps": 1e-08, "fsdp_in_use": False,
+                    "layer_scale": 1.0, "lr": 0.123, "numerator_weighted": 0.0, "use_bias_correction": False, "weight_decay": 0.0}),
+    "dadaptsgd": ("DAdaptSGD",
+                  {**_DADAPT, "d": 1.23e-05, "fsdp_in_use": False, "lr": 0.123, "momentum": 0.456, "numerator_weighted": 0.0,
+                   "weight_decay": 0.0123},
+                  {**_DADAPT, "d": 1e-06, "fsdp_in_use": False, "lr": 0.123, "momentum": 0.9, "numerator_weighted": 0.0,
+                   "weight_decay": 0.0}),
+    "dadaptadagrad": ("DAdaptAdaGrad",
+                      {**_DADAPT, "d": 1.23e-05, "eps": 1.23e-07, "gsq_weighted": 0.0, "lr": 0.123, "momentum": 0, "skl1": 0.0,
+                       "sksq_weighted": 0.0, "weight_decay": 0.0123},
+                      {**_DADAPT, "d": 1e-06, "eps": 1e-06, "gsq_weighted": 0.0, "lr": 0.123, "momentum": 0, "skl1": 0.0,
+                       "sksq_weighted": 0.0, "weight_decay": 0.0}),
+    "lion": ("Lion",
+             {"betas": (0.81, 0.82), "lr": 0.123, "weight_decay": 0.0123},
+             {"betas": (0.9, 0.99), "lr": 0.123, "weight_decay": 0.0}),
+    "adan": ("Adan",
+             {"betas": (0.81, 0.82, 0.83), "caution": False, "eps": 1.23e-07, "foreach": None, "lr": 0.123, "no_prox": False,
+              "weight_decay": 0.0123},
+             {"betas": (0.98, 0.92, 0.99), "caution": False, "eps": 1e-08, "foreach": None, "lr": 0.123, "no_prox": False,
+              "weight_decay": 0.0}),
+    "prodigy": ("Prodigy",
+                {**_PRODIGY, "betas": (0.81, 0.82), "d": 1.23e-05, "d0": 1.23e-05, "d_max": 1.23e-05, "eps": 1.23e-07, "lr": 0.123,
+                 "weight_decay": 0.0123},
+                {**_PRODIGY, "betas": (0.9, 0.999), "d": 1e-06, "d0": 1e-06, "d_max": 1e-06, "eps": 1e-08, "lr": 0.123,
+                 "weight_decay": 0.0}),
+}
+
+
+def test_the_expectations_cover_the_registry():
+    assert set(BUILT_BEFORE) == set(OPTIMIZERS)
+
+
+@pytest.mark.parametrize("name", sorted(BUILT_BEFORE))
+def test_every_optimizer_builds_what_its_hand_written_factory_built(name):
+    cls, every_field_set, betas_eps_unset = BUILT_BEFORE[name]
+    betas = BETAS[: OPTIMIZERS[name].n_betas] or None
+    for cfg, expected in ((OptimizerConfig(name=name, betas=betas, **ALL), every_field_set),
+                          (OptimizerConfig(name=name, lr=0.123), betas_eps_unset)):
+        opt = build_optimizer([torch.nn.Parameter(torch.zeros(3))], cfg)
+        assert type(opt).__name__ == cls
+        assert {k: v for k, v in opt.param_groups[0].items() if k != "params"} == expected
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_reads_is_data_and_adaptive_d_follows_from_it(name):
+    info = OPTIMIZERS[name]
+    assert reads(name, "lr") and all(reads(name, s) == (s in info.reads) for s in SETTINGS)
+    assert info.adaptive_d == reads(name, "d0") and reads(name, "betas") == (info.n_betas > 0)
+    with pytest.raises(ValueError, match="betas"):
+        dataclasses.replace(info, n_betas=0 if info.n_betas else 2)
+    with pytest.raises(ValueError, match="known"):
+        dataclasses.replace(info, reads=info.reads | {"lr_decay"})
 
 def test_lr_none_means_the_registry_default():
     opt = build_optimizer([torch.nn.Parameter(torch.zeros(2))], OptimizerConfig(name="lion"))

@@ -183,6 +183,32 @@ choices = [64, 128]
     assert seen == {"adam", "lion", "dadaptadam"}
 
 
+def test_optimizer_settings_are_drawn_only_for_optimizers_that_read_them():
+    """momentum and eps follow the registry's `reads` as d0 does: lion reads neither, sgd-momentum no eps."""
+    space = """
+[space.optimizer]
+choices = ["adam", "lion", "momentum"]
+[space.optimizer.eps]
+low = 1e-10
+high = 1e-6
+log = true
+[space.optimizer.momentum]
+low = 0.5
+high = 0.95
+"""
+    spec = parse_spec(__import__("tomllib").loads(tiny_spec(space=space)))
+    seen = set()
+    for flat, params in _draw(spec):
+        opt = flat["optimizer.name"]
+        seen.add(opt)
+        assert ("optimizer.eps" in params) == (opt == "adam")
+        assert ("optimizer.momentum" in params) == (opt == "momentum")
+    assert seen == {"adam", "lion", "momentum"}
+    with pytest.raises(SpecError) as info:
+        parse_spec(__import__("tomllib").loads(tiny_spec(space=space.replace("log = true", 'log = true\nonly_for = ["lion"]'))))
+    assert any('eps means nothing for "lion"' in p and "optimizers that read eps" in p for p in info.value.problems)
+
+
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
 def test_every_sampler_builds_and_samples(name):
     if name == "cmaes":

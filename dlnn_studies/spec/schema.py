@@ -44,7 +44,7 @@ from dlnn_core.evaluate import METRICS as EVAL_METRICS
 from dlnn_core.declared import DeclarationError
 from dlnn_core.losses import LOSSES
 from dlnn_core.models import INIT_CHOICES
-from dlnn_core.optim import OPTIMIZERS, SCHEDULERS
+from dlnn_core.optim import OPTIMIZERS, SCHEDULERS, reads
 
 from ..errors import UsageError
 from .names import name_problem
@@ -663,18 +663,16 @@ class _Validator:
         if only_for:
             return {parent: only_for[0]}
         if key == "optimizer.d0":
-            return {parent: next(n for n, i in OPTIMIZERS.items() if i.adaptive_d)}
+            return {parent: next(n for n in OPTIMIZERS if reads(n, "d0"))}
         return {}
 
     def _condition(self, p: Param, candidates: list, base: TrainConfig) -> Param:
         """Decide for which optimizers/schedulers a child param is drawn, and check that it means something."""
         field = p.key.split(".", 1)[1]
         if p.parent == "optimizer.name":
-            meaningful = {n for n, i in OPTIMIZERS.items()
-                          if field not in ("d0", "momentum", "betas")
-                          or (field == "d0" and i.adaptive_d) or (field == "momentum" and i.uses_momentum) or (field == "betas" and i.n_betas)}
+            meaningful = {n for n in OPTIMIZERS if reads(n, field)}
             what = {"d0": "D-Adaptation/Prodigy optimizers", "momentum": "optimizers with momentum",
-                    "betas": "optimizers with betas"}.get(field, "optimizers")
+                    "betas": "optimizers with betas"}.get(field, f"optimizers that read {field}")
         else:
             meaningful = {n for n, i in SCHEDULERS.items() if field in i.fields}
             what = f"schedulers that read {field}"

@@ -407,10 +407,10 @@ def tolerance_band(points: list[tuple[float, float]], best: float | None, direct
 
 
 def dadaptation(d: StudyData, figs: Figures) -> list[Block]:
-    from dlnn_core.optim import OPTIMIZERS
+    from dlnn_core.optim import OPTIMIZERS, reads
 
     out = [h2("D-Adaptation and Prodigy: d0 and the lr multiplier")]
-    rs = [r for r in d.judged if r.flat.get("optimizer.name") in OPTIMIZERS and OPTIMIZERS[r.flat["optimizer.name"]].adaptive_d]
+    rs = [r for r in d.judged if r.flat.get("optimizer.name") in OPTIMIZERS and reads(r.flat["optimizer.name"], "d0")]
     if not rs:
         return out + [p("No trial used D-Adaptation or Prodigy (their lr is a multiplier of an estimated step d that starts at d0).")]
     rows = []
