@@ -403,3 +403,19 @@ def test_history_cap_follows_every_new_trial_without_the_cached_view():
         assert trial.number in [t.number for t in seen], i  # the running trial is always modelled
         study.tell(trial, 100.0 - i)  # each one the best so far: the newest must enter the capped list
         assert trial.number in [t.number for t in study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,))], i
+
+
+def test_a_small_history_cap_is_kept():
+    """max_history below the 100 best: the capped list holds `history` finished trials, not 100."""
+    from dlnn_studies.study.service import sampler_history
+
+    study = optuna.create_study()
+    for i in range(300):
+        trial = study.ask()
+        trial.suggest_float("x", 0, 1)
+        study.tell(trial, float((i * 37) % 300))
+    for history in (10, 60, 150):
+        capped = sampler_history(study.trials, history, study.direction)
+        assert len(capped) == history, history
+        best = sorted(t.value for t in study.trials)[: history // 2]
+        assert sorted(t.value for t in capped)[: history // 2] == best  # the best half is the best trials

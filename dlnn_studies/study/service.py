@@ -129,14 +129,15 @@ class ServiceStudy(optuna.Study):
 def sampler_history(trials: list[FrozenTrial], history: int, direction, best: int = 100) -> list[FrozenTrial]:
     """The trials a sampler models once a study outgrows `history`: every unfinished trial, the
     `best` completed feasible ones, and the most recent finished ones up to `history`, in number
-    order. TPE's "good" group is at most the 25 best trials, so it is unchanged; its "bad" group
+    order (the best take at most half of `history`). TPE's "good" group is at most the 25 best
+    trials, so it is unchanged for histories of 50 and more; its "bad" group
     becomes a recent sample, which TPE's own weights already favour; and the cost of a suggestion
     stops growing with the study."""
     finished = [t for t in trials if t.state.is_finished()]
     keep = {t.number for t in trials if not t.state.is_finished()}
     sign = 1.0 if direction == optuna.study.StudyDirection.MINIMIZE else -1.0
     complete = [t for t in finished if t.state == TrialState.COMPLETE and t.value is not None and feasible(t)]
-    keep.update(t.number for t in heapq.nsmallest(best, complete, key=lambda t: sign * t.value))
+    keep.update(t.number for t in heapq.nsmallest(min(best, history // 2), complete, key=lambda t: sign * t.value))
     for t in reversed(finished):
         if len(keep) >= history:
             break
