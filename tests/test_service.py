@@ -419,3 +419,20 @@ def test_a_small_history_cap_is_kept():
         assert len(capped) == history, history
         best = sorted(t.value for t in study.trials)[: history // 2]
         assert sorted(t.value for t in capped)[: history // 2] == best  # the best half is the best trials
+
+
+def test_trial_view_sees_its_own_writes_and_no_deleted_study(tmp_path):
+    """The view's staleness bound is for other processes' writes: a trial this process ends is in its
+    next read, and a study created under a deleted study's id (SQLite reuses it) starts empty."""
+    from dlnn_studies.store.storage import TrialView, open_storage
+
+    rdb = open_storage(f"sqlite:///{tmp_path / 'view.db'}", create_schema=True)
+    view = TrialView(rdb, max_staleness_s=60.0)
+    study_id = view.create_new_study([optuna.study.StudyDirection.MINIMIZE], "first")
+    trial_id = view.create_new_trial(study_id)
+    assert [t.state for t in view.get_all_trials(study_id)] == [TrialState.RUNNING]
+    view.set_trial_state_values(trial_id, TrialState.COMPLETE, [1.0])
+    assert [t.number for t in view.get_all_trials(study_id, states=(TrialState.COMPLETE,))] == [0]
+    view.delete_study(study_id)
+    again = view.create_new_study([optuna.study.StudyDirection.MINIMIZE], "second")
+    assert view.get_all_trials(again) == [] and view.get_all_trials(again, states=(TrialState.COMPLETE,)) == []

@@ -108,7 +108,8 @@ class TrialView(CachedStorage):
     view is rebuilt only when the cache changed, and the database is read only when the view is
     older than the staleness bound or `refresh` was called (the worker does before each ask, so
     queued trials and the budget are always seen fresh). Samplers and pruners already work with
-    views that other workers have moved on from; half a second more changes nothing for them."""
+    views that other workers have moved on from; half a second more changes nothing for them. A
+    trial this process ends, and a study it creates or deletes, are seen at once."""
 
     def __init__(self, backend: optuna.storages.RDBStorage, max_staleness_s: float = 0.5):
         super().__init__(backend)
@@ -119,6 +120,33 @@ class TrialView(CachedStorage):
 
     def refresh(self, study_id: int) -> None:
         self._read_at.pop(study_id, None)
+
+    def _forget(self, study_id: int) -> None:
+        """Drop every view of a study id: a new study may get a deleted one's id (SQLite reuses it)."""
+        with self._lock:
+            self._read_at.pop(study_id, None)
+            self._generation.pop(study_id, None)
+            for key in [k for k in self._views if k[0] == study_id]:
+                del self._views[key]
+
+    def create_new_study(self, directions, study_name=None) -> int:
+        study_id = super().create_new_study(directions, study_name)
+        self._forget(study_id)
+        return study_id
+
+    def delete_study(self, study_id: int) -> None:
+        super().delete_study(study_id)
+        self._forget(study_id)
+
+    def set_trial_state_values(self, trial_id: int, state, values=None) -> bool:
+        """A trial's end is seen at once by this process's next read (other processes within the staleness bound)."""
+        done = super().set_trial_state_values(trial_id, state, values)
+        owner = self._trial_id_to_study_id_and_number.get(trial_id)
+        if owner is None:
+            self._read_at.clear()
+        else:
+            self.refresh(owner[0])
+        return done
 
     def generation(self, study_id: int) -> int:
         """Changes whenever the cached trials of the study change."""
