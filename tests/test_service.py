@@ -266,11 +266,19 @@ def test_worker_survives_dropped_connections(pg_url, tmp_path):
     pre-pinged pool reconnects and the worker still finishes the budget."""
     import psycopg2
 
-    _launch(pg_url, tmp_path, tiny_spec(trials=8, epochs=4))
+    _launch(pg_url, tmp_path, tiny_spec(trials=8, epochs=4, grace=30))  # no trial of this one worker may look stale, however loaded the machine
     db = pg_url.rsplit("/", 1)[1]
     stop = threading.Event()
 
     def terminator():
+        probe = psycopg2.connect(pg_url)  # mid-study: the kills start once the worker has created its first trial
+        probe.autocommit = True
+        while not stop.wait(0.05):
+            with probe.cursor() as cur:
+                cur.execute("SELECT count(*) FROM trials")
+                if cur.fetchone()[0] > 0:
+                    break
+        probe.close()
         admin = psycopg2.connect(pg_url.rsplit("/", 1)[0] + "/postgres")
         admin.autocommit = True
         kills = 0
