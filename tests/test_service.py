@@ -444,3 +444,22 @@ def test_trial_view_sees_its_own_writes_and_no_deleted_study(tmp_path):
     view.delete_study(study_id)
     again = view.create_new_study([optuna.study.StudyDirection.MINIMIZE], "second")
     assert view.get_all_trials(again) == [] and view.get_all_trials(again, states=(TrialState.COMPLETE,)) == []
+
+
+def test_a_failing_full_evaluation_leaves_the_trial_complete(tmp_path, monkeypatch):
+    """The objectives are known when the full evaluation runs: if it fails, the trial completes
+    with fit's metrics and says why it has no more."""
+    url = f"sqlite:///{tmp_path / 'dlnn.db'}"
+    monkeypatch.setenv("DLNN_CACHE_DIR", str(tmp_path / "cache"))
+    launch(load_spec(write_spec(tmp_path, tiny_spec(trials=2, sampler='name = "random"'))), url, log=lambda m: None)
+
+    def broken(checkpoint, device):
+        raise RuntimeError("no rollouts today")
+
+    assert run_worker(url, "tiny", fit_fn=None, evaluate_fn=broken, seed=1, install_signals=False, artifacts=None,
+                      log=lambda m: None) == 0
+    done = [t for t in optuna.load_study(study_name="tiny", storage=url).trials if t.state == TrialState.COMPLETE]
+    assert len(done) == 2
+    assert all(t.user_attrs[records.EVALUATION].startswith("objectives only: the full evaluation failed (RuntimeError: no rollouts today)")
+               for t in done)
+    assert all("val_rel_mse" in records.trial_metrics(t) and "test_rollout_error" not in records.trial_metrics(t) for t in done)

@@ -277,13 +277,7 @@ class Objective:
             finite = all(math.isfinite(v) for v in values)
             full = finite and self.evaluate is not None and bool(result.checkpoint) and (not prunable or _among_best(trial, values))
             if full:
-                try:
-                    metrics = {**self.evaluate(result.checkpoint, fit_config.device), **metrics}
-                    trial.set_user_attr(records.EVALUATION, "full")
-                except Exception as exc:  # the objectives are known: the trial stands with what fit measured
-                    if is_connection_error(exc):
-                        raise
-                    trial.set_user_attr(records.EVALUATION, f"objectives only: the full evaluation failed ({type(exc).__name__}: {exc})"[:500])
+                metrics = self._every_metric(trial, result.checkpoint, fit_config.device, metrics)
             records.record_metrics(trial, metrics)
             if not finite:
                 return self._infeasible(trial, "diverged", f"non-finite objective {dict(zip(spec.metrics, values))}", retry)
@@ -301,6 +295,19 @@ class Objective:
         _set_constraint(trial, 0.0, retry)
         stored = [records.to_stored(m, v) for m, v in zip(spec.metrics, values)]
         return stored[0] if single else stored
+
+    def _every_metric(self, trial: optuna.Trial, checkpoint: str, device: str, metrics: dict[str, Any]) -> dict[str, Any]:
+        """`metrics` completed by a full evaluation of the checkpoint (fit's own values kept). If it
+        fails, the objectives are known: the trial stands with what fit measured, and says so."""
+        try:
+            full = {**self.evaluate(checkpoint, device), **metrics}
+        except Exception as exc:
+            if is_connection_error(exc):
+                raise
+            trial.set_user_attr(records.EVALUATION, f"objectives only: the full evaluation failed ({type(exc).__name__}: {exc})"[:500])
+            return metrics
+        trial.set_user_attr(records.EVALUATION, "full")
+        return full
 
     def _connection_lost(self, trial: optuna.Trial, exc: BaseException):
         """The database went away mid-trial: not the trial's fault, so it is re-queued like a
