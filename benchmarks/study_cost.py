@@ -8,7 +8,8 @@ the service):
 
 - data: `load_data` (generation once per fresh cache folder, then reading the cache);
 - training: `fit` up to its last epoch, data and reports excluded (model build included);
-- evaluation: `fit` after its last epoch (final metrics and checkpoint);
+- evaluation: `fit` after its last epoch (the objectives' metrics and the checkpoint), and the
+  full evaluation of the references and of the trials among the best (the worker's `evaluate_fn`);
 - storage in a trial: the per-epoch `report` (trial.report + should_prune on the database);
 - sampling: the worker's `suggest` (the sampler's relative and independent draws, and writing
   the params);
