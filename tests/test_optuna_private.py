@@ -31,6 +31,24 @@ def test_the_private_methods_the_service_overrides_are_still_called_by_optuna():
     assert {"deepcopy", "states", "use_cache"} <= set(params)
 
 
+def test_the_cached_storage_internals_the_trial_view_uses_are_still_there(tmp_path):
+    """storage.TrialView overrides these methods and reads these attributes of Optuna's cache; the
+    proxy client and ServiceRDBStorage override the stale-trial query (checked above)."""
+    from dlnn_studies.store.proxy_client import HeartbeatGrpcStorageProxy
+    from dlnn_studies.store.storage import ServiceRDBStorage, TrialView
+
+    cached = private.CachedStorage(optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'c.db'}"))
+    for name in private.CACHED_STORAGE_METHODS:
+        assert callable(getattr(cached, name)) and name in vars(TrialView), name
+    assert list(inspect.signature(cached._read_trials_from_remote_storage).parameters) == ["study_id"]
+    assert list(inspect.signature(cached._add_trials_to_cache).parameters) == ["study_id", "trials"]
+    for name in private.CACHED_STORAGE_ATTRS:
+        assert hasattr(cached, name), name
+    assert isinstance(cached._studies, dict) and isinstance(cached._trial_id_to_study_id_and_number, dict)
+    for cls in (ServiceRDBStorage, HeartbeatGrpcStorageProxy):
+        assert private.STALE_TRIAL_IDS in vars(cls), cls
+
+
 def test_the_grpc_server_factory_is_where_the_proxy_takes_it():
     pytest.importorskip("grpc")
     assert callable(private.grpc_make_server())
