@@ -380,6 +380,34 @@ def test_launch_publishes_the_file_and_pins_its_hash(store_url, tmp_path, monkey
     assert _stored(url, "withdata")["base"]["data"]["file_sha256"] == sha(trajectories(seed=4))
 
 
+def test_launch_compiles_the_spec_once_and_pins_and_renames_it_as_a_fresh_compile_would(tmp_path, monkeypatch, data_file_field):
+    """--name and the data pin edit the compiled spec; the result equals compiling the edited TOML,
+    and the data file is hashed twice: to pin it, and by the upload that checks the bytes it sends
+    (compiling the pinned spec again would read and hash it a third time)."""
+    from dlnn_core import datafiles
+    from dlnn_studies.study import launch as launch_module
+    from dlnn_studies.spec import schema
+
+    monkeypatch.chdir(tmp_path)
+    Path("flight.npz").write_bytes(trajectories(seed=3))
+    spec = schema.load_spec(_spec(tmp_path, "flight.npz"))
+    compiles, hashes = [], []
+    parse, file_sha = schema.parse_spec, datafiles.file_sha256
+    monkeypatch.setattr(schema, "parse_spec", lambda *a, **k: compiles.append(1) or parse(*a, **k))
+    monkeypatch.setattr(datasets, "sha256_file", lambda path: hashes.append(path) or file_sha(path))
+    url = f"sqlite:///{tmp_path / 'dlnn.db'}"
+    launch_module.launch(spec, url, name="renamed", artifacts=str(tmp_path / "artifacts"), log=lambda m: None)
+    assert compiles == [] and len(hashes) == 2
+    kept = launch_module._pinned(launch_module._renamed(spec, "renamed"), sha(trajectories(seed=3)))
+    raw = json.loads(json.dumps(spec.raw))
+    raw["study"]["name"] = "renamed"
+    raw["base"]["data"]["file_sha256"] = sha(trajectories(seed=3))
+    assert kept == parse(raw, source="edited")
+    assert _stored(url, "renamed") == kept.raw
+    with pytest.raises(UsageError, match="--name"):
+        launch_module._renamed(spec, "no spaces allowed")
+
+
 def test_launch_refuses_what_it_cannot_pin_and_creates_nothing(tmp_path, monkeypatch, data_file_field):
     from dlnn_studies.study.launch import launch
     from dlnn_studies.spec.schema import load_spec

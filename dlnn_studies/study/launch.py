@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 from . import records
 from ..errors import UsageError
 from ..spec.names import check_name
-from ..spec.schema import StudySpec, make_baseline, parse_spec, recipe, spec_digest
+from ..spec.schema import StudySpec, make_baseline, recipe, spec_digest
 from ..store.storage import close_storage, open_storage, redact
 from .service import CONSTRAINT, DIGEST_ATTR, SPEC_ATTR, find_study, ranked_trials
 
@@ -92,8 +92,26 @@ def pin_data(spec: StudySpec, artifacts: str | Path | None, base_dir: str | Path
         raise UsageError(f"data.file {file!r}: no such file here ({local.absolute()})")
     store = open_store(artifacts)
     if declared != sha:
-        spec = parse_spec(datasets.pin_raw(spec.raw, sha), source=f"spec {spec.name!r} with data.file_sha256")
+        spec = _pinned(spec, sha)
     return spec, DataPin(file, sha, local, store)
+
+
+def _pinned(spec: StudySpec, sha256: str) -> StudySpec:
+    """The compiled spec with `data.file_sha256` set, in its configs and its stored copy; the spec is
+    not compiled again (that would read and hash the data file a second time)."""
+    pin = {"data.file_sha256": sha256}
+    from ..store import datasets
+
+    return replace(spec, base=spec.base.with_flat(pin), raw=datasets.pin_raw(spec.raw, sha256),
+                   baselines=tuple(replace(b, config=b.config.with_flat(pin)) for b in spec.baselines))
+
+
+def _renamed(spec: StudySpec, name: str) -> StudySpec:
+    """The compiled spec under another study name (--name): the name and its stored copy change."""
+    check_name(name, "--name")
+    raw = json.loads(json.dumps(spec.raw))
+    raw.setdefault("study", {})["name"] = name
+    return replace(spec, name=name, raw=raw)
 
 
 def _publish(pin: DataPin | None, log) -> None:
@@ -120,10 +138,7 @@ def launch(spec: StudySpec, url: str, *, name: str | None = None, update: bool =
     data names a file has it published into the artifact store `artifacts` and its hash recorded
     in the stored spec (`data.file_sha256`) before the study exists."""
     if name is not None and name != spec.name:
-        check_name(name, "--name")
-        raw = json.loads(json.dumps(spec.raw))
-        raw.setdefault("study", {})["name"] = name
-        spec = parse_spec(raw, source=f"spec with --name {name}")
+        spec = _renamed(spec, name)
     name = spec.name
     spec, pin = pin_data(spec, artifacts, base_dir)
     storage = open_storage(url, create_schema=True)
