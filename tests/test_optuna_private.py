@@ -14,8 +14,6 @@ from dlnn_studies.store import optuna_private as private
 def test_every_private_name_still_exists_with_the_shape_we_use():
     assert issubclass(private.CachedStorage, optuna.storages.BaseStorage)
     assert "backend" in inspect.signature(private.CachedStorage.__init__).parameters
-    assert hasattr(private.GroupDecomposedSearchSpace, "calculate")
-    assert {"include_pruned"} <= set(inspect.signature(private.GroupDecomposedSearchSpace.__init__).parameters)
     for name in ("TrialModel", "TrialSystemAttributeModel", "TrialHeartbeatModel"):
         assert hasattr(private.rdb_models, name), name
     for column in ("trial_id", "study_id", "state", "_datetime_start_utc"):
@@ -27,8 +25,6 @@ def test_the_private_methods_the_service_overrides_are_still_called_by_optuna():
     for cls in (optuna.storages.RDBStorage, private.BaseHeartbeat):
         assert hasattr(cls, private.STALE_TRIAL_IDS), cls
     assert list(inspect.signature(getattr(optuna.storages.RDBStorage, private.STALE_TRIAL_IDS)).parameters) == ["self", "study_id"]
-    params = inspect.signature(getattr(optuna.Study, private.STUDY_GET_TRIALS)).parameters
-    assert {"deepcopy", "states", "use_cache"} <= set(params)
 
 
 def test_the_cached_storage_internals_the_trial_view_uses_are_still_there(tmp_path):

@@ -314,15 +314,9 @@ def test_timeout_budget_is_shared(storage_url, tmp_path):
     assert 3 <= len(_trials(storage_url, "tiny")) < 100
 
 
-def test_trial_view_and_sampler_history_keep_what_samplers_need(storage_url, tmp_path):
-    """The cached view returns what Optuna's cache returns; the history cap keeps every running
-    trial, the best completed ones and the most recent; incremental groups equal Optuna's."""
-    import random
-
-    from optuna.search_space.group_decomposed import _GroupDecomposedSearchSpace
-
-    from dlnn_studies.spec.samplers import IncrementalGroups
-    from dlnn_studies.study.service import sampler_history
+def test_trial_view_returns_what_optuna_returns(storage_url, tmp_path):
+    """The cached view returns what Optuna's own storage returns, and a trial created elsewhere
+    once it refreshes."""
     from dlnn_studies.store.storage import TrialView, open_storage
 
     _launch(storage_url, tmp_path, tiny_spec(trials=40, sampler='name = "random"'))
@@ -334,33 +328,10 @@ def test_trial_view_and_sampler_history_keep_what_samplers_need(storage_url, tmp
     for states in (None, (TrialState.COMPLETE,), (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)):
         assert [t.number for t in viewed.get_trials(deepcopy=False, states=states)] == \
                [t.number for t in plain.get_trials(deepcopy=False, states=states)]
-    running = plain.ask()  # a new trial elsewhere: seen after refresh, not before
+    plain.ask()  # a new trial elsewhere: seen after refresh, not before
     assert len(viewed.get_trials(deepcopy=False)) == 30
     view.refresh(viewed._study_id)
     assert len(viewed.get_trials(deepcopy=False)) == 31
-
-    trials = plain.get_trials(deepcopy=False)
-    capped = sampler_history(trials, history=12, direction=plain.direction, best=5)
-    numbers = [t.number for t in capped]
-    assert numbers == sorted(numbers) and len(capped) == 12 and running.number in numbers
-    best5 = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)[:5]
-    assert {t.number for t in best5} <= set(numbers)
-    assert numbers[-6:] == list(range(25, 31))  # then the most recent
-
-    study = optuna.create_study()
-    rng = random.Random(0)
-    incremental = IncrementalGroups(True)
-    for _ in range(40):  # conditional parameters, as a per-optimizer learning rate makes them
-        opt = rng.choice(["a", "b", "c"])
-        dists = {"opt": optuna.distributions.CategoricalDistribution(["a", "b", "c"]),
-                 f"lr[{opt}]": optuna.distributions.FloatDistribution(1e-5, 1.0, log=True)}
-        params = {"opt": opt, f"lr[{opt}]": rng.uniform(1e-5, 1.0)}
-        if opt == "c":
-            dists["d0"], params["d0"] = optuna.distributions.FloatDistribution(1e-8, 1e-4, log=True), 1e-6
-        study.add_trial(optuna.create_trial(params=params, distributions=dists, value=rng.random()))
-        groups = incremental.calculate(study).search_spaces
-        assert groups == _GroupDecomposedSearchSpace(True).calculate(study).search_spaces
-    assert len(groups) == 4  # opt | lr[a] | lr[b] | lr[c], d0
 
 
 def test_full_evaluation_goes_to_references_and_trials_among_the_best(tmp_path, monkeypatch):
@@ -392,41 +363,6 @@ def test_full_evaluation_goes_to_references_and_trials_among_the_best(tmp_path, 
         assert files == ({"model.pt", "rollout.png"} if expected else {"model.pt"}), (t.number, files)  # the plot goes with the full set
     assert full and partial, (full, partial)
     assert "test_rollout_error" in records.trial_metrics(min(done, key=lambda t: t.value))
-
-
-def test_history_cap_follows_every_new_trial_without_the_cached_view():
-    """In memory (and over gRPC) there is no view generation: the capped list must still change
-    whenever a trial finishes. It was cached under id(trials), which CPython reuses for the next
-    list, so samplers were handed a stale list."""
-    from dlnn_studies.study.service import ServiceStudy
-
-    storage = optuna.storages.InMemoryStorage()
-    optuna.create_study(storage=storage, study_name="capped")
-    study = ServiceStudy("capped", storage, optuna.samplers.RandomSampler(seed=0), optuna.pruners.NopPruner(),
-                         budget=10**6, timeout_s=None, history=5)
-    for i in range(30):
-        trial = study.ask()
-        trial.suggest_float("x", 0, 1)
-        seen = study._get_trials(deepcopy=False)
-        assert trial.number in [t.number for t in seen], i  # the running trial is always modelled
-        study.tell(trial, 100.0 - i)  # each one the best so far: the newest must enter the capped list
-        assert trial.number in [t.number for t in study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,))], i
-
-
-def test_a_small_history_cap_is_kept():
-    """max_history below the 100 best: the capped list holds `history` finished trials, not 100."""
-    from dlnn_studies.study.service import sampler_history
-
-    study = optuna.create_study()
-    for i in range(300):
-        trial = study.ask()
-        trial.suggest_float("x", 0, 1)
-        study.tell(trial, float((i * 37) % 300))
-    for history in (10, 60, 150):
-        capped = sampler_history(study.trials, history, study.direction)
-        assert len(capped) == history, history
-        best = sorted(t.value for t in study.trials)[: history // 2]
-        assert sorted(t.value for t in capped)[: history // 2] == best  # the best half is the best trials
 
 
 def test_trial_view_sees_its_own_writes_and_no_deleted_study(tmp_path):

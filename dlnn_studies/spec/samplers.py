@@ -7,16 +7,13 @@ seeds make parallel workers suggest the same points.
 
 from __future__ import annotations
 
-import copy
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import optuna
 from optuna.exceptions import ExperimentalWarning
-from optuna.trial import TrialState
 
-from ..store.optuna_private import GroupDecomposedSearchSpace
 
 
 @dataclass(frozen=True)
@@ -63,28 +60,6 @@ class SamplerInfo:
     requires: str | None = None  # an optional package the sampler imports
 
 
-class IncrementalGroups(GroupDecomposedSearchSpace):
-    """Optuna's grouped search space, fed only the finished trials it has not seen yet. Adding a
-    trial's distributions again leaves the groups unchanged and finished trials never change,
-    so the result is the same; Optuna re-adds every trial on every sample (O(trials) each time)."""
-
-    def __init__(self, include_pruned: bool = True):
-        super().__init__(include_pruned)
-        self._seen: set[int] = set()
-
-    def calculate(self, study, use_cache: bool = False):
-        if self._study_id is None:
-            self._study_id = study._study_id
-        elif self._study_id != study._study_id:
-            raise ValueError("IncrementalGroups cannot handle multiple studies.")
-        states = (TrialState.COMPLETE, TrialState.PRUNED) if self._include_pruned else (TrialState.COMPLETE,)
-        for trial in study._get_trials(deepcopy=False, states=states, use_cache=use_cache):
-            if trial.number not in self._seen:
-                self._seen.add(trial.number)
-                self._search_space.add_distributions(trial.distributions)
-        return copy.deepcopy(self._search_space)
-
-
 def _tpe(o: dict, seed: int, grid: dict) -> optuna.samplers.BaseSampler:
     # multivariate + group model the joint and conditional space; constant_liar makes parallel
     # workers treat running trials as bad, so they do not all sample the same promising point.
@@ -94,8 +69,6 @@ def _tpe(o: dict, seed: int, grid: dict) -> optuna.samplers.BaseSampler:
         constant_liar=o["constant_liar"], n_startup_trials=o["n_startup_trials"],
         n_ei_candidates=o["n_ei_candidates"], warn_independent_sampling=False,
     )
-    if group:
-        sampler._group_decomposed_search_space = IncrementalGroups(True)
     return sampler
 
 
@@ -129,8 +102,6 @@ SAMPLERS: dict[str, SamplerInfo] = {
             "multivariate": Option(BOOL, True),
             "group": Option(BOOL, True),
             "constant_liar": Option(BOOL, True),
-            # Trials TPE models once the study is larger: the 100 best + the most recent (0: all).
-            "max_history": Option(INT, 1000, _non_negative),
         }, True, "TPE, multivariate and grouped (conditional spaces), constant liar for parallel workers"),
         SamplerInfo("random", _random, {}, True, "uniform random search"),
         SamplerInfo("cmaes", _cmaes, {

@@ -9,7 +9,7 @@ A spec has these tables (see studies/quick.toml for a commented example):
   [worker]     heartbeat_interval, grace_period (seconds), max_retry (retries of a trial whose worker
                died; a stopped or cut trial is always re-queued)
   [sampler]    name = tpe | random | cmaes | gp | grid | nsga2, and its options (tpe: n_startup_trials,
-               multivariate, group, constant_liar: all on by default; max_history = 1000)
+               multivariate, group, constant_liar: all on by default)
   [pruner]     name = none | median | percentile | successive_halving | hyperband, and its options
   [base]       the fixed TrainConfig (nested like a config file; `preset = "..."` allowed)
                [base.data] system = a built-in name, "declared" with a [base.data.declared] table

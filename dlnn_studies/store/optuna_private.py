@@ -4,7 +4,6 @@ changes one of them (and pyproject pins optuna below its next minor version for 
 
 from __future__ import annotations
 
-from optuna.search_space.group_decomposed import _GroupDecomposedSearchSpace as GroupDecomposedSearchSpace
 from optuna.storages import _CachedStorage as CachedStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages._rdb import models as rdb_models
@@ -20,11 +19,10 @@ def grpc_make_server():
 
 # Private methods the service overrides or calls (checked by the canary tests).
 STALE_TRIAL_IDS = "_get_stale_trial_ids"  # RDBStorage / BaseHeartbeat: which RUNNING trials are stale
-STUDY_GET_TRIALS = "_get_trials"  # Study: the trials samplers read
 # CachedStorage internals that storage.TrialView overrides (methods) or reads (attributes).
 CACHED_STORAGE_METHODS = ("_read_trials_from_remote_storage", "_add_trials_to_cache")
 CACHED_STORAGE_ATTRS = ("_backend", "_studies", "_trial_id_to_study_id_and_number", "_lock")
 
-__all__ = ["BaseHeartbeat", "CachedStorage", "GroupDecomposedSearchSpace", "rdb_models", "grpc_make_server",
-           "STALE_TRIAL_IDS", "STUDY_GET_TRIALS",
+__all__ = ["BaseHeartbeat", "CachedStorage", "rdb_models", "grpc_make_server",
+           "STALE_TRIAL_IDS",
            "CACHED_STORAGE_METHODS", "CACHED_STORAGE_ATTRS"]

@@ -9,12 +9,8 @@ once: the retry takes its slot. Queued trials (baselines, retries) are always ru
 
 from __future__ import annotations
 
-import collections
-import copy
 import datetime
-import heapq
 import math
-import threading
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -75,38 +71,13 @@ def first_start(trials: list[FrozenTrial]) -> datetime.datetime | None:
 
 class ServiceStudy(optuna.Study):
     """An Optuna study whose `ask` respects the study-wide budget, checked under a per-study lock,
-    and whose sampler sees at most `history` trials (see `sampler_history`)."""
+    and that reads a database through the cached trial view (storage.TrialView)."""
 
-    def __init__(self, study_name: str, storage, sampler, pruner, *, budget: int, timeout_s: float | None,
-                 history: int | None = None):
+    def __init__(self, study_name: str, storage, sampler, pruner, *, budget: int, timeout_s: float | None):
         if isinstance(storage, optuna.storages.RDBStorage):
             storage = TrialView(storage)
         super().__init__(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
         self.budget, self.timeout_s = budget, timeout_s
-        self.history = history if history and len(self.directions) == 1 else None
-        self._capped = threading.local()
-
-    def get_trials(self, deepcopy: bool = True, states=None) -> list[FrozenTrial]:
-        """Every trial: pruners, callbacks and users see the whole study."""
-        return self._storage.get_all_trials(self._study_id, deepcopy=deepcopy, states=states)
-
-    def _get_trials(self, deepcopy: bool = True, states=None, use_cache: bool = False) -> list[FrozenTrial]:
-        """What samplers read (Optuna's samplers use this private accessor, the public one
-        serves everything else): capped to `history` trials when the study is larger."""
-        trials = super()._get_trials(deepcopy=False, states=None, use_cache=use_cache)
-        if self.history is not None and len(trials) > self.history:
-            # The same cap until the trials change: the view's generation, or else the trial count and the
-            # count in each state (states only move forward, so any change of a trial's state changes them).
-            key = (self._storage.generation(self._study_id) if isinstance(self._storage, TrialView)
-                   else (len(trials), tuple(sorted(collections.Counter(t.state for t in trials).items()))))
-            cached = getattr(self._capped, "value", None)
-            if cached is None or cached[0] != key:
-                cached = (key, sampler_history(trials, self.history, self.direction))
-                self._capped.value = cached
-            trials = cached[1]
-        if states is not None:
-            trials = [t for t in trials if t.state in states]
-        return copy.deepcopy(trials) if deepcopy else trials
 
     def ask(self, fixed_distributions=None) -> optuna.Trial:
         if isinstance(self._storage, TrialView):
@@ -126,30 +97,10 @@ class ServiceStudy(optuna.Study):
             return super().ask(fixed_distributions)
 
 
-def sampler_history(trials: list[FrozenTrial], history: int, direction, best: int = 100) -> list[FrozenTrial]:
-    """The trials a sampler models once a study outgrows `history`: every unfinished trial, the
-    `best` completed feasible ones, and the most recent finished ones up to `history`, in number
-    order (the best take at most half of `history`). TPE's "good" group is at most the 25 best
-    trials, so it is unchanged for histories of 50 and more; its "bad" group
-    becomes a recent sample, which TPE's own weights already favour; and the cost of a suggestion
-    stops growing with the study."""
-    finished = [t for t in trials if t.state.is_finished()]
-    keep = {t.number for t in trials if not t.state.is_finished()}
-    sign = 1.0 if direction == optuna.study.StudyDirection.MINIMIZE else -1.0
-    complete = [t for t in finished if t.state == TrialState.COMPLETE and t.value is not None and feasible(t)]
-    keep.update(t.number for t in heapq.nsmallest(min(best, history // 2), complete, key=lambda t: sign * t.value))
-    for t in reversed(finished):
-        if len(keep) >= history:
-            break
-        keep.add(t.number)
-    return [t for t in trials if t.number in keep]
-
-
 def build_study(storage, name: str, spec: StudySpec, seed: int) -> ServiceStudy:
     sampler = build_sampler(spec.sampler, spec.sampler_options, seed, grid_space(spec.space))
     pruner = build_pruner(spec.pruner, spec.pruner_options, spec.base.epochs)
-    history = spec.sampler_options.get("max_history") if spec.sampler == "tpe" else None
-    return ServiceStudy(name, storage, sampler, pruner, budget=spec.trials, timeout_s=spec.timeout_s, history=history)
+    return ServiceStudy(name, storage, sampler, pruner, budget=spec.trials, timeout_s=spec.timeout_s)
 
 
 # ---------------------------------------------------------------------------------- ranking
