@@ -41,7 +41,6 @@ from dlnn_core import ACTIVATIONS, METHODS, MODEL_FORMS, MODEL_KINDS, SYSTEMS, C
 from dlnn_core.activations import ZERO_CURVATURE
 from dlnn_core.config import LIMITS, PRESETS, TrainConfig
 from dlnn_core.evaluate import METRICS as EVAL_METRICS
-from dlnn_core.declared import DeclarationError
 from dlnn_core.losses import LOSSES
 from dlnn_core.models import INIT_CHOICES
 from dlnn_core.optim import OPTIMIZERS, SCHEDULERS, reads
@@ -209,11 +208,20 @@ def _extreme(p: Param, pick) -> Any:
     return pick(values) if values else None
 
 
+def _one_line(exc: ConfigError) -> str:
+    """A ConfigError's text with its problems on one line, as a line of SpecError."""
+    return str(exc).replace("\n", "; ")
+
+
 def _config_message(exc: ConfigError) -> str:
-    """ConfigError's text without its own field prefix (the caller adds the TOML path)."""
-    text = str(exc)
-    prefix = f"{exc.field}: "
+    """ConfigError's text without its own field prefix (the caller adds the TOML path), on one line."""
+    text, prefix = _one_line(exc), f"{exc.field}: "
     return text[len(prefix):] if text.startswith(prefix) else text
+
+
+def _base_problems(exc: ConfigError) -> list[str]:
+    """Each problem of a config error, once, at its path under [base]."""
+    return list(dict.fromkeys(f"base.{p.field}: {p.message}" for p in exc.problems))
 
 
 class _Validator:
@@ -261,7 +269,7 @@ class _Validator:
             try:  # fixed space values are part of every trial's config, baselines included
                 base = base.with_flat(fixed)
             except ConfigError as exc:
-                self.err(f"space: the fixed values together are invalid: {exc}")
+                self.err(f"space: the fixed values together are invalid: {_one_line(exc)}")
         if base is not None and base.data.file:
             base = self.data_file(base, metrics, space)
         sampler, sampler_options = self.sampler(tables["sampler"], metrics, space)
@@ -300,7 +308,7 @@ class _Validator:
         try:
             datafiles.check_train_config(base.with_flat({k: v for k, v in extremes.items() if v is not None}))
         except ConfigError as exc:
-            self.err(f"base.{exc.field}: {_config_message(exc)}")
+            self.problems += _base_problems(exc)
         return base
 
     def study(self, t: dict, default_name: str | None) -> tuple[str, str]:
@@ -414,28 +422,18 @@ class _Validator:
 
     # -- base config -----------------------------------------------------------------------
 
-    def base(self, t: dict) -> TrainConfig | None:
-        """The fixed config. TrainConfig stops at its first bad field, so drop each bad field and
-        retry: every problem is reported, and the space is still checked against what is left."""
-        t = json.loads(json.dumps(t))
-        for _ in range(50):
-            try:
-                return TrainConfig.from_dict(t)
-            except DeclarationError as exc:  # every problem of a declared system at once; then judge the rest without it
-                self.problems += [f"base.{field}: {message}" for field, message in exc.problems]
-                if not any([_drop(t, key) for key in ("data.declared", "data.system", "data.params")]):
-                    break
-            except ConfigError as exc:
-                self.err(f"base.{exc.field}: {_config_message(exc)}")
-                if not _drop(t, str(exc.field)):
-                    break
-            except (TypeError, ValueError) as exc:
-                self.err(f"base: {exc}")
-                break
+    def base(self, t: dict) -> TrainConfig:
+        """The fixed config; TrainConfig names all of its problems at once. With problems, the rest of
+        the spec is still checked against the base's good settings (see _good_part)."""
+        t = json.loads(json.dumps(t))  # a copy: the config must not share dicts with the stored spec
         try:
+            return TrainConfig.from_dict(t)
+        except ConfigError as exc:
+            self.problems += _base_problems(exc)
+            return _good_part(t, exc)
+        except (TypeError, ValueError) as exc:
+            self.err(f"base: {exc}")
             return TrainConfig()
-        except ConfigError:
-            return None
 
     def check_value(self, base: TrainConfig, key: str, value: Any, where: str, context: Mapping[str, Any] = {}) -> bool:
         """Is `value` a valid setting for `key` (given the parent choice in `context`)? Reports at `where`."""
@@ -737,18 +735,22 @@ class _Validator:
         return out
 
 
-def _drop(tree: dict, dotted: str) -> bool:
-    """Remove a dotted key from a nested dict; False when it is not there."""
-    *path, leaf = dotted.split(".")
-    node = tree
-    for part in path:
-        node = node.get(part) if isinstance(node, dict) else None
-    if isinstance(node, dict) and leaf in node:
-        del node[leaf]
-        return True
-    if dotted == "preset" or dotted in ("data", "model", "optimizer", "scheduler"):
-        return tree.pop(dotted, None) is not None
-    return False
+# Settings that describe the data's system together: a problem in one sets all of them aside.
+SYSTEM_SETTINGS = frozenset({"data.system", "data.params", "data.declared"})
+
+
+def _good_part(t: dict, exc: ConfigError) -> TrainConfig:
+    """[base] with every setting the error refuses left at its default (the whole system when any
+    of SYSTEM_SETTINGS is refused), or the defaults when that is no config either."""
+    refused = {".".join(p.field.split(".")[:2]) for p in exc.problems}
+    if refused & SYSTEM_SETTINGS:
+        refused |= SYSTEM_SETTINGS
+    kept = {key: {k: v for k, v in value.items() if f"{key}.{k}" not in refused} if isinstance(value, dict) else value
+            for key, value in t.items() if key not in refused}
+    try:
+        return TrainConfig.from_dict(kept)
+    except (TypeError, ValueError):  # ConfigError included
+        return TrainConfig()
 
 
 def _flatten_keys(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -775,7 +777,7 @@ def make_baseline(name: str, base: TrainConfig, space: list[Param] | tuple[Param
     try:
         cfg = base.with_flat(flat)
     except ConfigError as exc:
-        report(f"{where}: {exc}")
+        report(f"{where}: {_one_line(exc)}")
         return None
     full = cfg.to_flat()
     params, misses = params_for(tuple(space), full)
