@@ -131,6 +131,15 @@ def test_every_bad_base_value_is_listed_once(tmp_path):
     assert "5 problems in the study spec" in str(info.value)
 
 
+def test_conditional_values_are_checked_with_an_optimizer_that_reads_them():
+    """only_for = ["sgd", "adan"] for three betas: they are checked for adan, the first that reads
+    betas (optim.reads), not for sgd, which reads none and is the one problem."""
+    space = '[space.optimizer]\nchoices = ["sgd", "adan"]\n[space.optimizer.betas]\nvalue = [0.9, 0.92, 0.99]\nonly_for = ["sgd", "adan"]\n'
+    with pytest.raises(SpecError) as info:
+        parse_spec(__import__("tomllib").loads(tiny_spec(space=space)))
+    assert len(info.value.problems) == 1 and info.value.problems[0].startswith('space.optimizer.betas.only_for: betas means nothing for "sgd"')
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_bad_spec_creates_nothing_in_storage(backend, tmp_path, capsys, request):
     path = write_spec(tmp_path, BAD)
