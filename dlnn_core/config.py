@@ -1,9 +1,9 @@
 """`TrainConfig`: everything one training run depends on, frozen and serializable.
 
 It nests the data and model configs with the optimizer, scheduler and loop settings, validates
-every value when it is built (a `ConfigError` names the field, the value and what is allowed),
-and round-trips through nested dicts, JSON/YAML files and flat dotted dicts such as
-`{"optimizer.lr": 1e-3, "model.hidden": 64}` (the shape of a trial's parameters).
+every value when it is built (one `ConfigError` names every bad field at once, each with its
+value and what is allowed), and round-trips through nested dicts, JSON/YAML files and flat
+dotted dicts such as `{"optimizer.lr": 1e-3, "model.hidden": 64}` (the shape of a trial's parameters).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .data import DataConfig, samples_per_trajectory
-from .errors import ConfigError
+from .errors import ConfigError, raise_all
 from .lagrangian import DEFAULT_METHOD, METHODS
 from .losses import LOSSES
 from .models import ModelConfig
@@ -29,12 +29,13 @@ DEFAULT_GAMMA = {"step": 0.5, "exponential": 0.95}
 # ----------------------------------------------------------------------------- field checks
 
 
-def _number(owner: Any, name: str, prefix: str, *, low: float | None = None, low_open: bool = False,
-            high: float | None = None, high_open: bool = False, optional: bool = False) -> None:
-    """Coerce a numeric field to a finite float (YAML reads "1e-3" as a string) and check its bounds."""
+def _number(errors: list[ConfigError], owner: Any, name: str, prefix: str, *, low: float | None = None, low_open: bool = False,
+            high: float | None = None, high_open: bool = False, optional: bool = False) -> bool:
+    """Coerce a numeric field to a finite float (YAML reads "1e-3" as a string) and check its bounds.
+    Like every field check here, it adds a bad value to `errors` and says whether the field is good."""
     value = getattr(owner, name)
     if value is None and optional:
-        return
+        return True
     what = "a finite number"
     if low is not None:
         what += f" {'>' if low_open else '>='} {low}"
@@ -47,32 +48,42 @@ def _number(owner: Any, name: str, prefix: str, *, low: float | None = None, low
             raise TypeError
         number = float(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{prefix}{name}", value, what) from None
+        errors.append(ConfigError(f"{prefix}{name}", value, what))
+        return False
     too_low = low is not None and (number < low or (low_open and number == low))
     too_high = high is not None and (number > high or (high_open and number == high))
     if not math.isfinite(number) or too_low or too_high:
-        raise ConfigError(f"{prefix}{name}", value, what)
+        errors.append(ConfigError(f"{prefix}{name}", value, what))
+        return False
     object.__setattr__(owner, name, number)
+    return True
 
 
-def _integer(owner: Any, name: str, prefix: str, *, low: int = 1) -> None:
+def _integer(errors: list[ConfigError], owner: Any, name: str, prefix: str, *, low: int = 1) -> bool:
     """Integer fields accept ints and integral floats (2.0 from a float search space), nothing else."""
     value = getattr(owner, name)
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ConfigError(f"{prefix}{name}", getattr(owner, name), f"an integer >= {low}")
+        errors.append(ConfigError(f"{prefix}{name}", getattr(owner, name), f"an integer >= {low}"))
+        return False
     object.__setattr__(owner, name, value)
+    return True
 
 
-def _boolean(owner: Any, name: str, prefix: str) -> None:
+def _boolean(errors: list[ConfigError], owner: Any, name: str, prefix: str) -> bool:
     if not isinstance(getattr(owner, name), bool):
-        raise ConfigError(f"{prefix}{name}", getattr(owner, name), "true or false")
+        errors.append(ConfigError(f"{prefix}{name}", getattr(owner, name), "true or false"))
+        return False
+    return True
 
 
-def _one_of(owner: Any, name: str, prefix: str, allowed) -> None:
-    if getattr(owner, name) not in allowed:
-        raise ConfigError(f"{prefix}{name}", getattr(owner, name), sorted(allowed))
+def _one_of(errors: list[ConfigError], owner: Any, name: str, prefix: str, allowed) -> bool:
+    value = getattr(owner, name)
+    if not isinstance(value, str) or value not in allowed:  # every choice is a name; a list would not even hash
+        errors.append(ConfigError(f"{prefix}{name}", value, sorted(allowed)))
+        return False
+    return True
 
 
 # ----------------------------------------------------------------------------- configs
@@ -92,26 +103,34 @@ class OptimizerConfig:
     d0: float = 1e-6  # D-Adaptation/Prodigy: initial estimate of the distance to the solution
 
     def __post_init__(self) -> None:
+        """Check every field and raise one ConfigError naming all the bad ones."""
+        errors: list[ConfigError] = []
         p = "optimizer."
-        _one_of(self, "name", p, OPTIMIZERS)
-        _number(self, "lr", p, low=0, low_open=True, optional=True)
-        _number(self, "weight_decay", p, low=0)
-        _number(self, "momentum", p, low=0, high=1, high_open=True)
-        _number(self, "eps", p, low=0, low_open=True, optional=True)
-        _number(self, "d0", p, low=0, low_open=True)
-        info = OPTIMIZERS[self.name]
-        if self.betas is not None:
-            betas = self.betas
-            ok = reads(self.name, "betas") and isinstance(betas, (list, tuple)) and len(betas) == info.n_betas and all(
-                isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)
-            if not ok:
-                allowed = f"{info.n_betas} numbers in [0, 1) for {self.name}" if reads(self.name, "betas") else f"null ({self.name} has no betas)"
-                raise ConfigError(p + "betas", betas, allowed)
-            object.__setattr__(self, "betas", tuple(float(b) for b in betas))
+        name_ok = _one_of(errors, self, "name", p, OPTIMIZERS)
+        _number(errors, self, "lr", p, low=0, low_open=True, optional=True)
+        _number(errors, self, "weight_decay", p, low=0)
+        _number(errors, self, "momentum", p, low=0, high=1, high_open=True)
+        _number(errors, self, "eps", p, low=0, low_open=True, optional=True)
+        _number(errors, self, "d0", p, low=0, low_open=True)
+        if name_ok and self.betas is not None:  # how many betas, if any, depends on the optimizer
+            _betas(errors, self)
+        raise_all(errors)
 
     @property
     def info(self):
         return OPTIMIZERS[self.name]
+
+
+def _betas(errors: list[ConfigError], cfg: OptimizerConfig) -> None:
+    """`betas`: as many numbers in [0, 1) as the optimizer takes, or null for one without betas."""
+    betas, n = cfg.betas, OPTIMIZERS[cfg.name].n_betas
+    ok = reads(cfg.name, "betas") and isinstance(betas, (list, tuple)) and len(betas) == n and all(
+        isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)
+    if not ok:
+        allowed = f"{n} numbers in [0, 1) for {cfg.name}" if reads(cfg.name, "betas") else f"null ({cfg.name} has no betas)"
+        errors.append(ConfigError("optimizer.betas", betas, allowed))
+        return
+    object.__setattr__(cfg, "betas", tuple(float(b) for b in betas))
 
 
 @dataclass(frozen=True)
@@ -134,20 +153,23 @@ class SchedulerConfig:
     factor: float = 0.5  # plateau: decay factor
 
     def __post_init__(self) -> None:
+        """Check every field and raise one ConfigError naming all the bad ones."""
+        errors: list[ConfigError] = []
         p = "scheduler."
-        _one_of(self, "name", p, SCHEDULERS)
-        _one_of(self, "interval", p, INTERVALS)
-        _number(self, "warmup_t", p, low=0)
-        _number(self, "warmup_lr_init", p, low=0)
-        _boolean(self, "warmup_prefix", p)
-        _number(self, "lr_min", p, low=0)
-        _number(self, "t_initial", p, low=0, low_open=True, optional=True)
-        _integer(self, "cycle_limit", p)
-        _number(self, "cycle_decay", p, low=0, low_open=True)
-        _integer(self, "step_size", p)
-        _number(self, "gamma", p, low=0, low_open=True, high=1, optional=True)
-        _integer(self, "patience", p, low=0)
-        _number(self, "factor", p, low=0, low_open=True, high=1, high_open=True)
+        _one_of(errors, self, "name", p, SCHEDULERS)
+        _one_of(errors, self, "interval", p, INTERVALS)
+        _number(errors, self, "warmup_t", p, low=0)
+        _number(errors, self, "warmup_lr_init", p, low=0)
+        _boolean(errors, self, "warmup_prefix", p)
+        _number(errors, self, "lr_min", p, low=0)
+        _number(errors, self, "t_initial", p, low=0, low_open=True, optional=True)
+        _integer(errors, self, "cycle_limit", p)
+        _number(errors, self, "cycle_decay", p, low=0, low_open=True)
+        _integer(errors, self, "step_size", p)
+        _number(errors, self, "gamma", p, low=0, low_open=True, high=1, optional=True)
+        _integer(errors, self, "patience", p, low=0)
+        _number(errors, self, "factor", p, low=0, low_open=True, high=1, high_open=True)
+        raise_all(errors)
 
     def resolved_gamma(self) -> float:
         return self.gamma if self.gamma is not None else DEFAULT_GAMMA.get(self.name, 0.5)
@@ -174,37 +196,14 @@ class TrainConfig:
     data_seed: int = 0  # dataset draw; kept apart so trials with different seeds share one cached dataset
 
     def __post_init__(self) -> None:
-        for name, cls in (("data", DataConfig), ("model", ModelConfig), ("optimizer", OptimizerConfig), ("scheduler", SchedulerConfig)):
+        """Check every setting and raise one ConfigError naming all the bad ones."""
+        errors: list[ConfigError] = []
+        for name, cls in _SECTIONS.items():
             if not isinstance(getattr(self, name), cls):
-                raise ConfigError(name, getattr(self, name), f"a {cls.__name__}")
-        _one_of(self, "loss", "", LOSSES)
-        _integer(self, "batch_size", "")
-        _integer(self, "epochs", "")
-        _number(self, "grad_clip", "", low=0, low_open=True, optional=True)
-        _integer(self, "rollout_horizon", "", low=0)
-        _number(self, "rollout_weight", "", low=0)
-        if self.rollout_horizon and self.data.kind != "trajectories":
-            raise ConfigError("rollout_horizon", self.rollout_horizon, "0 unless data.kind = 'trajectories' (a rollout loss needs observed trajectories)")
-        _one_of(self, "method", "", METHODS)
-        _one_of(self, "dtype", "", DTYPES)
-        _integer(self, "seed", "", low=0)
-        _integer(self, "data_seed", "", low=0)
-        device = self.device
-        ok = isinstance(device, str) and (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit()))
-        if not ok:
-            raise ConfigError("device", device, "'auto', 'cpu', 'cuda' or 'cuda:K'")
-        check_limits(self)
-        if self.data.file:  # the sizes come from the file: checked where it is read (datafiles.check_train_config)
-            if self.rollout_horizon:
-                raise ConfigError("rollout_horizon", self.rollout_horizon, "0 when data.file is set (no rollout loss on file trajectories yet)")
-            return
-        samples = self.train_samples
-        if self.batch_size > samples:
-            raise ConfigError("batch_size", self.batch_size, f"at most the {samples} training samples (data.n_train = {self.data.n_train}"
-                              + (f" trajectories of {samples // self.data.n_train} samples)" if self.data.kind == "trajectories" else ")"))
-        if self.rollout_horizon and self.rollout_horizon >= samples // self.data.n_train:
-            raise ConfigError("rollout_horizon", self.rollout_horizon,
-                              f"an integer in [1, {samples // self.data.n_train - 1}] (samples per trajectory − 1)")
+                errors.append(ConfigError(name, getattr(self, name), f"a {cls.__name__}"))
+        _check_settings(errors, self)
+        _check_together(errors, self)
+        raise_all(errors)
 
     @property
     def train_samples(self) -> int:
@@ -215,8 +214,7 @@ class TrainConfig:
 
             tf = check_data(self.data)
             return sum(tf.lengths[i] for i in split_indices(tf, self.data, self.data_seed)["train"])
-        per = samples_per_trajectory(self.data) if self.data.kind == "trajectories" else 1
-        return self.data.n_train * per
+        return _generated_samples(self.data)
 
     # -- dict round trips -------------------------------------------------------------------
 
@@ -227,28 +225,23 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
         """Build from a nested dict; missing keys take their defaults. A top-level `preset: NAME`
-        starts from that preset and applies the rest of the dict on top of it."""
+        starts from that preset and applies the rest of the dict on top of it. Every section is
+        built even when another one fails, so one ConfigError names every problem."""
         if not isinstance(d, Mapping):
             raise ConfigError("config", d, "a mapping of settings")
-        d = dict(d)
-        if "preset" in d:
-            name = d.pop("preset")
-            if name not in PRESETS:
-                raise ConfigError("preset", name, sorted(PRESETS))
-            d = _merge(PRESETS[name].to_dict(), d)
-        _check_keys(d, cls, "")
-        sub = {}
-        for name, sub_cls in _SECTIONS.items():
-            section = d.get(name, {})
-            if isinstance(section, sub_cls):
-                sub[name] = section
-                continue
-            if not isinstance(section, Mapping):
-                raise ConfigError(name, section, "a mapping of settings")
-            _check_keys(section, sub_cls, name + ".")
-            sub[name] = sub_cls(**section)
+        errors: list[ConfigError] = []
+        d = _known(errors, _with_preset(errors, dict(d)), cls, "")
+        sections = {name: _section(errors, name, sub_cls, d.get(name, {})) for name, sub_cls in _SECTIONS.items()}
         top = {k: v for k, v in d.items() if k not in _SECTIONS}
-        return cls(**sub, **top)
+        if any(section is None for section in sections.values()):
+            _check_without_sections(errors, cls, sections, top)
+        else:
+            try:
+                config = cls(**sections, **top)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise_all(errors)
+        return config
 
     def to_flat(self) -> dict[str, Any]:
         """{"optimizer.lr": …, "data.params.rho": …, "batch_size": …}: leaves of the nested dict."""
@@ -262,6 +255,7 @@ class TrainConfig:
         """A copy with dotted keys replaced, e.g. {"optimizer.lr": 1e-3, "model.hidden": 64}.
         Keys must name an existing setting, or a key inside a dict-valued one (data.params.rho)."""
         tree = self.to_dict()
+        errors: list[ConfigError] = []
         for key, value in overrides.items():
             *path, leaf = str(key).split(".")
             node: Any = tree
@@ -269,9 +263,84 @@ class TrainConfig:
                 node = node.get(part) if isinstance(node, dict) else None
             known_leaf = isinstance(node, dict) and (leaf in node or ".".join(path) in _DICT_FIELDS)
             if not known_leaf or isinstance(node.get(leaf), dict) and not isinstance(value, Mapping):
-                raise ConfigError(str(key), value, f"a known setting: {', '.join(sorted(_flatten(self.to_dict())))}")
+                errors.append(ConfigError(str(key), value, f"a known setting: {', '.join(sorted(self.to_flat()))}"))
+                continue
             node[leaf] = _plain(value)
-        return type(self).from_dict(tree)
+        try:  # the known keys are still checked, so one error names every problem
+            config = type(self).from_dict(tree)
+        except ConfigError as exc:
+            errors.append(exc)
+        raise_all(errors)
+        return config
+
+
+# ----------------------------------------------------------------------------- TrainConfig checks
+
+
+def _check_settings(errors: list[ConfigError], cfg: Any) -> None:
+    """TrainConfig's own settings, each on its own, then the LIMITS bound of every good one (`cfg`:
+    a TrainConfig being built, or a stand-in with its attributes while a section failed)."""
+    _one_of(errors, cfg, "loss", "", LOSSES)
+    _integer(errors, cfg, "batch_size", "")
+    _integer(errors, cfg, "epochs", "")
+    _number(errors, cfg, "grad_clip", "", low=0, low_open=True, optional=True)
+    _integer(errors, cfg, "rollout_horizon", "", low=0)
+    _number(errors, cfg, "rollout_weight", "", low=0)
+    _one_of(errors, cfg, "method", "", METHODS)
+    _one_of(errors, cfg, "dtype", "", DTYPES)
+    _integer(errors, cfg, "seed", "", low=0)
+    _integer(errors, cfg, "data_seed", "", low=0)
+    device = cfg.device
+    ok = isinstance(device, str) and (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit()))
+    if not ok:
+        errors.append(ConfigError("device", device, "'auto', 'cpu', 'cuda' or 'cuda:K'"))
+    check_limits(errors, cfg)
+
+
+def _check_together(errors: list[ConfigError], cfg: Any) -> None:
+    """The checks that combine settings: the rollout loss against the data, the batch against the
+    training set. Each runs only when the settings it reads are good (no problem in `errors`)."""
+    if not isinstance(cfg.data, DataConfig):
+        return
+    bad = _bad_settings(errors)
+    horizon = cfg.rollout_horizon if "rollout_horizon" not in bad else 0
+    if horizon and cfg.data.kind != "trajectories":
+        errors.append(ConfigError("rollout_horizon", horizon, "0 unless data.kind = 'trajectories' (a rollout loss needs observed trajectories)"))
+        horizon = 0
+    if cfg.data.file:  # the sizes come from the file: checked where it is read (datafiles.check_train_config)
+        if horizon:
+            errors.append(ConfigError("rollout_horizon", horizon, "0 when data.file is set (no rollout loss on file trajectories yet)"))
+        return
+    if any(key.startswith("data.") for key in bad):  # a size above its limit: too large to count samples with
+        return
+    samples, n_train = _generated_samples(cfg.data), cfg.data.n_train
+    if "batch_size" not in bad and cfg.batch_size > samples:
+        errors.append(ConfigError("batch_size", cfg.batch_size, f"at most the {samples} training samples (data.n_train = {n_train}"
+                                  + (f" trajectories of {samples // n_train} samples)" if cfg.data.kind == "trajectories" else ")")))
+    if horizon and horizon >= samples // n_train:
+        errors.append(ConfigError("rollout_horizon", horizon, f"an integer in [1, {samples // n_train - 1}] (samples per trajectory − 1)"))
+
+
+def _check_without_sections(errors: list[ConfigError], cls: type, sections: Mapping[str, Any], top: Mapping[str, Any]) -> None:
+    """The checks of `cls(**sections, **top)` that can run while a section could not be built (None):
+    the top-level settings, and the combined checks whose sections are there."""
+    from types import SimpleNamespace
+
+    defaults = {f.name: f.default for f in fields(cls) if f.name not in _SECTIONS}
+    settings = SimpleNamespace(**{**defaults, **top, **sections})
+    _check_settings(errors, settings)
+    _check_together(errors, settings)
+
+
+def _bad_settings(errors: list[ConfigError]) -> set[str]:
+    """The dotted names of the settings `errors` refuse."""
+    return {p.field for error in errors for p in error.problems}
+
+
+def _generated_samples(data: DataConfig) -> int:
+    """Training samples per epoch of generated data: n_train states, or n_train trajectories × their samples."""
+    per = samples_per_trajectory(data) if data.kind == "trajectories" else 1
+    return data.n_train * per
 
 
 # ----------------------------------------------------------------------------- limits
@@ -342,13 +411,18 @@ def _setting(cfg: Any, dotted: str) -> Any:
     return cfg
 
 
-def check_limits(cfg: "TrainConfig") -> None:
-    """Refuse a setting above its LIMITS bound, naming the bound and why it is there."""
+def check_limits(errors: list[ConfigError], cfg: Any) -> None:
+    """Refuse a setting above its LIMITS bound, naming the bound and why it is there. Settings that
+    `errors` already refuses, and those of a section that is not built, are left alone."""
+    bad = _bad_settings(errors)
     for key, limit in LIMITS.items():
+        section = key.split(".")[0]
+        if limit.high is None or key in bad or (section in _SECTIONS and not isinstance(getattr(cfg, section), _SECTIONS[section])):
+            continue
         value = _setting(cfg, key)
-        if limit.high is not None and isinstance(value, (int, float)) and value > limit.high:
+        if isinstance(value, (int, float)) and value > limit.high:
             bound = f"{limit.high:,}" if isinstance(limit.high, int) else f"{limit.high:g}"
-            raise ConfigError(key, value, f"at most {bound} ({limit.why})")
+            errors.append(ConfigError(key, value, f"at most {bound} ({limit.why})"))
 
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "optimizer": OptimizerConfig, "scheduler": SchedulerConfig}
@@ -381,11 +455,39 @@ def _merge(base: dict, top: Mapping) -> dict:
     return out
 
 
-def _check_keys(d: Mapping[str, Any], cls: type, prefix: str) -> None:
+def _known(errors: list[ConfigError], d: Mapping[str, Any], cls: type, prefix: str) -> dict[str, Any]:
+    """The keys of `d` that name a field of `cls`; each other key is a problem added to `errors`."""
     names = [f.name for f in fields(cls)]
     for key in d:
         if key not in names:
-            raise ConfigError(f"{prefix}{key}", d[key], f"a field of {cls.__name__}: {', '.join(names)}")
+            errors.append(ConfigError(f"{prefix}{key}", d[key], f"a field of {cls.__name__}: {', '.join(names)}"))
+    return {k: v for k, v in d.items() if k in names}
+
+
+def _with_preset(errors: list[ConfigError], d: dict) -> dict:
+    """`d` on top of the preset its `preset` key names; an unknown name is a problem, and the rest is still read."""
+    if "preset" not in d:
+        return d
+    name = d.pop("preset")
+    if isinstance(name, str) and name in PRESETS:
+        return _merge(PRESETS[name].to_dict(), d)
+    errors.append(ConfigError("preset", name, sorted(PRESETS)))
+    return d
+
+
+def _section(errors: list[ConfigError], name: str, cls: type, value: Any) -> Any:
+    """The section `name` built from its dict (or given built), or None when it cannot be, its
+    problems added to `errors`; an unknown key is a problem too, but the known ones still build it."""
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, Mapping):
+        errors.append(ConfigError(name, value, "a mapping of settings"))
+        return None
+    try:
+        return cls(**_known(errors, value, cls, name + "."))
+    except ConfigError as exc:
+        errors.append(exc)
+        return None
 
 
 # ----------------------------------------------------------------------------- files

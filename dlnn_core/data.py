@@ -14,7 +14,7 @@ import re
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from scipy.signal import savgol_filter
 
 from .atomic import write_atomic
 from .datafiles import DEFAULT_SPLIT, check_file_fields, check_file_pins
-from .errors import ConfigError
+from .errors import ConfigError, collect, raise_all
 from .declared import canonical_declaration, make_system
 from .systems import System
 
@@ -32,6 +32,14 @@ DERIVATIVES = ("exact", "savgol")
 SPLITS = ("train", "val", "test", "ood")
 CACHE_VERSION = 2  # bump when generation changes, so old cache files are not reused
 HASH_KEY = "meta.sha256"  # the cache file's own array holding the hash of every other array
+
+
+def _holds(test: Callable[[], Any]) -> bool:
+    """test(), or False where the value's type does not compare (a string where a number belongs)."""
+    try:
+        return bool(test())
+    except TypeError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -61,29 +69,34 @@ class DataConfig:
     file_split: tuple[float, ...] = DEFAULT_SPLIT  # fractions of the file's trajectories: train, val, test, ood (0: none)
 
     def __post_init__(self) -> None:
-        if self.file:
-            check_file_fields(self)
-        object.__setattr__(self, "declared", canonical_declaration(self.system, self.declared))
-        if not self.file:
-            self.make_system()  # validates the system (name, entry point or declaration), its parameter names and values
-        check_file_pins(self)
+        """Check every field and raise one ConfigError naming all the bad ones."""
+        errors: list[ConfigError] = []
+        if self.file:  # the file replaces the system: system, declared and params must be left out
+            collect(errors, check_file_fields, self)
+        elif collect(errors, self._canonical_declaration):
+            collect(errors, self.make_system)  # validates the system (name, entry point or declaration), its parameter names and values
+        collect(errors, check_file_pins, self)
         if self.kind not in DATA_KINDS:
-            raise ConfigError("data.kind", self.kind, DATA_KINDS)
+            errors.append(ConfigError("data.kind", self.kind, DATA_KINDS))
         if self.derivatives not in DERIVATIVES:
-            raise ConfigError("data.derivatives", self.derivatives, DERIVATIVES)
+            errors.append(ConfigError("data.derivatives", self.derivatives, DERIVATIVES))
         for name in ("n_train", "n_val", "n_test", "n_rollout", "rollout_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"data.{name}", value, "a positive integer")
+                errors.append(ConfigError(f"data.{name}", value, "a positive integer"))
         for name in ("duration", "rate_hz"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"data.{name}", getattr(self, name), "a positive number")
-        if not self.noise >= 0:
-            raise ConfigError("data.noise", self.noise, "a non-negative standard deviation")
-        if not self.ood_scale > 1:
-            raise ConfigError("data.ood_scale", self.ood_scale, "a number > 1 (ood states lie beyond the training box)")
-        if self.savgol_window % 2 == 0 or not 0 < self.savgol_order < self.savgol_window:
-            raise ConfigError("data.savgol_window", (self.savgol_window, self.savgol_order), "an odd window larger than the order")
+            if not _holds(lambda: getattr(self, name) > 0):
+                errors.append(ConfigError(f"data.{name}", getattr(self, name), "a positive number"))
+        if not _holds(lambda: self.noise >= 0):
+            errors.append(ConfigError("data.noise", self.noise, "a non-negative standard deviation"))
+        if not _holds(lambda: self.ood_scale > 1):
+            errors.append(ConfigError("data.ood_scale", self.ood_scale, "a number > 1 (ood states lie beyond the training box)"))
+        if not _holds(lambda: self.savgol_window % 2 != 0 and 0 < self.savgol_order < self.savgol_window):
+            errors.append(ConfigError("data.savgol_window", (self.savgol_window, self.savgol_order), "an odd window larger than the order"))
+        raise_all(errors)
+
+    def _canonical_declaration(self) -> None:
+        object.__setattr__(self, "declared", canonical_declaration(self.system, self.declared))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -46,7 +46,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy.signal import savgol_filter
 
-from .errors import ConfigError, shorten
+from .errors import ConfigError, Problem, raise_all, shorten
 from .systems import System
 
 FORMATS = (".npz", ".csv")
@@ -66,8 +66,7 @@ class DataFileError(ConfigError):
     """A data file that cannot be used: the message names the file, the problem and where it is."""
 
     def __init__(self, path: str | os.PathLike, problem: str, field: str = "data.file"):
-        self.field, self.value, self.allowed = field, str(path), problem
-        ValueError.__init__(self, f"{field}: {shorten(str(path), 120)}: {problem}")
+        self._hold((Problem(field, str(path), problem, f"{shorten(str(path), 120)}: {problem}"),))
 
 
 @dataclass(frozen=True, eq=False)
@@ -406,40 +405,45 @@ def write_trajectory_file(path: str | os.PathLike, t: Sequence[np.ndarray], q: S
 def check_file_fields(cfg: Any) -> None:
     """DataConfig checks with `file` set, without reading it: the file replaces the system, so
     `system` is left out (normalized to ""), `kind` becomes "trajectories" and every generator
-    setting (GENERATOR_FIELDS) must keep its default; `file_sha256` is empty or 64 hex digits."""
+    setting (GENERATOR_FIELDS) must keep its default; one ConfigError names every one that does not."""
     defaults = {f.name: (f.default if f.default is not MISSING else f.default_factory()) for f in fields(cfg)}  # type: ignore[misc]
     if not isinstance(cfg.file, str):
         raise ConfigError("data.file", cfg.file, "a path to a .npz or .csv file")
     if Path(cfg.file).suffix.lower() not in FORMATS:
         raise ConfigError("data.file", cfg.file, f"a path to a {' or '.join(FORMATS)} file")
+    errors: list[ConfigError] = []
     if cfg.system not in ("", defaults["system"]):
-        raise ConfigError("data.system", cfg.system, "to be left out when data.file is set (the file replaces the system)")
-    object.__setattr__(cfg, "system", "")
+        errors.append(ConfigError("data.system", cfg.system, "to be left out when data.file is set (the file replaces the system)"))
     if cfg.kind not in (defaults["kind"], "trajectories"):
-        raise ConfigError("data.kind", cfg.kind, "'trajectories' (or left out) when data.file is set")
-    object.__setattr__(cfg, "kind", "trajectories")
+        errors.append(ConfigError("data.kind", cfg.kind, "'trajectories' (or left out) when data.file is set"))
     for name in GENERATOR_FIELDS:
         if getattr(cfg, name) != defaults[name]:
-            raise ConfigError(f"data.{name}", getattr(cfg, name), f"its default {defaults[name]!r} when data.file is set "
-                              "(it configures generated data; the file's trajectories are used as they are)")
+            errors.append(ConfigError(f"data.{name}", getattr(cfg, name), f"its default {defaults[name]!r} when data.file is set "
+                                      "(it configures generated data; the file's trajectories are used as they are)"))
+    object.__setattr__(cfg, "system", "")  # also when refused above, so DataConfig's own checks do not name them again
+    object.__setattr__(cfg, "kind", "trajectories")
+    raise_all(errors)
 
 
 def check_file_pins(cfg: Any) -> None:
-    """`file_sha256` and `file_split` (with or without a file)."""
+    """`file_sha256` and `file_split` (with or without a file); one ConfigError names each that is bad."""
+    errors: list[ConfigError] = []
     sha = cfg.file_sha256
     if not isinstance(sha, str) or (sha and not _SHA_RE.fullmatch(sha)):
-        raise ConfigError("data.file_sha256", sha, "'' or the file's SHA-256 as 64 lowercase hex digits")
-    if sha and not cfg.file:
-        raise ConfigError("data.file_sha256", sha, "'' unless data.file is set")
+        errors.append(ConfigError("data.file_sha256", sha, "'' or the file's SHA-256 as 64 lowercase hex digits"))
+    elif sha and not cfg.file:
+        errors.append(ConfigError("data.file_sha256", sha, "'' unless data.file is set"))
     split = cfg.file_split
     ok = isinstance(split, (list, tuple)) and len(split) == 4 and all(
         isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0 for x in split)
     if not ok or not all(x > 0 for x in split[:3]) or abs(sum(split) - 1) > 1e-6:
-        raise ConfigError("data.file_split", split, "4 fractions of the file's trajectories (train, val, test, ood), "
-                          "train/val/test > 0, ood >= 0 (0: no ood split), summing to 1")
-    object.__setattr__(cfg, "file_split", tuple(float(x) for x in split))
-    if not cfg.file and cfg.file_split != DEFAULT_SPLIT:
-        raise ConfigError("data.file_split", list(split), f"its default {list(DEFAULT_SPLIT)} unless data.file is set")
+        errors.append(ConfigError("data.file_split", split, "4 fractions of the file's trajectories (train, val, test, ood), "
+                                  "train/val/test > 0, ood >= 0 (0: no ood split), summing to 1"))
+    else:
+        object.__setattr__(cfg, "file_split", tuple(float(x) for x in split))
+        if not cfg.file and cfg.file_split != DEFAULT_SPLIT:
+            errors.append(ConfigError("data.file_split", list(split), f"its default {list(DEFAULT_SPLIT)} unless data.file is set"))
+    raise_all(errors)
 
 
 def file_system(tf: TrajectoryFile) -> System:

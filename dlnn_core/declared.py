@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import ConfigError, shorten
+from .errors import ConfigError, Problem, shorten
 from .lagrangian import euler_lagrange_terms, inference_terms
 from .systems import SYSTEMS, System
 
@@ -107,12 +107,11 @@ _REFUSED = {  # friendly names for the syntax a spec most often tries
 
 
 class DeclarationError(ConfigError):
-    """Every problem of a declared system at once, each as (field, message); `field` is the first's."""
+    """Every problem of a declared system at once, given as (field, message); one line, "; " between them."""
 
     def __init__(self, problems: list[tuple[str, str]]):
-        self.problems = problems
-        self.field, self.value, self.allowed = problems[0][0], None, problems[0][1]
-        ValueError.__init__(self, "; ".join(f"{field}: {message}" for field, message in problems))
+        self._hold(tuple(Problem(field, None, message, message) for field, message in problems),
+                   "; ".join(f"{field}: {message}" for field, message in problems))
 
 
 # ----------------------------------------------------------------------------- expressions
@@ -523,9 +522,7 @@ def entry_point_system(ref: str, params: Mapping[str, Any]) -> System:
 
 
 def _refuse(ref: str, why: str) -> ConfigError:
-    error = ConfigError("data.system", ref, why)
-    error.args = (f"data.system: {ref!r}: {why}",)
-    return error
+    return ConfigError.of([Problem("data.system", ref, why, f"{ref!r}: {why}")])
 
 
 @functools.lru_cache(maxsize=64)

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from . import jets
 from .activations import get_activation
-from .errors import ConfigError, choose
+from .errors import ConfigError, choose, collect, raise_all
 from .lagrangian import DEFAULT_METHOD, METHODS, Terms, euler_lagrange_acceleration, inference_terms
 from .systems import System
 
@@ -58,19 +58,22 @@ class ModelConfig:
     init: str = "auto"  # auto, default (PyTorch), lnn (Cranmer et al. unit-scale), orthogonal (published DLNN)
 
     def __post_init__(self) -> None:
+        """Check every field and raise one ConfigError naming all the bad ones."""
+        errors: list[ConfigError] = []
         if self.kind not in MODEL_KINDS:
-            raise ConfigError("model.kind", self.kind, MODEL_KINDS)
+            errors.append(ConfigError("model.kind", self.kind, MODEL_KINDS))
         if self.form not in MODEL_FORMS:
-            raise ConfigError("model.form", self.form, MODEL_FORMS)
+            errors.append(ConfigError("model.form", self.form, MODEL_FORMS))
         for name in ("hidden", "depth"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"model.{name}", value, "a positive integer")
+                errors.append(ConfigError(f"model.{name}", value, "a positive integer"))
         if self.init not in INIT_CHOICES:
-            raise ConfigError("model.init", self.init, INIT_CHOICES)
+            errors.append(ConfigError("model.init", self.init, INIT_CHOICES))
         if not (isinstance(self.mass_eps, (int, float)) and self.mass_eps > 0):
-            raise ConfigError("model.mass_eps", self.mass_eps, "a positive number")
-        get_activation(self.activation, for_lagrangian=self.kind != "mlp")
+            errors.append(ConfigError("model.mass_eps", self.mass_eps, "a positive number"))
+        collect(errors, get_activation, self.activation, for_lagrangian=self.kind != "mlp")
+        raise_all(errors)
 
     @property
     def init_scheme(self) -> str:

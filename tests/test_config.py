@@ -102,6 +102,41 @@ def test_invalid_values_name_field_value_and_allowed(key, value, field):
     assert str(info.value).startswith(f"{field}: {value!r} is not allowed; expected ")
 
 
+def test_bad_values_in_several_sections_are_reported_at_once():
+    """Every section is built even when another fails: one ConfigError names each bad field, once,
+    one line each; a single problem still reads exactly as it always did."""
+    bad = {"data": {"n_train": 0}, "model": {"hidden": -1}, "optimizer": {"lr": "fast"}, "epochs": 0}
+    with pytest.raises(ConfigError) as info:
+        TrainConfig.from_dict(bad)
+    assert [p.field for p in info.value.problems] == ["data.n_train", "model.hidden", "optimizer.lr", "epochs"]
+    assert str(info.value).splitlines() == [
+        "data.n_train: 0 is not allowed; expected a positive integer",
+        "model.hidden: -1 is not allowed; expected a positive integer",
+        "optimizer.lr: 'fast' is not allowed; expected a finite number > 0 (or null)",
+        "epochs: 0 is not allowed; expected an integer >= 1",
+    ]
+    assert (info.value.field, info.value.value) == ("data.n_train", 0)  # the first problem's
+    with pytest.raises(ConfigError) as info:  # the flat path: unknown keys and bad values together
+        TrainConfig().with_flat({"optimizer.learning_rate": 1e-3, "model.depth": 0, "scheduler.name": "cosinus"})
+    assert [p.field for p in info.value.problems] == ["optimizer.learning_rate", "model.depth", "scheduler.name"]
+    with pytest.raises(ConfigError) as info:
+        TrainConfig().with_flat({"model.depth": 0})
+    assert len(info.value.problems) == 1 and str(info.value) == "model.depth: 0 is not allowed; expected a positive integer"
+
+
+def test_checks_that_combine_settings_run_on_good_settings_only():
+    # the batch is still checked against the training set beside an unrelated bad setting
+    with pytest.raises(ConfigError) as info:
+        TrainConfig().with_flat({"data.n_train": 64, "batch_size": 128, "dtype": "float16"})
+    assert [p.field for p in info.value.problems] == ["dtype", "batch_size"]
+    assert "at most the 64 training samples" in str(info.value)
+    # a data section that cannot be built: the top-level settings and limits are checked, the batch is not counted against it
+    with pytest.raises(ConfigError) as info:
+        TrainConfig.from_dict({"data": {"n_train": 0}, "batch_size": 10**9, "seed": -1})
+    assert [p.field for p in info.value.problems] == ["data.n_train", "seed", "batch_size"]
+    assert "batch_size: 1000000000 is not allowed; expected at most 100,000,000" in str(info.value)
+
+
 def test_unknown_keys_fail_with_the_known_ones():
     with pytest.raises(ConfigError, match="optimizer.lr") as info:
         TrainConfig().with_flat({"optimizer.learning_rate": 1e-3})

@@ -112,6 +112,34 @@ def test_more_bad_specs(tmp_path):
     assert info.value.problems[0].startswith("malformed TOML")
 
 
+def test_every_bad_base_value_is_listed_once(tmp_path):
+    """[base] with bad values in three sections and at the top level: one SpecError lists each once
+    (a string where a number belongs too), and the space is still checked against the good part of
+    base (its system's parameter k)."""
+    text = (tiny_spec(epochs=0).replace('system = "damped_oscillator"', 'system = "damped_oscillator"\nnoise = "loud"')
+            .replace('form = "structured"', 'form = "structured"\ndepth = 0')
+            + "[base.optimizer]\nlearning_rate = 0.1\nmomentum = 1.5\n[space.data.params.k]\nlow = 0.5\nhigh = 2.0\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(write_spec(tmp_path, text))
+    assert info.value.problems == [
+        "base.data.noise: 'loud' is not allowed; expected a non-negative standard deviation",
+        "base.model.depth: 0 is not allowed; expected a positive integer",
+        "base.optimizer.learning_rate: 0.1 is not allowed; expected a field of OptimizerConfig: name, lr, weight_decay, momentum, betas, eps, d0",
+        "base.optimizer.momentum: 1.5 is not allowed; expected a finite number >= 0 and < 1",
+        "base.epochs: 0 is not allowed; expected an integer >= 1",
+    ]
+    assert "5 problems in the study spec" in str(info.value)
+
+
+def test_conditional_values_are_checked_with_an_optimizer_that_reads_them():
+    """only_for = ["sgd", "adan"] for three betas: they are checked for adan, the first that reads
+    betas (optim.reads), not for sgd, which reads none and is the one problem."""
+    space = '[space.optimizer]\nchoices = ["sgd", "adan"]\n[space.optimizer.betas]\nvalue = [0.9, 0.92, 0.99]\nonly_for = ["sgd", "adan"]\n'
+    with pytest.raises(SpecError) as info:
+        parse_spec(__import__("tomllib").loads(tiny_spec(space=space)))
+    assert len(info.value.problems) == 1 and info.value.problems[0].startswith('space.optimizer.betas.only_for: betas means nothing for "sgd"')
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_bad_spec_creates_nothing_in_storage(backend, tmp_path, capsys, request):
     path = write_spec(tmp_path, BAD)
