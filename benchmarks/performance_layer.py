@@ -1,19 +1,18 @@
-"""Does each piece of the service's performance layer pay at the sizes the shipped studies use?
+"""Does the service's performance layer pay at the sizes the shipped studies use?
 
-Three pieces sit between a worker and Optuna (dlnn_studies/study/service.py, spec/samplers.py):
-  view    the cached trial view (storage.TrialView): one incremental read of the study per ask
-          instead of Optuna's full reads;
-  groups  IncrementalGroups: TPE's grouped search space fed only the trials it has not seen;
-  cap     TPE's `max_history`: samplers model at most that many trials (1,000 by default).
+What is left of it is the cached trial view (storage.TrialView, wrapped around the database by
+service.ServiceStudy): one incremental read of the study per ask instead of Optuna's full reads.
+Two more pieces were measured here and removed because they did not pay at these sizes (TPE's
+history cap and incremental parameter groups; benchmarks/results/performance_layer.md).
 
-Each child process is our worker (the stand-in fit of service_overhead.py, no training) with
-some pieces switched off, on a PostgreSQL study that already holds N finished trials; "plain"
+Each child process is our worker (the stand-in fit of service_overhead.py, no training), with
+the view or without it, on a PostgreSQL study that already holds N finished trials; "plain"
 is plain Optuna on the same study. Client CPU per trial is measured as in service_overhead.py
 (steady state, the stand-in fit's own file writing left out); server CPU is the PostgreSQL
 processes' CPU over the same run (live backends and, through the postmaster's reaped-children
 counters, those that exited), divided by the trials. Kinds alternate at each size.
 
-    python benchmarks/performance_layer.py                        # sizes 120 360 1000, about 5 min
+    python benchmarks/performance_layer.py                        # sizes 120 360 1000, 1 and 4 processes, a few minutes
     python benchmarks/performance_layer.py --sizes 360 --workers 1 4 --trials 10
 """
 
@@ -34,14 +33,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import service_overhead as so  # noqa: E402
 from children import json_children  # noqa: E402
 
-KINDS = {  # kind -> pieces switched off
-    "plain": None,
-    "ours": (),
-    "no view": ("view",),
-    "no groups": ("groups",),
-    "no cap": ("cap",),
-    "none of them": ("view", "groups", "cap"),
-}
+KINDS = {"plain": None, "ours": (), "no view": ("view",)}  # kind -> pieces switched off (None: plain Optuna)
 
 
 def switch_off(pieces: tuple[str, ...]) -> None:
@@ -54,18 +46,6 @@ def switch_off(pieces: tuple[str, ...]) -> None:
                 return storage
 
         service.TrialView = NoView
-    if "groups" in pieces:
-        from dlnn_studies.spec import samplers
-        from dlnn_studies.store.optuna_private import GroupDecomposedSearchSpace
-
-        samplers.IncrementalGroups = GroupDecomposedSearchSpace  # Optuna's own: re-reads every trial per sample
-    if "cap" in pieces:
-        init = service.ServiceStudy.__init__
-
-        def uncapped(self, *args, history=None, **kwargs):
-            init(self, *args, history=None, **kwargs)
-
-        service.ServiceStudy.__init__ = uncapped
 
 
 def postgres_cpu() -> float:
