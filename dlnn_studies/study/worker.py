@@ -392,6 +392,50 @@ def worker_identity(seed: int, device: str | None, versions: dict[str, str]) -> 
             "device": device or "from config", "versions": versions}
 
 
+class Requeues:
+    """A stopped or cut trial is not at fault: it is re-queued with the same params however often it
+    happens (max_retry bounds only trials whose worker died). Re-queues that a lost database
+    refused wait here and are written once it is back."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage, objective: "Objective", log: Callable[[str], None]):
+        self.storage, self.objective, self.log = storage, objective, log
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            self.requeue = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=None)
+        self.waiting: list[FrozenTrial] = []
+
+    def add(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.waiting.append(trial)
+        self.flush(study)
+
+    def flush(self, study: optuna.Study) -> None:
+        while self.waiting:
+            self.requeue(study, self.waiting[0])
+            self.waiting.pop(0)
+
+    def recover(self, study: optuna.Study) -> None:
+        """Trials whose end Optuna could not record because the database was down (it then raises
+        UnboundLocalError and skips after_trial): once the database is back, fail each one still
+        RUNNING and re-queue it, before any heartbeat check fails it against max_retry; then write
+        the re-queues that waited."""
+        storage, unfinished = self.storage, self.objective.unfinished
+        for trial_id in sorted(unfinished):
+            frozen = storage.get_trial(trial_id)
+            if frozen.state == TrialState.RUNNING:
+                with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                    storage.set_trial_user_attr(trial_id, "status", "interrupted")
+                    storage.set_trial_user_attr(trial_id, "reason", "storage connection lost while the trial ended; re-queued")
+                    storage.set_trial_state_values(trial_id, TrialState.FAIL)
+                frozen = storage.get_trial(trial_id)
+            retried = any((t.system_attrs.get(RETRY_KEY) or [None])[-1] == frozen.number
+                          for t in storage.get_all_trials(study._study_id, deepcopy=False))
+            if frozen.state == TrialState.FAIL and not retried and all(t._trial_id != trial_id for t in self.waiting):
+                self.log(f"trial {frozen.number}: cut by the lost database; re-queued")
+                self.waiting.append(frozen)
+            unfinished.discard(trial_id)
+        self.flush(study)
+
+
 def run_worker(url: str, name: str, *, n_trials: int | None = None, timeout: float | None = None, device: str | None = None,
                jobs: int = 1, seed: int | None = None, artifacts: str | Path | None = "dlnn_artifacts", threads: int | None = None,
                fit_fn: Callable | None = None, log: Callable[[str], None] | None = None, install_signals: bool = True,
@@ -424,37 +468,7 @@ def run_worker(url: str, name: str, *, n_trials: int | None = None, timeout: flo
 
     objective = Objective(spec, stop, worker_identity(seed, device, versions()), device, store, fit_fn, log, plots, data_cache, evaluate_fn)
     counter = {"done": 0}
-    # A stopped or cut trial is not at fault: it is re-queued with the same params however often it
-    # happens (max_retry bounds only trials whose worker died). Re-queues that the lost database
-    # refused wait here and are written once it is back.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ExperimentalWarning)
-        requeue = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=None)
-    unqueued: list[FrozenTrial] = []
-
-    def flush_requeues(study: optuna.Study) -> None:
-        while unqueued:
-            requeue(study, unqueued[0])
-            unqueued.pop(0)
-
-    def recover_unfinished(study: optuna.Study) -> None:
-        """Trials whose end Optuna could not record because the database was down (it then raises
-        UnboundLocalError and skips after_trial): once the database is back, fail each one still
-        RUNNING and re-queue it, before any heartbeat check fails it against max_retry."""
-        for trial_id in sorted(objective.unfinished):
-            frozen = storage.get_trial(trial_id)
-            if frozen.state == TrialState.RUNNING:
-                with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-                    storage.set_trial_user_attr(trial_id, "status", "interrupted")
-                    storage.set_trial_user_attr(trial_id, "reason", "storage connection lost while the trial ended; re-queued")
-                    storage.set_trial_state_values(trial_id, TrialState.FAIL)
-                frozen = storage.get_trial(trial_id)
-            retried = any((t.system_attrs.get(RETRY_KEY) or [None])[-1] == frozen.number
-                          for t in storage.get_all_trials(study._study_id, deepcopy=False))
-            if frozen.state == TrialState.FAIL and not retried and all(t._trial_id != trial_id for t in unqueued):
-                log(f"trial {frozen.number}: cut by the lost database; re-queued")
-                unqueued.append(frozen)
-            objective.unfinished.discard(trial_id)
+    requeues = Requeues(storage, objective, log)
 
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
         objective.unfinished.discard(trial._trial_id)
@@ -462,8 +476,7 @@ def run_worker(url: str, name: str, *, n_trials: int | None = None, timeout: flo
         log(_describe(trial, spec))
         interrupted = trial.user_attrs.get("status") == "interrupted" or trial._trial_id in objective.lost
         if trial.state == TrialState.FAIL and interrupted:
-            unqueued.append(trial)
-            flush_requeues(study)
+            requeues.add(study, trial)
         stop.release()
         if stop.signal:
             study.stop()
@@ -483,8 +496,7 @@ def run_worker(url: str, name: str, *, n_trials: int | None = None, timeout: flo
                 reason = "this worker's own limit (--n-trials/--timeout) reached"
                 break
             try:
-                recover_unfinished(study)
-                flush_requeues(study)
+                requeues.recover(study)
                 try:
                     study.optimize(objective, n_trials=left_trials, timeout=left_time, n_jobs=jobs, catch=(Exception,),
                                    callbacks=[after_trial])
@@ -511,8 +523,7 @@ def run_worker(url: str, name: str, *, n_trials: int | None = None, timeout: flo
         if stop.signal:
             reason = f"stopped by {stop.signal}"
             with contextlib.suppress(Exception):
-                recover_unfinished(study)
-                flush_requeues(study)
+                requeues.recover(study)
     finally:
         close_storage(storage)
         stop.release()
