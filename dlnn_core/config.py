@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .data import DataConfig, samples_per_trajectory
+from .dotted import flatten, lookup
 from .errors import ConfigError, raise_all
 from .lagrangian import DEFAULT_METHOD, METHODS
 from .losses import LOSSES
@@ -245,7 +246,7 @@ class TrainConfig:
 
     def to_flat(self) -> dict[str, Any]:
         """{"optimizer.lr": …, "data.params.rho": …, "batch_size": …}: leaves of the nested dict."""
-        return _flatten(self.to_dict())
+        return flatten(self.to_dict())
 
     @classmethod
     def from_flat(cls, flat: Mapping[str, Any]) -> "TrainConfig":
@@ -258,9 +259,7 @@ class TrainConfig:
         errors: list[ConfigError] = []
         for key, value in overrides.items():
             *path, leaf = str(key).split(".")
-            node: Any = tree
-            for part in path:
-                node = node.get(part) if isinstance(node, dict) else None
+            node = lookup(tree, ".".join(path), None)
             known_leaf = isinstance(node, dict) and (leaf in node or ".".join(path) in _DICT_FIELDS)
             if not known_leaf or isinstance(node.get(leaf), dict) and not isinstance(value, Mapping):
                 errors.append(ConfigError(str(key), value, f"a known setting: {', '.join(sorted(self.to_flat()))}"))
@@ -405,12 +404,6 @@ LIMITS: dict[str, Limit] = {
 }
 
 
-def _setting(cfg: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        cfg = getattr(cfg, part)
-    return cfg
-
-
 def check_limits(errors: list[ConfigError], cfg: Any) -> None:
     """Refuse a setting above its LIMITS bound, naming the bound and why it is there. Settings that
     `errors` already refuses, and those of a section that is not built, are left alone."""
@@ -419,7 +412,7 @@ def check_limits(errors: list[ConfigError], cfg: Any) -> None:
         section = key.split(".")[0]
         if limit.high is None or key in bad or (section in _SECTIONS and not isinstance(getattr(cfg, section), _SECTIONS[section])):
             continue
-        value = _setting(cfg, key)
+        value = lookup(cfg, key)
         if isinstance(value, (int, float)) and value > limit.high:
             bound = f"{limit.high:,}" if isinstance(limit.high, int) else f"{limit.high:g}"
             errors.append(ConfigError(key, value, f"at most {bound} ({limit.why})"))
@@ -436,16 +429,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
-
-
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _merge(base: dict, top: Mapping) -> dict:

@@ -171,3 +171,21 @@ def test_integral_floats_become_ints_and_configs_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.epochs = 1  # type: ignore[misc]
     assert SchedulerConfig(name="exponential").resolved_gamma() == 0.95
+
+
+def test_dotted_paths_flatten_look_up_and_assign_one_way():
+    """The one dotted-path helper: flatten (with tables kept whole), lookup (dicts and configs), assign."""
+    from dlnn_core.dotted import assign, flatten, lookup
+
+    tree = {"optimizer": {"lr": 1e-3, "betas": [0.9, 0.99]}, "data": {"params": {"rho": 0.25}}, "empty": {}}
+    assert flatten(tree) == {"optimizer.lr": 1e-3, "optimizer.betas": [0.9, 0.99], "data.params.rho": 0.25, "empty": {}}
+    assert flatten(tree, keep=("data.params",))["data.params"] == {"rho": 0.25}
+    assert lookup(tree, "data.params.rho") == 0.25 and lookup(tree, "data.nope", None) is None
+    with pytest.raises(KeyError):
+        lookup(tree, "optimizer.nope")
+    config = TrainConfig.from_dict({"optimizer": {"name": "adamw", "lr": 3e-4}})
+    assert lookup(config, "optimizer.lr") == 3e-4 and lookup(config, "optimizer.nope", "x") == "x"
+    built: dict = {}
+    for key, value in flatten(tree).items():
+        assign(built, key, value)
+    assert built == tree

@@ -40,6 +40,7 @@ from typing import Any, Mapping
 from dlnn_core import ACTIVATIONS, METHODS, MODEL_FORMS, MODEL_KINDS, SYSTEMS, ConfigError, datafiles
 from dlnn_core.activations import ZERO_CURVATURE
 from dlnn_core.config import LIMITS, PRESETS, TrainConfig
+from dlnn_core.dotted import flatten
 from dlnn_core.evaluate import METRICS as EVAL_METRICS
 from dlnn_core.losses import LOSSES
 from dlnn_core.models import INIT_CHOICES
@@ -821,22 +822,10 @@ def _baselines(items: list, base: TrainConfig, space: list[Param], problems: lis
         if not isinstance(params, dict):
             problems.append(f"{where}.params: must be a table of dotted settings")
             continue
-        flat.update(_flatten_keys(params))
+        flat.update(flatten(params, keep=("data.params",)))
         baseline = make_baseline(name, base, space, flat, where, problems.append, strict=True)
         if baseline is not None:
             out.append(baseline)
-    return out
-
-
-def _flatten_keys(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Accept both {"optimizer.lr" = 1} and nested {optimizer = {lr = 1}} (except inside data.params)."""
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and key != "data.params":
-            out.update(_flatten_keys(v, key + "."))
-        else:
-            out[key] = v
     return out
 
 

@@ -19,6 +19,8 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial
 
+from dlnn_core.dotted import assign
+
 from . import records
 from ..errors import UsageError
 from ..spec.names import check_name
@@ -30,14 +32,6 @@ from ..store.storage import close_storage, open_storage
 
 def _round(x: float) -> float:
     return float(f"{x:.4g}")
-
-
-def _set(tree: dict, dotted: str, value: Any) -> None:
-    *path, leaf = dotted.split(".")
-    node = tree
-    for part in path:
-        node = node.setdefault(part, {})
-    node[leaf] = value
 
 
 def _numeric_grid(p: Param, values: list[float], best: float, points: int, bounds: tuple[float, float]) -> dict[str, Any]:
@@ -112,15 +106,15 @@ def refine_spec(spec: StudySpec, ranked: list[FrozenTrial], *, name: str, around
         if p.kind == "fixed" or not p.active(parent_value):
             continue
         if p.kind == "categorical":
-            _set(base, p.key, best_flat[p.key])
+            assign(base, p.key, best_flat[p.key])
             continue
         values = [flat[t.number][p.key] for t in same]
         bounds = p.per_choice[parent_value] if p.per_optimizer else (p.low, p.high)
         table = _numeric_grid(p, values, best_flat[p.key], points, bounds)
         if "value" in table:
-            _set(base, p.key, table["value"])
+            assign(base, p.key, table["value"])
             continue
-        _set(space, p.key, table)
+        assign(space, p.key, table)
         sizes.append((p.key, len(table["grid"])))
     size = math.prod(n for _, n in sizes) if sizes else 1
     if size > max_trials:
