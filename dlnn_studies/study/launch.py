@@ -291,7 +291,7 @@ def seed_trials(study: optuna.Study, spec: StudySpec, seeds: list[FrozenTrial], 
             else:
                 dist = FloatDistribution(min(p.low, value), max(p.high, value), log=p.log)
             params[key], dists[key] = value, dist
-        user_attrs = {k: v for k, v in t.user_attrs.items() if k not in ("reason", "baseline", "overrides")}
+        user_attrs = {k: v for k, v in t.user_attrs.items() if k not in (records.REASON, "baseline", "overrides")}
         user_attrs.update(seeded_from=f"{origin}#{t.number}", status=records.OK)
         system_attrs = {k: t.system_attrs[k] for k in (records.CONFIG, records.METRICS, records.WORKER) if k in t.system_attrs}
         values = [records.to_stored(m, metrics[m]) if m in metrics else v for m, v in zip(spec.metrics, t.values)]

@@ -39,6 +39,12 @@ OK, PRUNED, DIVERGED, OUT_OF_MEMORY, INTERRUPTED, ERROR, RUNNING, TIMEOUT = (
 INFEASIBLE = (DIVERGED, OUT_OF_MEMORY)
 
 
+def set_verdict(trial: optuna.Trial, status: str, reason: str | None) -> None:
+    """A trial's `status` (one of the verdicts above) and the `reason` shown beside it."""
+    trial.set_user_attr(STATUS, status)
+    trial.set_user_attr(REASON, reason)
+
+
 def set_system_attr(trial: optuna.Trial, key: str, value: Any) -> None:
     """Optuna 5's Trial has no public system-attr setter; the storage call is the documented route."""
     trial.storage.set_trial_system_attr(trial._trial_id, key, value)

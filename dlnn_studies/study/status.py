@@ -51,7 +51,7 @@ def status(url: str, name: str, now: datetime.datetime | None = None) -> dict[st
         diverged = t.state == TrialState.PRUNED and not feasible(t)
         if t.state != TrialState.FAIL and not diverged:
             continue
-        reason = t.user_attrs.get("reason")
+        reason = t.user_attrs.get(records.REASON)
         if reason is None and t.state == TrialState.FAIL:
             reason = "worker lost (heartbeat went stale)"
         if t.number in retried:

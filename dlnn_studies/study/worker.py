@@ -190,10 +190,9 @@ class Objective:
             if is_connection_error(exc):
                 if trial._trial_id not in self.lost:
                     self._connection_lost(trial, exc)
-            elif trial.user_attrs.get("status") in (None, "running"):  # a bug outside fit: still say what happened
+            elif trial.user_attrs.get(records.STATUS) in (None, records.RUNNING):  # a bug outside fit: still say what happened
                 with contextlib.suppress(Exception):
-                    trial.set_user_attr("status", "error")
-                    trial.set_user_attr("reason", no_space_reason(exc, "the trial's temporary directory")
+                    records.set_verdict(trial, records.ERROR, no_space_reason(exc, "the trial's temporary directory")
                                         or f"{type(exc).__name__}: {exc}"[:2000])
             raise
 
@@ -203,9 +202,8 @@ class Objective:
         retry = "worker" in trial.user_attrs
         trial.set_user_attr("worker", self.worker["id"])
         records.set_system_attr(trial, records.WORKER, self.worker)
-        if retry and "status" in trial.user_attrs:
-            trial.set_user_attr("status", "running")
-            trial.set_user_attr("reason", None)
+        if retry and records.STATUS in trial.user_attrs:
+            records.set_verdict(trial, records.RUNNING, None)
         if self.stop.signal:
             return self._interrupted(trial, 0)
         flat = suggest(trial, spec.space, self.base_flat)
@@ -216,8 +214,7 @@ class Objective:
         try:
             config = spec.base.with_flat({**flat, **overrides, **extra})
         except ConfigError as exc:
-            trial.set_user_attr("status", "error")
-            trial.set_user_attr("reason", f"invalid config: {exc}")
+            records.set_verdict(trial, records.ERROR, f"invalid config: {exc}")
             raise
         records.set_system_attr(trial, records.CONFIG, config.to_dict())  # data.file as named, with its sha256
         from ..store.datasets import localize
@@ -247,8 +244,7 @@ class Objective:
             try:
                 result = self.fit(fit_config, report=report, out_dir=out, metrics=spec.metrics)
             except optuna.TrialPruned as exc:
-                trial.set_user_attr("status", "timeout" if isinstance(exc, StudyTimeout) else "pruned")
-                trial.set_user_attr("reason", str(exc))
+                records.set_verdict(trial, records.TIMEOUT if isinstance(exc, StudyTimeout) else records.PRUNED, str(exc))
                 _set_constraint(trial, 0.0, retry)
                 raise
             except GracefulStop:
@@ -258,9 +254,8 @@ class Objective:
                     return self._connection_lost(trial, exc)
                 if _is_oom(exc):
                     _free_gpu_memory()
-                    return self._infeasible(trial, "out_of_memory", f"out of memory at epoch {last['epoch'] + 1}: {str(exc).splitlines()[0][:300]}", retry)
-                trial.set_user_attr("status", "error")
-                trial.set_user_attr("reason", no_space_reason(exc, "the trial's checkpoint and run files")
+                    return self._infeasible(trial, records.OUT_OF_MEMORY, f"out of memory at epoch {last['epoch'] + 1}: {str(exc).splitlines()[0][:300]}", retry)
+                records.set_verdict(trial, records.ERROR, no_space_reason(exc, "the trial's checkpoint and run files")
                                     or f"{type(exc).__name__}: {exc}"[:2000])
                 raise
             trial.set_user_attr("device", result.device)
@@ -268,7 +263,7 @@ class Objective:
             if result.status != "ok":
                 records.record_metrics(trial, metrics)
                 self._upload(trial, Path(out) / "diverged.json")
-                return self._infeasible(trial, "diverged", f"diverged at epoch {result.diverged_epoch}: {result.reason}", retry)
+                return self._infeasible(trial, records.DIVERGED, f"diverged at epoch {result.diverged_epoch}: {result.reason}", retry)
             missing = [m for m in spec.metrics if m not in metrics]
             if missing:
                 raise KeyError(f"fit reported no {', '.join(missing)}; it has {', '.join(sorted(metrics))}")
@@ -279,7 +274,7 @@ class Objective:
                 metrics = self._every_metric(trial, result.checkpoint, fit_config.device, metrics)
             records.record_metrics(trial, metrics)
             if not finite:
-                return self._infeasible(trial, "diverged", f"non-finite objective {dict(zip(spec.metrics, values))}", retry)
+                return self._infeasible(trial, records.DIVERGED, f"non-finite objective {dict(zip(spec.metrics, values))}", retry)
             if result.checkpoint:
                 self._upload(trial, Path(result.checkpoint))
                 if self.plots and (full or self.evaluate is None):  # the plot's rollout costs what the full evaluation's does
@@ -290,7 +285,7 @@ class Objective:
                     except Exception as exc:  # a plot never fails a trial
                         _artifact_error(trial, f"rollout plot: {type(exc).__name__}: {exc}")
         if retry:
-            trial.set_user_attr("status", "ok")
+            trial.set_user_attr(records.STATUS, records.OK)
         _set_constraint(trial, 0.0, retry)
         stored = [records.to_stored(m, v) for m, v in zip(spec.metrics, values)]
         return stored[0] if single else stored
@@ -313,19 +308,16 @@ class Objective:
         stopped one (remembered here, since writing to the trial may fail too)."""
         self.lost.add(trial._trial_id)
         with contextlib.suppress(Exception):
-            trial.set_user_attr("status", "interrupted")
-            trial.set_user_attr("reason", f"storage connection lost ({type(exc).__name__}); re-queued")
+            records.set_verdict(trial, records.INTERRUPTED, f"storage connection lost ({type(exc).__name__}); re-queued")
         raise exc
 
     def _interrupted(self, trial: optuna.Trial, epoch: int):
         self.stop.defer_exit()  # until after_trial has re-queued it
-        trial.set_user_attr("status", "interrupted")
-        trial.set_user_attr("reason", f"stopped by {self.stop.signal} at epoch {epoch}; re-queued")
+        records.set_verdict(trial, records.INTERRUPTED, f"stopped by {self.stop.signal} at epoch {epoch}; re-queued")
         raise GracefulStop(f"stopped by {self.stop.signal}")
 
     def _infeasible(self, trial: optuna.Trial, status: str, reason: str, retry: bool):
-        trial.set_user_attr("status", status)
-        trial.set_user_attr("reason", reason)
+        records.set_verdict(trial, status, reason)
         _set_constraint(trial, 1.0, retry)
         with contextlib.suppress(Exception):  # the dashboard shows a trial's note under its state badge
             from optuna_dashboard import save_note
@@ -381,7 +373,7 @@ def _describe(t: FrozenTrial, spec: StudySpec) -> str:
     if t.state == TrialState.COMPLETE:
         values = ", ".join(f"{m} {metrics.get(m, float('nan')):.4g}" for m in spec.metrics)
         return f"trial {t.number} complete: {values} ({name}{wall})"
-    reason = t.user_attrs.get("reason") or ""
+    reason = t.user_attrs.get(records.REASON) or ""
     return f"trial {t.number} {t.state.name.lower()}: {reason} ({name}{wall})"
 
 
@@ -423,8 +415,8 @@ class Requeues:
             frozen = storage.get_trial(trial_id)
             if frozen.state == TrialState.RUNNING:
                 with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-                    storage.set_trial_user_attr(trial_id, "status", "interrupted")
-                    storage.set_trial_user_attr(trial_id, "reason", "storage connection lost while the trial ended; re-queued")
+                    storage.set_trial_user_attr(trial_id, records.STATUS, records.INTERRUPTED)
+                    storage.set_trial_user_attr(trial_id, records.REASON, "storage connection lost while the trial ended; re-queued")
                     storage.set_trial_state_values(trial_id, TrialState.FAIL)
                 frozen = storage.get_trial(trial_id)
             retried = any((t.system_attrs.get(RETRY_KEY) or [None])[-1] == frozen.number
@@ -474,7 +466,7 @@ def run_worker(url: str, name: str, *, n_trials: int | None = None, timeout: flo
         objective.unfinished.discard(trial._trial_id)
         counter["done"] += 1
         log(_describe(trial, spec))
-        interrupted = trial.user_attrs.get("status") == "interrupted" or trial._trial_id in objective.lost
+        interrupted = trial.user_attrs.get(records.STATUS) == records.INTERRUPTED or trial._trial_id in objective.lost
         if trial.state == TrialState.FAIL and interrupted:
             requeues.add(study, trial)
         stop.release()
