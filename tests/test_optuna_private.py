@@ -60,3 +60,15 @@ def test_no_other_module_imports_optuna_private_names():
     offenders = [str(p.relative_to(root)) for folder in ("dlnn_studies", "dlnn_core", "benchmarks", "examples")
                  for p in (root / folder).rglob("*.py") if p != adapter and pattern.search(p.read_text())]
     assert offenders == []
+
+
+def test_the_constraint_attr_key_is_where_optuna_keeps_and_reads_a_constraint():
+    """The worker writes a retried trial's constraint under constraint_key directly; Optuna must
+    store set_constraint there and read it back from there."""
+    study = optuna.create_study()
+    trial = study.ask()
+    trial.set_constraint("diverged", 1.0)
+    assert study._storage.get_trial_system_attrs(trial._trial_id)[private.constraint_key("diverged")] == 1.0
+    other = study.ask()
+    study._storage.set_trial_system_attr(other._trial_id, private.constraint_key("diverged"), 2.0)
+    assert study._storage.get_trial(other._trial_id).constraints == {"diverged": 2.0}

@@ -23,6 +23,7 @@ from . import records
 from ..errors import UsageError
 from ..spec.names import check_name
 from ..spec.schema import StudySpec, make_baseline, recipe, spec_digest
+from ..store.optuna_private import constraint_key
 from ..store.storage import close_storage, open_storage, redact
 from .service import CONSTRAINT, DIGEST_ATTR, SPEC_ATTR, find_study, ranked_trials
 
@@ -297,7 +298,7 @@ def seed_trials(study: optuna.Study, spec: StudySpec, seeds: list[FrozenTrial], 
         values = [records.to_stored(m, metrics[m]) if m in metrics else v for m, v in zip(spec.metrics, t.values)]
         study.add_trial(optuna.create_trial(
             state=TrialState.COMPLETE, values=values, params=params, distributions=dists, user_attrs=user_attrs,
-            system_attrs={**system_attrs, f"constraints:{CONSTRAINT}": 0.0}, intermediate_values=t.intermediate_values))
+            system_attrs={**system_attrs, constraint_key(CONSTRAINT): 0.0}, intermediate_values=t.intermediate_values))
     return len(seeds)
 
 

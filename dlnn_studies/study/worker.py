@@ -66,6 +66,7 @@ from ..errors import UsageError
 from .service import CONSTRAINT, RETRY_KEY, BudgetReached, build_study, stored_spec
 from ..spec.space import suggest
 from ..spec.schema import PRUNING_METRIC, StudySpec
+from ..store.optuna_private import constraint_key
 from ..store.storage import artifact_store, close_storage, is_connection_error, open_storage, redact
 
 CONNECTION_PATIENCE_S = 600.0  # how long a worker waits for a lost database before giving up
@@ -153,7 +154,7 @@ def _set_constraint(trial: optuna.Trial, value: float, retry: bool = False) -> N
     # infeasible (grey) in its history plot. Optuna reads both forms; the verdict is the same.
     records.set_system_attr(trial, records.DASHBOARD_CONSTRAINTS, [float(value)])
     if retry:
-        records.set_system_attr(trial, f"constraints:{CONSTRAINT}", float(value))  # Optuna 5's format of set_constraint
+        records.set_system_attr(trial, constraint_key(CONSTRAINT), float(value))
         return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
