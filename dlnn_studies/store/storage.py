@@ -196,6 +196,17 @@ def is_grpc(url: str) -> bool:
     return url.startswith("grpc://")
 
 
+def in_memory_sqlite(url: str) -> bool:
+    """`sqlite://` or `sqlite:///:memory:`: a database that exists only inside its connection, so
+    another connection (another pooled one, one after the pool is disposed, another thread's or
+    process's) sees an empty one. A storage needs several: Optuna's schema check holds two at once."""
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except sa_exc.ArgumentError:
+        return False
+    return parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:")
+
+
 def engine_kwargs(url: str, jobs: int = 1, worker: bool = False) -> dict[str, Any]:
     """The connection pool of one process.
 
@@ -257,7 +268,8 @@ def open_storage(url: str, *, create_schema: bool = False, jobs: int = 1, heartb
                  grace_period: int | None = None, stale_callback=None, worker: bool = False) -> optuna.storages.BaseStorage:
     """An RDBStorage (or gRPC proxy) for `url`. Only `launch` creates the schema; workers never race it.
     `worker`: the worker's pool (see `engine_kwargs`), without the schema version check (open a
-    storage without `worker` first for that; `run_worker` does)."""
+    storage without `worker` first for that; `run_worker` does). An in-memory SQLite URL is refused
+    (see `in_memory_sqlite`)."""
     if is_grpc(url):  # a gRPC storage proxy in front of the database (proxy_client.py), for large fleets
         from .proxy_client import connect
 
@@ -267,7 +279,11 @@ def open_storage(url: str, *, create_schema: bool = False, jobs: int = 1, heartb
         except (ValueError, RuntimeError, ConnectionError) as exc:
             raise UsageError(str(exc)) from None
     given, url = url, normalize_url(url)
-    if not create_schema and url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+    if in_memory_sqlite(url):
+        raise UsageError(f"--storage {given!r} is an in-memory SQLite database, which lives inside one connection of "
+                         "one process: every `dlnn` command (launch, work, status, the dashboard) and every connection "
+                         "would open an empty one of its own. Use a file, e.g. sqlite:///dlnn.db")
+    if not create_schema and url.startswith("sqlite:///"):
         path = url[len("sqlite:///"):]
         if path and not os.path.exists(path):  # do not leave an empty database file behind
             raise UsageError(f"{given} does not exist here ({os.path.abspath(path)}): run `dlnn launch SPEC` first, "
