@@ -67,6 +67,18 @@ class ServiceRDBStorage(optuna.storages.RDBStorage):
                 raise
             self.remove_session()  # the next beat gets a fresh, pre-pinged connection
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled as Optuna's RDBStorage (its engine is rebuilt on load), less the budget lock's engine:
+        `__setstate__` sets both engines up again as `open_storage` did."""
+        state = super().__getstate__()
+        state.pop("lock_engine", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if getattr(self, "dlnn_role", None) is not None:
+            _set_up_engines(self, self.dlnn_role)
+
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         """Optuna's rule (RUNNING, last heartbeat older than the grace period), plus RUNNING trials
         that never recorded a heartbeat and started longer than the grace period ago (their worker
@@ -271,12 +283,17 @@ def open_storage(url: str, *, create_schema: bool = False, jobs: int = 1, heartb
     storage without `worker` first for that; `run_worker` does). An in-memory SQLite URL is refused
     (see `in_memory_sqlite`)."""
     if is_grpc(url):  # a gRPC storage proxy in front of the database (proxy_client.py), for large fleets
-        from .proxy_client import connect
+        from .proxy_client import connect, parse_proxy_url, require_grpc
 
         try:
+            parse_proxy_url(url)
+            require_grpc()
+        except (ValueError, RuntimeError) as exc:
+            raise UsageError(str(exc)) from None
+        try:  # a bad heartbeat_interval or grace_period is a ValueError, as RDBStorage raises it
             return connect(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
                            heartbeat_stale_trial_callback=stale_callback)
-        except (ValueError, RuntimeError, ConnectionError) as exc:
+        except ConnectionError as exc:
             raise UsageError(str(exc)) from None
     given, url = url, normalize_url(url)
     if in_memory_sqlite(url):
@@ -290,10 +307,7 @@ def open_storage(url: str, *, create_schema: bool = False, jobs: int = 1, heartb
                              "or pass --storage / set DLNN_STORAGE")
     try:
         storage = _connect_storage(url, create_schema, jobs, worker, heartbeat_interval, grace_period, stale_callback)
-        if url.startswith("sqlite"):
-            _tune_sqlite(storage.engine)
-        else:
-            _open_lock_engine(storage, "worker" if worker else "command")
+        _set_up_engines(storage, "worker" if worker else "command")
         return storage
     except ImportError as exc:
         raise UsageError(f"--storage {redact(given)!r}: the database driver is not installed ({exc.__cause__ or exc})") from None
@@ -333,6 +347,16 @@ def _connect_storage(url, create_schema, jobs, worker, heartbeat_interval, grace
                 raise
             time.sleep(delay * (0.5 + random.random()))
             delay = min(2 * delay, 5.0)
+
+
+def _set_up_engines(storage: ServiceRDBStorage, role: str) -> None:
+    """SQLite's pragmas, or the budget lock's engine and the retrying, named connects of a server
+    database; `role` (worker or command) names the connections and is kept for a pickled copy."""
+    storage.dlnn_role = role
+    if storage.engine.dialect.name == "sqlite":
+        _tune_sqlite(storage.engine)
+    else:
+        _open_lock_engine(storage, role)
 
 
 def _tune_sqlite(engine: sqlalchemy.engine.Engine) -> None:
