@@ -30,7 +30,6 @@ import sqlalchemy.orm
 from optuna.exceptions import ExperimentalWarning
 from sqlalchemy import exc as sa_exc
 
-from .artifacts import open_store
 from ..errors import UsageError
 from .optuna_private import CachedStorage
 
@@ -463,7 +462,10 @@ def budget_counts(conn: sqlalchemy.engine.Connection, study_id: int) -> tuple[in
 
 def artifact_store(url: str | Path):
     """Checkpoints, plots and dataset files: a directory that every worker and the dashboard can
-    reach, or `s3://bucket/prefix` (artifacts.py parses both)."""
+    reach, or `s3://bucket/prefix` (artifacts.py parses both). Imported on use: artifacts.py imports
+    dlnn_core, and with it torch, which the storage alone (the proxy, its tests) does not need."""
+    from .artifacts import open_store
+
     return open_store(url)
 
 
