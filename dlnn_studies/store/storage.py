@@ -30,7 +30,6 @@ import sqlalchemy.orm
 from optuna.exceptions import ExperimentalWarning
 from sqlalchemy import exc as sa_exc
 
-from .artifacts import open_store
 from ..errors import UsageError
 from .optuna_private import CachedStorage
 
@@ -66,6 +65,18 @@ class ServiceRDBStorage(optuna.storages.RDBStorage):
             if not is_connection_error(exc):
                 raise
             self.remove_session()  # the next beat gets a fresh, pre-pinged connection
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled as Optuna's RDBStorage (its engine is rebuilt on load), less the budget lock's engine:
+        `__setstate__` sets both engines up again as `open_storage` did."""
+        state = super().__getstate__()
+        state.pop("lock_engine", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if getattr(self, "dlnn_role", None) is not None:
+            _set_up_engines(self, self.dlnn_role)
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         """Optuna's rule (RUNNING, last heartbeat older than the grace period), plus RUNNING trials
@@ -196,6 +207,17 @@ def is_grpc(url: str) -> bool:
     return url.startswith("grpc://")
 
 
+def in_memory_sqlite(url: str) -> bool:
+    """`sqlite://` or `sqlite:///:memory:`: a database that exists only inside its connection, so
+    another connection (another pooled one, one after the pool is disposed, another thread's or
+    process's) sees an empty one. A storage needs several: Optuna's schema check holds two at once."""
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except sa_exc.ArgumentError:
+        return False
+    return parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:")
+
+
 def engine_kwargs(url: str, jobs: int = 1, worker: bool = False) -> dict[str, Any]:
     """The connection pool of one process.
 
@@ -257,27 +279,34 @@ def open_storage(url: str, *, create_schema: bool = False, jobs: int = 1, heartb
                  grace_period: int | None = None, stale_callback=None, worker: bool = False) -> optuna.storages.BaseStorage:
     """An RDBStorage (or gRPC proxy) for `url`. Only `launch` creates the schema; workers never race it.
     `worker`: the worker's pool (see `engine_kwargs`), without the schema version check (open a
-    storage without `worker` first for that; `run_worker` does)."""
+    storage without `worker` first for that; `run_worker` does). An in-memory SQLite URL is refused
+    (see `in_memory_sqlite`)."""
     if is_grpc(url):  # a gRPC storage proxy in front of the database (proxy_client.py), for large fleets
-        from .proxy_client import connect
+        from .proxy_client import connect, parse_proxy_url, require_grpc
 
         try:
+            parse_proxy_url(url)
+            require_grpc()
+        except (ValueError, RuntimeError) as exc:
+            raise UsageError(str(exc)) from None
+        try:  # a bad heartbeat_interval or grace_period is a ValueError, as RDBStorage raises it
             return connect(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
                            heartbeat_stale_trial_callback=stale_callback)
-        except (ValueError, RuntimeError, ConnectionError) as exc:
+        except ConnectionError as exc:
             raise UsageError(str(exc)) from None
     given, url = url, normalize_url(url)
-    if not create_schema and url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+    if in_memory_sqlite(url):
+        raise UsageError(f"--storage {given!r} is an in-memory SQLite database, which lives inside one connection of "
+                         "one process: every `dlnn` command (launch, work, status, the dashboard) and every connection "
+                         "would open an empty one of its own. Use a file, e.g. sqlite:///dlnn.db")
+    if not create_schema and url.startswith("sqlite:///"):
         path = url[len("sqlite:///"):]
         if path and not os.path.exists(path):  # do not leave an empty database file behind
             raise UsageError(f"{given} does not exist here ({os.path.abspath(path)}): run `dlnn launch SPEC` first, "
                              "or pass --storage / set DLNN_STORAGE")
     try:
         storage = _connect_storage(url, create_schema, jobs, worker, heartbeat_interval, grace_period, stale_callback)
-        if url.startswith("sqlite"):
-            _tune_sqlite(storage.engine)
-        else:
-            _open_lock_engine(storage, "worker" if worker else "command")
+        _set_up_engines(storage, "worker" if worker else "command")
         return storage
     except ImportError as exc:
         raise UsageError(f"--storage {redact(given)!r}: the database driver is not installed ({exc.__cause__ or exc})") from None
@@ -317,6 +346,16 @@ def _connect_storage(url, create_schema, jobs, worker, heartbeat_interval, grace
                 raise
             time.sleep(delay * (0.5 + random.random()))
             delay = min(2 * delay, 5.0)
+
+
+def _set_up_engines(storage: ServiceRDBStorage, role: str) -> None:
+    """SQLite's pragmas, or the budget lock's engine and the retrying, named connects of a server
+    database; `role` (worker or command) names the connections and is kept for a pickled copy."""
+    storage.dlnn_role = role
+    if storage.engine.dialect.name == "sqlite":
+        _tune_sqlite(storage.engine)
+    else:
+        _open_lock_engine(storage, role)
 
 
 def _tune_sqlite(engine: sqlalchemy.engine.Engine) -> None:
@@ -423,7 +462,10 @@ def budget_counts(conn: sqlalchemy.engine.Connection, study_id: int) -> tuple[in
 
 def artifact_store(url: str | Path):
     """Checkpoints, plots and dataset files: a directory that every worker and the dashboard can
-    reach, or `s3://bucket/prefix` (artifacts.py parses both)."""
+    reach, or `s3://bucket/prefix` (artifacts.py parses both). Imported on use: artifacts.py imports
+    dlnn_core, and with it torch, which the storage alone (the proxy, its tests) does not need."""
+    from .artifacts import open_store
+
     return open_store(url)
 
 
