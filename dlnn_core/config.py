@@ -19,11 +19,10 @@ from .errors import ConfigError
 from .lagrangian import DEFAULT_METHOD, METHODS
 from .losses import LOSSES
 from .models import ModelConfig
-from .optim import OPTIMIZERS, SCHEDULERS, reads
+from .optim import DEFAULT_GAMMA, OPTIMIZERS, SCHEDULERS, reads
 
 DTYPES = ("float32", "float64")
 INTERVALS = ("step", "epoch")
-DEFAULT_GAMMA = {"step": 0.5, "exponential": 0.95}
 
 
 # ----------------------------------------------------------------------------- field checks
