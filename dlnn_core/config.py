@@ -16,9 +16,8 @@ from typing import Any, Mapping
 
 from .data import DataConfig, samples_per_trajectory
 from .errors import ConfigError
-from .lagrangian import DEFAULT_METHOD, METHODS
 from .losses import LOSSES
-from .models import ModelConfig
+from .model_config import DEFAULT_METHOD, METHODS, ModelConfig
 from .optim import DEFAULT_GAMMA, OPTIMIZERS, SCHEDULERS, reads
 
 DTYPES = ("float32", "float64")

@@ -1,4 +1,5 @@
-"""The one user-facing error type of the library: a bad value, named with its field."""
+"""The user-facing error types of the library: a bad value named with its field (`ConfigError`), and
+every problem of a declared system at once (`DeclarationError`)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,15 @@ class ConfigError(ValueError):
             allowed = "one of " + ", ".join(repr(a) for a in allowed)
         self.field, self.value, self.allowed = field, value, allowed
         super().__init__(f"{shorten(field)}: {shorten(repr(value))} is not allowed; expected {allowed}")
+
+
+class DeclarationError(ConfigError):
+    """Every problem of a declared system at once, each as (field, message); `field` is the first's."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems
+        self.field, self.value, self.allowed = problems[0][0], None, problems[0][1]
+        ValueError.__init__(self, "; ".join(f"{field}: {message}" for field, message in problems))
 
 
 def choose(registry: dict, name: str, field: str) -> Any:

@@ -40,10 +40,10 @@ from typing import Any, Mapping
 from dlnn_core import ACTIVATIONS, METHODS, MODEL_FORMS, MODEL_KINDS, SYSTEMS, ConfigError, datafiles
 from dlnn_core.activations import ZERO_CURVATURE
 from dlnn_core.config import LIMITS, PRESETS, TrainConfig
-from dlnn_core.evaluate import METRICS as EVAL_METRICS
-from dlnn_core.declared import DeclarationError
+from dlnn_core.errors import DeclarationError
 from dlnn_core.losses import LOSSES
-from dlnn_core.models import INIT_CHOICES
+from dlnn_core.metrics import METRICS as EVAL_METRICS
+from dlnn_core.model_config import INIT_CHOICES
 from dlnn_core.optim import OPTIMIZERS, SCHEDULERS, reads
 
 from ..errors import UsageError
