@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime
-import importlib.util
 import os
 import random
 import socket
@@ -30,29 +29,14 @@ import sqlalchemy.orm
 from optuna.exceptions import ExperimentalWarning
 from sqlalchemy import exc as sa_exc
 
-from .artifacts import open_store
 from ..errors import UsageError
 from .optuna_private import CachedStorage
+from .urls import is_grpc, normalize_url, redact
 
-ENV_STORAGE = "DLNN_STORAGE"
-DEFAULT_STORAGE = "sqlite:///dlnn.db"
 LOCK_NAMESPACE = 0x444C4E4E  # "DLNN": first key of PostgreSQL advisory locks taken by the service
 FULL_SERVER_PATIENCE_S = 60.0  # how long a new connection waits for a free slot on a full server
 
 _thread_lock = threading.Lock()  # serializes budget checks between threads of one worker (--jobs)
-
-
-def storage_url(flag: str | None) -> str:
-    """--storage, else $DLNN_STORAGE, else the embedded SQLite file in the working directory."""
-    return flag or os.environ.get(ENV_STORAGE) or DEFAULT_STORAGE
-
-
-def redact(url: str) -> str:
-    """The URL with its password hidden, for messages and provenance."""
-    try:
-        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("@")[-1] if "@" in url else url
 
 
 class ServiceRDBStorage(optuna.storages.RDBStorage):
@@ -179,21 +163,6 @@ class TrialView(CachedStorage):
                 self._views[key] = cached
             trials = list(cached[1])
         return copy.deepcopy(trials) if deepcopy else trials
-
-
-def normalize_url(url: str) -> str:
-    """`postgresql://` means psycopg (3) to SQLAlchemy 2.1; the project ships psycopg2, so a URL
-    without a driver uses whichever of the two is installed."""
-    if url.startswith("postgresql://") or url.startswith("postgres://"):
-        rest = url.split("://", 1)[1]
-        if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
-            return f"postgresql+psycopg2://{rest}"
-        return f"postgresql://{rest}"
-    return url
-
-
-def is_grpc(url: str) -> bool:
-    return url.startswith("grpc://")
 
 
 def engine_kwargs(url: str, jobs: int = 1, worker: bool = False) -> dict[str, Any]:
@@ -423,7 +392,9 @@ def budget_counts(conn: sqlalchemy.engine.Connection, study_id: int) -> tuple[in
 
 def artifact_store(url: str | Path):
     """Checkpoints, plots and dataset files: a directory that every worker and the dashboard can
-    reach, or `s3://bucket/prefix` (artifacts.py parses both)."""
+    reach, or `s3://bucket/prefix` (urls.py parses both)."""
+    from .artifacts import open_store  # here, not at the top: Optuna's artifact stores import boto3
+
     return open_store(url)
 
 
