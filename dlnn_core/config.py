@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .data import DataConfig, samples_per_trajectory
+from .device import parse_device
 from .errors import ConfigError
 from .losses import LOSSES
 from .model_config import DEFAULT_METHOD, METHODS, ModelConfig
@@ -187,10 +188,7 @@ class TrainConfig:
         _one_of(self, "dtype", "", DTYPES)
         _integer(self, "seed", "", low=0)
         _integer(self, "data_seed", "", low=0)
-        device = self.device
-        ok = isinstance(device, str) and (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit()))
-        if not ok:
-            raise ConfigError("device", device, "'auto', 'cpu', 'cuda' or 'cuda:K'")
+        parse_device(self.device)
         check_limits(self)
         if self.data.file:  # the sizes come from the file: checked where it is read (datafiles.check_train_config)
             if self.rollout_horizon:

@@ -11,7 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dlnn_core.errors import shorten
+from dlnn_core.device import parse_device
+from dlnn_core.errors import ConfigError, shorten
 
 from ..errors import UsageError
 from ..store.urls import DEFAULT_ARTIFACTS, ENV_ARTIFACTS, ENV_STORAGE, argument, artifacts_url, redact, storage_url
@@ -54,9 +55,10 @@ def _port(text: str) -> int:
 
 
 def _device(text: str) -> str:
-    if text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
-        return text
-    raise argparse.ArgumentTypeError(f"{text!r}: expected auto, cpu, cuda or cuda:K")
+    try:
+        return str(parse_device(text, "--device"))
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(f"{shorten(repr(text))}: expected {exc.allowed}") from None
 
 
 # ------------------------------------------------------------------------------------ launch

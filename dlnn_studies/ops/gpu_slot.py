@@ -9,7 +9,7 @@ lock is one of:
   process dies, however it dies. It must be local to the host (not NFS): the GPUs are the host's.
 - else a PostgreSQL advisory lock on a session kept open for the worker's lifetime (one more database
   connection per GPU worker); it works across hosts and containers without a shared directory.
-This module must not import torch or dlnn_core; of the service it reads only store/urls.py.
+This module must not import torch: of the project it reads only dlnn_core/device.py and store/urls.py.
 
 Environment (all optional):
   WORKERS_PER_GPU       slots per GPU (default 1); small DLNNs leave a GPU mostly idle, so 2-4 pays.
@@ -37,6 +37,8 @@ import threading
 import time
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
+
+from dlnn_core.device import parse_device
 
 from ..store.urls import libpq_url, scheme
 
@@ -369,9 +371,9 @@ def claim_gpu_slot(storage_url: str | None = None, device: str = "auto",
     DLNN_GPU_SLOTS=off, or a host without GPUs. With DLNN_GPU_LOCK_DIR the lock is a file lock there;
     otherwise storage other than PostgreSQL cannot hold the locks: with one slot in all that is fine, with
     more it needs DLNN_GPU_LOCK_URL or DLNN_GPU_LOCK_DIR (SlotError otherwise)."""
-    device = (device or "auto").strip().lower()
+    parsed = parse_device(device or "auto", "--device")
     settings = settings_from_env(env)
-    if not settings.enabled or device == "cpu" or re.fullmatch(r"cuda:\d+", device) or "CUDA_VISIBLE_DEVICES" in env:
+    if not settings.enabled or parsed.kind == "cpu" or parsed.index is not None or "CUDA_VISIBLE_DEVICES" in env:
         return None
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():
