@@ -15,7 +15,7 @@ import threading
 import optuna
 
 from ..store.proxy_client import require_grpc
-from ..store.urls import DEFAULT_PROXY_PORT, ProxyAddress, is_grpc, redact
+from ..store.urls import DEFAULT_PROXY_PORT, ProxyAddress, is_grpc, is_sqlite, redact
 
 
 def backend_storage(storage_url: str, pool_size: int = 16) -> optuna.storages.BaseStorage:
@@ -23,7 +23,7 @@ def backend_storage(storage_url: str, pool_size: int = 16) -> optuna.storages.Ba
     if is_grpc(storage_url):
         raise ValueError(f"storage: {storage_url!r} is a proxy; the proxy needs the database URL itself")
     engine_kwargs = {}
-    if not storage_url.startswith("sqlite"):
+    if not is_sqlite(storage_url):
         engine_kwargs = {"pool_size": pool_size, "max_overflow": 0, "pool_pre_ping": True, "pool_recycle": 1800}
     return optuna.storages.get_storage(optuna.storages.RDBStorage(storage_url, engine_kwargs=engine_kwargs))
 

@@ -31,7 +31,7 @@ from sqlalchemy import exc as sa_exc
 
 from ..errors import UsageError
 from .optuna_private import CachedStorage
-from .urls import is_grpc, normalize_url, redact
+from .urls import is_grpc, is_sqlite, normalize_url, redact
 
 LOCK_NAMESPACE = 0x444C4E4E  # "DLNN": first key of PostgreSQL advisory locks taken by the service
 FULL_SERVER_PATIENCE_S = 60.0  # how long a new connection waits for a free slot on a full server
@@ -178,7 +178,7 @@ def engine_kwargs(url: str, jobs: int = 1, worker: bool = False) -> dict[str, An
     Other commands (the dashboard, status, export) keep one connection and open up to four more in
     bursts, closed after use. Pre-ping and recycle: connections dropped by a restarted database
     or a proxy are replaced instead of failing a trial."""
-    if url.startswith("sqlite"):
+    if is_sqlite(url):
         return {"connect_args": {"timeout": 120}, "pool_pre_ping": True}
     jobs = max(1, jobs)
     return {
@@ -243,7 +243,7 @@ def open_storage(url: str, *, create_schema: bool = False, jobs: int = 1, heartb
                              "or pass --storage / set DLNN_STORAGE")
     try:
         storage = _connect_storage(url, create_schema, jobs, worker, heartbeat_interval, grace_period, stale_callback)
-        if url.startswith("sqlite"):
+        if is_sqlite(url):
             _tune_sqlite(storage.engine)
         else:
             _open_lock_engine(storage, "worker" if worker else "command")

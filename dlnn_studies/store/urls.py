@@ -29,10 +29,13 @@ def storage_url(flag: str | None) -> str:
 
 
 def scheme(url: str | None) -> str:
-    """The URL's scheme without its driver, lower case: "postgresql" for `postgresql+psycopg2://…`,
-    "sqlite" for no URL at all (the default storage)."""
-    name, sep, _ = (url or "").strip().partition("://")
-    return name.split("+")[0].lower() if sep else "sqlite"
+    """The URL's scheme without its driver, lower case: "postgresql" for `postgresql+psycopg2://…`;
+    "sqlite" for no URL at all (the default storage), "" for text that is no URL."""
+    text = (url or "").strip()
+    name, sep, _ = text.partition("://")
+    if not text:
+        return "sqlite"
+    return name.split("+")[0].lower() if sep else ""
 
 
 def is_grpc(url: str | None) -> bool:
@@ -42,6 +45,10 @@ def is_grpc(url: str | None) -> bool:
 
 def is_postgres(url: str | None) -> bool:
     return scheme(url) in ("postgresql", "postgres")
+
+
+def is_sqlite(url: str | None) -> bool:
+    return scheme(url) == "sqlite"
 
 
 def normalize_url(url: str) -> str:
