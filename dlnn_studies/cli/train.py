@@ -83,8 +83,8 @@ def local_data(config: TrainConfig, artifacts: str | None) -> TrainConfig:
     from the store by hash, a cached copy, or the named file only if its hash matches; otherwise
     a UsageError that names the file and the sha256 it needs."""
     from ..store.artifacts import open_store
-    from ..store.urls import artifacts_url
     from ..store.datasets import config_file, localize, short
+    from ..store.urls import artifacts_url
 
     file, sha256 = config_file(config)
     if file is None:
