@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from dlnn_core.lagrangian import METHODS
+from dlnn_core.model_config import METHODS
 from dlnn_core.models import ModelConfig, build_model
 from dlnn_core.systems import get_system
 

@@ -15,16 +15,15 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .data import DataConfig, samples_per_trajectory
+from .device import parse_device
 from .dotted import flatten, lookup
-from .errors import ConfigError, raise_all
-from .lagrangian import DEFAULT_METHOD, METHODS
+from .errors import ConfigError, collect, raise_all
 from .losses import LOSSES
-from .models import ModelConfig
-from .optim import OPTIMIZERS, SCHEDULERS, reads
+from .model_config import DEFAULT_METHOD, METHODS, ModelConfig
+from .optim import DEFAULT_GAMMA, OPTIMIZERS, SCHEDULERS, reads
 
 DTYPES = ("float32", "float64")
 INTERVALS = ("step", "epoch")
-DEFAULT_GAMMA = {"step": 0.5, "exponential": 0.95}
 
 
 # ----------------------------------------------------------------------------- field checks
@@ -289,10 +288,7 @@ def _check_settings(errors: list[ConfigError], cfg: Any) -> None:
     _one_of(errors, cfg, "dtype", "", DTYPES)
     _integer(errors, cfg, "seed", "", low=0)
     _integer(errors, cfg, "data_seed", "", low=0)
-    device = cfg.device
-    ok = isinstance(device, str) and (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit()))
-    if not ok:
-        errors.append(ConfigError("device", device, "'auto', 'cpu', 'cuda' or 'cuda:K'"))
+    collect(errors, parse_device, cfg.device)
     check_limits(errors, cfg)
 
 

@@ -2,7 +2,10 @@
 trajectories integrated with DOP853 (rtol = atol = 1e-10); train/val/test/ood from independent
 random streams of one seed; optional observation noise; cached on disk by a hash of the config.
 A cache file carries a hash of its content and is verified before use: a truncated, empty,
-garbled or incomplete file is regenerated (with a warning) instead of failing every run."""
+garbled or incomplete file is regenerated (with a warning) instead of failing every run.
+
+torch and scipy are imported by the functions that generate data, and declared.py only for a declared
+system: checking a DataConfig of a built-in system or a data file (every config does) loads neither."""
 
 from __future__ import annotations
 
@@ -14,18 +17,17 @@ import re
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-import torch
-from scipy.integrate import solve_ivp
-from scipy.signal import savgol_filter
 
 from .atomic import write_atomic
 from .datafiles import DEFAULT_SPLIT, check_file_fields, check_file_pins
 from .errors import ConfigError, collect, raise_all
-from .declared import canonical_declaration, make_system
-from .systems import System
+from .systems import DECLARED, System, make_system
+
+if TYPE_CHECKING:
+    import torch
 
 DATA_KINDS = ("states", "trajectories")
 DERIVATIVES = ("exact", "savgol")
@@ -96,7 +98,10 @@ class DataConfig:
         raise_all(errors)
 
     def _canonical_declaration(self) -> None:
-        object.__setattr__(self, "declared", canonical_declaration(self.system, self.declared))
+        if self.system == DECLARED or self.declared is not None:  # else there is nothing to check (declared.py needs torch)
+            from .declared import canonical_declaration
+
+            object.__setattr__(self, "declared", canonical_declaration(self.system, self.declared))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -117,8 +122,11 @@ class StateSet:
     qdot: np.ndarray
     qddot: np.ndarray
 
-    def to_torch(self, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> tuple[torch.Tensor, ...]:
-        return tuple(torch.as_tensor(a, dtype=dtype, device=device) for a in (self.q, self.qdot, self.qddot))
+    def to_torch(self, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> tuple[torch.Tensor, ...]:
+        """(q, q̇, q̈) as tensors of `dtype` (default float32) on `device`."""
+        import torch
+
+        return tuple(torch.as_tensor(a, dtype=dtype or torch.float32, device=device) for a in (self.q, self.qdot, self.qddot))
 
 
 @dataclass(frozen=True)
@@ -158,10 +166,14 @@ def _uniform(rng: np.random.Generator, system: System, count: int, scale: float 
 
 
 def _energy(system: System, q: np.ndarray, v: np.ndarray) -> np.ndarray:
+    import torch
+
     return system.energy(torch.from_numpy(q), torch.from_numpy(v)).numpy()
 
 
 def _accel(system: System, q: np.ndarray, v: np.ndarray) -> np.ndarray:
+    import torch
+
     return system.eom(torch.from_numpy(q), torch.from_numpy(v)).numpy()
 
 
@@ -195,6 +207,8 @@ def _time_grid(duration: float, rate_hz: float) -> np.ndarray:
 
 def integrate(system: System, q0: np.ndarray, v0: np.ndarray, duration: float, rate_hz: float) -> Trajectories:
     """Solve all initial states [N, n] at once with DOP853, rtol = atol = 1e-10, sampled at rate_hz."""
+    from scipy.integrate import solve_ivp
+
     count, n = q0.shape
     t = _time_grid(duration, rate_hz)
 
@@ -218,6 +232,8 @@ def wrap_angles(q: np.ndarray, angles: tuple[bool, ...]) -> np.ndarray:
 
 def _observed_states(cfg: DataConfig, system: System, traj: Trajectories, rng: np.random.Generator, noisy: bool) -> StateSet:
     """Flatten trajectories into samples; with derivatives='savgol', estimate q̇ and q̈ from noisy q."""
+    from scipy.signal import savgol_filter
+
     sigma = cfg.noise if noisy else 0.0
     q = traj.q + sigma * rng.standard_normal(traj.q.shape)
     if cfg.derivatives == "savgol":

@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from scipy.signal import savgol_filter
 
 from .errors import ConfigError, Problem, raise_all, shorten
 from .systems import System
@@ -508,6 +507,8 @@ def check_train_config(config: Any) -> TrajectoryFile:
 def observed(cfg: Any, tf: TrajectoryFile) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(q, q̇, q̈) per trajectory: the file's where given (derivatives="exact"), Savitzky–Golay
     estimates from q where not; derivatives="savgol" takes all three from the filter."""
+    from scipy.signal import savgol_filter  # here, not at the top: checking a config reads this module
+
     out = []
     for i in range(tf.count):
         q = tf.q[i]

@@ -42,11 +42,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import ConfigError, Problem, shorten
+from .errors import ConfigError, DeclarationError, Problem, shorten
 from .lagrangian import euler_lagrange_terms, inference_terms
-from .systems import SYSTEMS, System
+from .systems import DECLARED, System
 
-DECLARED = "declared"  # the data.system value of a declared system
 VELOCITY_SUFFIX = "_dot"  # the velocity of coordinate x is x_dot
 CONSTANTS = {"pi": math.pi}
 KEYS = ("name", "coordinates", "angles", "params", "T", "V", "D", "q_range", "qdot_range")
@@ -104,14 +103,6 @@ _REFUSED = {  # friendly names for the syntax a spec most often tries
     ast.List: "lists", ast.Tuple: "tuples", ast.Dict: "dicts", ast.Set: "sets", ast.Starred: "starred arguments",
     ast.NamedExpr: "assignments (:=)", ast.JoinedStr: "strings", ast.Await: "await", ast.Yield: "yield",
 }
-
-
-class DeclarationError(ConfigError):
-    """Every problem of a declared system at once, given as (field, message); one line, "; " between them."""
-
-    def __init__(self, problems: list[tuple[str, str]]):
-        self._hold(tuple(Problem(field, None, message, message) for field, message in problems),
-                   "; ".join(f"{field}: {message}" for field, message in problems))
 
 
 # ----------------------------------------------------------------------------- expressions
@@ -573,19 +564,3 @@ def _entry_point_system(ref: str, params_json: str) -> System:
     if tuple(a.shape) != (4, n):
         raise _refuse(ref, f"the System's eom returns shape {tuple(a.shape)} for 4 states; expected (4, {n})")
     return system
-
-
-# ----------------------------------------------------------------------------- any system
-
-
-def make_system(system: str, params: Mapping[str, Any], declared: Mapping[str, Any] | None) -> System:
-    """The system `data.system` names: a built-in (SYSTEMS), "declared" (from `declared`, a
-    canonical declaration) or "package.module:factory"."""
-    if system == DECLARED:
-        return declared_system(declared, params)
-    if isinstance(system, str) and ":" in system:
-        return entry_point_system(system, params)
-    if not isinstance(system, str) or system not in SYSTEMS:
-        raise ConfigError("data.system", system, f"a built-in system ({', '.join(sorted(SYSTEMS))}), "
-                          f'"{DECLARED}" with a data.declared table, or an entry point "package.module:factory"')
-    return SYSTEMS[system](**params)

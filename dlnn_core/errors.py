@@ -1,5 +1,6 @@
-"""The one user-facing error type of the library: a bad value, named with its field. One
-`ConfigError` can carry several problems, so a config reports every bad field at once."""
+"""The user-facing error types of the library: a bad value named with its field (`ConfigError`, which
+can carry several problems, so a config reports every bad field at once), and every problem of a
+declared system at once (`DeclarationError`)."""
 
 from __future__ import annotations
 
@@ -77,6 +78,14 @@ def raise_all(errors: Sequence[ConfigError]) -> None:
         raise errors[0]
     if errors:
         raise ConfigError.of(p for error in errors for p in error.problems)
+
+
+class DeclarationError(ConfigError):
+    """Every problem of a declared system at once, given as (field, message); one line, "; " between them."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self._hold(tuple(Problem(field, None, message, message) for field, message in problems),
+                   "; ".join(f"{field}: {message}" for field, message in problems))
 
 
 def choose(registry: dict, name: str, field: str) -> Any:

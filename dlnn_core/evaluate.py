@@ -6,9 +6,9 @@ One flat dict of floats, so it can be stored and compared; file data adds `ood_r
 how its ood split was chosen, or "none") and has no metric that needs the true system (energy,
 true dissipation), nor ood metrics without an ood split.
 
-`METRICS` names every metric a study can optimize, its direction and the pass that computes it;
-the study spec reads its objectives, directions and log10 storage from here. The rollouts are nearly all of the cost (the q̈
-and dissipation passes are about 2 % of it), so `evaluate(metrics=...)` rolls out only the splits
+`METRICS` (metrics.py) names every metric a study can optimize, its direction and the pass that
+computes it; the study spec reads its objectives, directions and log10 storage from there. The
+rollouts are nearly all of the cost (the q̈ and dissipation passes are about 2 % of it), so `evaluate(metrics=...)` rolls out only the splits
 whose metrics the caller needs: a study asks for its objectives, `dlnn train` and a study's
 references and best trials for everything.
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Callable, Collection, Iterator
 
 import numpy as np
@@ -30,44 +29,16 @@ from torch import Tensor, nn
 
 from .data import Splits, StateSet, Trajectories
 from .lagrangian import inference_terms, regularized_solve
-from .metrics import energy_error, relative_mse, relative_se_per_sample, rollout_error, state_error, valid_prediction_steps
+from .metrics import (ALIASES, METRICS, ROLLOUT_HORIZONS, ROLLOUT_SPLITS, energy_error, relative_mse, relative_se_per_sample,
+                      rollout_error, state_error, valid_prediction_steps)
 from .rollout import rk4_step
 
-ROLLOUT_HORIZONS = (100, 500)
-ROLLOUT_SPLITS = ("test", "ood")
 ROLLOUT_SUBSTEPS = 2  # RK4 steps per sample of the true trajectories
 VALID_THRESHOLD = 0.1  # a rollout is "valid" until its state error passes 10 % of the mean true state norm
 EVAL_BATCH = 4096
 PROGRESS_EVERY = 25  # rollout steps between two progress calls
 
 EvalProgress = Callable[[str, int, int], None]  # (stage, done, total)
-
-
-@dataclass(frozen=True)
-class Metric:
-    """A metric a study can optimize: its natural direction, the pass that computes it ("states":
-    q̈ on held-out states, "rollout:<split>", "dissipation", "run": fit's own bookkeeping), whether
-    it needs the true system's equations (absent for data files), and whether it is an error that
-    spans decades (studies store those as log10)."""
-
-    direction: str
-    source: str
-    needs_system: bool = False
-    log_scale: bool = True
-
-
-ALIASES = {"rollout_error": "test_rollout_error", "energy_error": "test_energy_error"}  # the short names of the test split's
-METRICS: dict[str, Metric] = {
-    **{f"{s}_{m}": Metric("minimize", "states") for s in ("val", "test", "ood") for m in ("rel_mse", "rel_mse_median")},
-    **{f"{s}_{m}": Metric("minimize", f"rollout:{s}") for s in ROLLOUT_SPLITS for m in ("rollout_error", *(f"rollout_error_{h}" for h in ROLLOUT_HORIZONS))},
-    **{f"{s}_energy_error": Metric("minimize", f"rollout:{s}", needs_system=True) for s in ROLLOUT_SPLITS},
-    **{f"{s}_valid_steps": Metric("maximize", f"rollout:{s}", log_scale=False) for s in ROLLOUT_SPLITS},
-    "rollout_error": Metric("minimize", "rollout:test"),
-    "energy_error": Metric("minimize", "rollout:test", needs_system=True),
-    "dissipation_rel_error": Metric("minimize", "dissipation", needs_system=True),  # learned vs true deceleration from D
-    "wall_time_s": Metric("minimize", "run", log_scale=False),
-    "epochs": Metric("minimize", "run", log_scale=False),
-}
 
 
 def rollout_splits(metrics: Collection[str] | None) -> tuple[str, ...]:

@@ -16,6 +16,7 @@ from torch import Tensor
 from torch.func import grad, hessian, jvp, vmap
 
 from .errors import ConfigError, choose
+from .model_config import DEFAULT_METHOD, METHODS  # noqa: F401 (METHODS: the names DERIVATIVES implements)
 
 ScalarFn = Callable[[Tensor, Tensor], Tensor]  # (q [B, n], q̇ [B, n]) -> [B]
 
@@ -86,13 +87,12 @@ def _derivatives_loop(lagrangian: ScalarFn, q: Tensor, v: Tensor) -> tuple[Tenso
     return tuple(torch.cat(p, dim=0) for p in zip(*parts))  # type: ignore[return-value]
 
 
-METHODS: dict[str, Callable[[ScalarFn, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]] = {
+DERIVATIVES: dict[str, Callable[[ScalarFn, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]] = {  # one per METHODS
     "jvp": _derivatives_jvp,
     "autograd": _derivatives_autograd,
     "hessian": _derivatives_hessian,
     "loop": _derivatives_loop,
 }
-DEFAULT_METHOD = "autograd"  # fastest on CPU: benchmarks/acceleration.py
 
 
 def euler_lagrange_terms(
@@ -101,7 +101,7 @@ def euler_lagrange_terms(
     """∂²L/∂q̇² and the right-hand side of the dissipative Euler–Lagrange equation."""
     if q.ndim != 2 or q.shape != qdot.shape:
         raise ConfigError("q, qdot", (tuple(q.shape), tuple(qdot.shape)), "two tensors of the same shape [B, n]")
-    dl_dq, h_vv, mixed = choose(METHODS, method, "method")(lagrangian, q, qdot)
+    dl_dq, h_vv, mixed = choose(DERIVATIVES, method, "method")(lagrangian, q, qdot)
     rhs = dl_dq - mixed
     if dissipation is not None:
         rhs = rhs - grad(lambda v: dissipation(q, v).sum())(qdot)

@@ -1,17 +1,19 @@
 """Training losses on q̈, by the names users write in specs. Each maps (pred, true) [B, n] to a
 scalar. `l1_sum` is the LNN paper's sum of absolute errors: it grows with the batch size, so the
-batch size and the learning rate interact with it; every other form is a mean."""
+batch size and the learning rate interact with it; every other form is a mean.
+
+The forms that need more than tensor methods import torch when called: configs check loss names
+against LOSSES without importing torch."""
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
-from torch import Tensor
-from torch.nn import functional as F
+if TYPE_CHECKING:
+    from torch import Tensor
 
-LossFn = Callable[[Tensor, Tensor], Tensor]
+LossFn = Callable[["Tensor", "Tensor"], "Tensor"]
 
 
 def mse(pred: Tensor, true: Tensor) -> Tensor:
@@ -29,6 +31,8 @@ def l1_mean(pred: Tensor, true: Tensor) -> Tensor:
 
 def huber(pred: Tensor, true: Tensor) -> Tensor:
     """Quadratic for |error| < 1, linear beyond: a few exploding states do not dominate."""
+    from torch.nn import functional as F
+
     return F.huber_loss(pred, true, delta=1.0)
 
 
@@ -36,6 +40,9 @@ def log_cosh(pred: Tensor, true: Tensor) -> Tensor:
     """mean log cosh(error): quadratic for small errors, linear for large ones. Computed as
     log1p(2 sinh²(x/2)) for |x| < 10 (no cancellation in float32) and |x| + softplus(−2|x|) − log 2
     beyond (no overflow); each branch sees only its own inputs, so neither makes inf gradients."""
+    import torch
+    from torch.nn import functional as F
+
     x = (pred - true).abs()
     is_small = x < 10.0
     small = torch.where(is_small, x, torch.zeros_like(x))

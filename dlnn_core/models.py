@@ -6,19 +6,16 @@ Cholesky-factor networks, as in Deep Lagrangian Networks), which trains far bett
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
 
 from . import jets
 from .activations import get_activation
-from .errors import ConfigError, choose, collect, raise_all
-from .lagrangian import DEFAULT_METHOD, METHODS, Terms, euler_lagrange_acceleration, inference_terms
+from .errors import choose
+from .lagrangian import DERIVATIVES, Terms, euler_lagrange_acceleration, inference_terms
+from .model_config import DEFAULT_METHOD, ModelConfig
 from .systems import System
-
-MODEL_KINDS = ("dlnn", "lnn", "mlp")
-MODEL_FORMS = ("free", "structured")
 
 
 def _init_lnn(linears: list[nn.Linear]) -> None:
@@ -38,56 +35,7 @@ def _init_orthogonal(linears: list[nn.Linear]) -> None:
         nn.init.zeros_(layer.bias)
 
 
-INITS = {"default": lambda linears: None, "lnn": _init_lnn, "orthogonal": _init_orthogonal}
-INIT_CHOICES = ("auto", *INITS)  # auto: orthogonal for the free form, PyTorch's default otherwise
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """What network to build; every field is searchable from a study spec."""
-
-    kind: str = "dlnn"  # dlnn: L and D; lnn: L only (conserves energy); mlp: state -> q̈ directly
-    form: str = "free"  # free: MLP outputs L (and D); structured: Cholesky mass/damping matrices
-    hidden: int = 128
-    depth: int = 2  # hidden layers
-    activation: str = "softplus"
-    shared_trunk: bool = False  # one MLP with outputs for L and D (the published DLNN) vs two MLPs
-    nonneg_dissipation: bool = True  # free form: D = softplus(net) ≥ 0 instead of a raw output
-    angle_features: bool = True  # feed sin/cos of rotational coordinates instead of the angle
-    mass_eps: float = 1e-3  # structured form: M = LLᵀ + εI keeps ∂²L/∂q̇² invertible
-    init: str = "auto"  # auto, default (PyTorch), lnn (Cranmer et al. unit-scale), orthogonal (published DLNN)
-
-    def __post_init__(self) -> None:
-        """Check every field and raise one ConfigError naming all the bad ones."""
-        errors: list[ConfigError] = []
-        if self.kind not in MODEL_KINDS:
-            errors.append(ConfigError("model.kind", self.kind, MODEL_KINDS))
-        if self.form not in MODEL_FORMS:
-            errors.append(ConfigError("model.form", self.form, MODEL_FORMS))
-        for name in ("hidden", "depth"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                errors.append(ConfigError(f"model.{name}", value, "a positive integer"))
-        if self.init not in INIT_CHOICES:
-            errors.append(ConfigError("model.init", self.init, INIT_CHOICES))
-        if not (isinstance(self.mass_eps, (int, float)) and self.mass_eps > 0):
-            errors.append(ConfigError("model.mass_eps", self.mass_eps, "a positive number"))
-        collect(errors, get_activation, self.activation, for_lagrangian=self.kind != "mlp")
-        raise_all(errors)
-
-    @property
-    def init_scheme(self) -> str:
-        """The INITS entry to use. "auto" picks orthogonal for a free-form L and PyTorch's default
-        otherwise. Measured (damped pendulum, Adam 1e-3, swish 128, 30 epochs): the free form reaches
-        val_rel_mse 1.6e-4 from orthogonal but stalls near 1 from PyTorch's (1.08) or the LNN paper's
-        init (1.49); the structured form does better from PyTorch's (1.9e-6 against 1.9e-5). That was
-        one seed: over 3 seeds and 60 epochs benchmarks/science.py sees the free form at 0.54 ± 0.54."""
-        if self.init != "auto":
-            return self.init
-        return "orthogonal" if self.kind != "mlp" and self.form == "free" else "default"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+INITS = {"default": lambda linears: None, "lnn": _init_lnn, "orthogonal": _init_orthogonal}  # model_config.INIT_CHOICES but "auto"
 
 
 def mlp(in_dim: int, hidden: int, depth: int, out_dim: int, activation: str, for_lagrangian: bool = True, init: str = "default") -> nn.Sequential:
@@ -305,7 +253,7 @@ class LagrangianModel(nn.Module):
 
     def __init__(self, cfg: ModelConfig, system: System, method: str = DEFAULT_METHOD):
         super().__init__()
-        choose(METHODS, method, "method")
+        choose(DERIVATIVES, method, "method")
         features = StateFeatures(system.angles, cfg.angle_features)
         form = FreeLagrangian if cfg.form == "free" else StructuredLagrangian
         self.body = form(cfg, features, system.n, with_dissipation=cfg.kind == "dlnn")

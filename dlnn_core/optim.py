@@ -5,12 +5,17 @@ and the `OptimizerConfig` fields it reads (`reads`, the one place that says d0 a
 D-Adaptation/Prodigy, momentum only to momentum optimizers, betas only where n_betas > 0), and its
 sensible learning-rate range, so a spec can say "lr: per optimizer". One generic `build_optimizer`
 builds every entry. For D-Adaptation and Prodigy `lr` is a multiplier of the adapted step size d
-(around 1.0), not a step size. Classes are imported on build, so importing this module stays cheap.
+(around 1.0), not a step size.
 
-Schedules are driven explicitly by the training loop (timm's convention): `after_update(n)`
+Every scheduler entry is a frozen `SchedulerInfo` in the same way: the scheduler class (timm's where
+timm has one), the `SchedulerConfig` fields it reads, their defaults, and how they become the class's
+arguments. Schedules are driven explicitly by the training loop (timm's convention): `after_update(n)`
 after the n-th optimizer step and `after_epoch(e, metric)` after e completed epochs. Schedulers
 act on the param group's `lr`, which for D-Adaptation is the multiplier of d; that is what
 users who combine D-Adaptation with a cosine schedule do.
+
+Both registries name their classes as import strings, imported when an optimizer or schedule is built,
+so this module (which configs check names against) imports without torch.
 """
 
 from __future__ import annotations
@@ -20,11 +25,11 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
-import torch
-
 from .errors import choose
 
-if TYPE_CHECKING:  # config imports this module; only the type is needed here
+if TYPE_CHECKING:  # only the types: config imports this module, and torch is imported when something is built
+    import torch
+
     from .config import OptimizerConfig, SchedulerConfig
 
 # The OptimizerConfig settings an optimizer may take besides lr (which every optimizer takes).
@@ -59,8 +64,13 @@ class OptimInfo:
         return "d0" in self.reads
 
     def optimizer_class(self) -> type[torch.optim.Optimizer]:
-        module, cls = self.target.rsplit(".", 1)
-        return getattr(importlib.import_module(module), cls)
+        return _load(self.target)
+
+
+def _load(target: str) -> Any:
+    """The class named by "package.module.Class", imported now (registry entries name their classes)."""
+    module, name = target.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)
 
 
 _ADAPTIVE = frozenset({"weight_decay", "eps"})  # the torch adaptive-step optimizers without betas
@@ -154,72 +164,74 @@ class Schedule:
     after_epoch: Callable[[int, float], None]  # called with the number of epochs done and the validation metric
 
 
-def _none(cfg: "SchedulerConfig", optimizer, epochs: int, steps_per_epoch: int) -> Schedule:
-    return Schedule("none", None, _noop, _noop)
+@dataclass(frozen=True)
+class SchedulerInfo:
+    """One learning-rate schedule as data: its class, the `SchedulerConfig` fields it reads (`fields`,
+    the one place that says which settings apply to it), their defaults where the config leaves them
+    unset, and how they become the class's arguments for a run of `epochs` × `steps_per_epoch` updates."""
+
+    name: str
+    target: str | None  # "module.Class", imported on build; None: the lr stays constant
+    fields: tuple[str, ...]  # the SchedulerConfig fields it reads
+    arguments: Callable[["SchedulerConfig", int, int], dict[str, Any]]  # (cfg, epochs, steps_per_epoch) -> the class's keywords
+    defaults: Mapping[str, Any] = field(default_factory=dict, hash=False)  # values of fields the config leaves at None
+    timm: bool = True  # driven as timm's Scheduler (step_update per update, step per epoch); False: torch's ReduceLROnPlateau
+    description: str = ""
 
 
-def _cosine(cfg: "SchedulerConfig", optimizer, epochs: int, steps_per_epoch: int) -> Schedule:
+def _cosine(cfg: "SchedulerConfig", epochs: int, steps_per_epoch: int) -> dict[str, Any]:
     """timm's CosineLRScheduler: warm-up from warmup_lr_init over warmup_t epochs, then cosine
     cycles of t_initial epochs (default: the run split into cycle_limit cycles, i.e. cycle_limit − 1
     restarts), each cycle's peak scaled by cycle_decay, lr_min after the last cycle. Durations are
     in epochs; with interval="step" the schedule moves every update (timm t_in_epochs=False)."""
-    from timm.scheduler import CosineLRScheduler
-
     cycle = cfg.t_initial if cfg.t_initial is not None else epochs / cfg.cycle_limit
     per_update = cfg.interval == "step"
     unit = steps_per_epoch if per_update else 1
-    scheduler = CosineLRScheduler(
-        optimizer,
-        t_initial=max(1, round(cycle * unit)) if per_update else max(cycle, 1e-9),
-        lr_min=cfg.lr_min,
-        cycle_decay=cfg.cycle_decay,
-        cycle_limit=cfg.cycle_limit,
-        warmup_t=round(cfg.warmup_t * unit) if per_update else cfg.warmup_t,
-        warmup_lr_init=cfg.warmup_lr_init,
-        warmup_prefix=cfg.warmup_prefix,
-        t_in_epochs=not per_update,
-    )
-    if per_update:
-        return Schedule("cosine", scheduler, scheduler.step_update, _noop)
-    return Schedule("cosine", scheduler, _noop, lambda epoch, metric: scheduler.step(epoch))
-
-
-def _step(cfg: "SchedulerConfig", optimizer, epochs: int, steps_per_epoch: int) -> Schedule:
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.resolved_gamma())
-    return Schedule("step", scheduler, _noop, lambda epoch, metric: scheduler.step())
-
-
-def _exponential(cfg: "SchedulerConfig", optimizer, epochs: int, steps_per_epoch: int) -> Schedule:
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.resolved_gamma())
-    return Schedule("exponential", scheduler, _noop, lambda epoch, metric: scheduler.step())
-
-
-def _plateau(cfg: "SchedulerConfig", optimizer, epochs: int, steps_per_epoch: int) -> Schedule:
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.factor, patience=cfg.patience)
-    return Schedule("plateau", scheduler, _noop, lambda epoch, metric: scheduler.step(metric if math.isfinite(metric) else float("inf")))
-
-
-@dataclass(frozen=True)
-class SchedulerInfo:
-    name: str
-    factory: Callable[..., Schedule]  # (cfg, optimizer, epochs, steps_per_epoch) -> Schedule
-    fields: tuple[str, ...]  # the SchedulerConfig fields it reads
-    description: str = ""
+    return {
+        "t_initial": max(1, round(cycle * unit)) if per_update else max(cycle, 1e-9),
+        "lr_min": cfg.lr_min,
+        "cycle_decay": cfg.cycle_decay,
+        "cycle_limit": cfg.cycle_limit,
+        "warmup_t": round(cfg.warmup_t * unit) if per_update else cfg.warmup_t,
+        "warmup_lr_init": cfg.warmup_lr_init,
+        "warmup_prefix": cfg.warmup_prefix,
+        "t_in_epochs": not per_update,
+    }
 
 
 SCHEDULERS: dict[str, SchedulerInfo] = {
     info.name: info
     for info in (
-        SchedulerInfo("none", _none, (), "constant lr"),
-        SchedulerInfo("cosine", _cosine, ("interval", "warmup_t", "warmup_lr_init", "warmup_prefix", "lr_min", "t_initial", "cycle_limit", "cycle_decay"),
-                      "timm CosineLRScheduler with warm-up and restarts"),
-        SchedulerInfo("step", _step, ("step_size", "gamma"), "lr × gamma every step_size epochs (gamma default 0.5)"),
-        SchedulerInfo("exponential", _exponential, ("gamma",), "lr × gamma every epoch (gamma default 0.95)"),
-        SchedulerInfo("plateau", _plateau, ("patience", "factor"), "lr × factor when validation stalls for patience epochs"),
+        SchedulerInfo("none", None, (), lambda cfg, epochs, steps: {}, description="constant lr"),
+        SchedulerInfo("cosine", "timm.scheduler.CosineLRScheduler",
+                      ("interval", "warmup_t", "warmup_lr_init", "warmup_prefix", "lr_min", "t_initial", "cycle_limit", "cycle_decay"),
+                      _cosine, description="timm CosineLRScheduler with warm-up and restarts"),
+        # lr × gamma^(epochs // step_size), as torch's StepLR; exponential is the same with step_size 1
+        SchedulerInfo("step", "timm.scheduler.StepLRScheduler", ("step_size", "gamma"),
+                      lambda cfg, epochs, steps: {"decay_t": cfg.step_size, "decay_rate": cfg.resolved_gamma()},
+                      defaults={"gamma": 0.5}, description="lr × gamma every step_size epochs (gamma default 0.5)"),
+        SchedulerInfo("exponential", "timm.scheduler.StepLRScheduler", ("gamma",),
+                      lambda cfg, epochs, steps: {"decay_t": 1, "decay_rate": cfg.resolved_gamma()},
+                      defaults={"gamma": 0.95}, description="lr × gamma every epoch (gamma default 0.95)"),
+        # timm's PlateauLRScheduler is deprecated (it warns when built), so torch's is used
+        SchedulerInfo("plateau", "torch.optim.lr_scheduler.ReduceLROnPlateau", ("patience", "factor"),
+                      lambda cfg, epochs, steps: {"mode": "min", "factor": cfg.factor, "patience": cfg.patience},
+                      timm=False, description="lr × factor when validation stalls for patience epochs"),
     )
 }
+# The gamma a step or exponential schedule uses when the config leaves it unset (SchedulerConfig.resolved_gamma).
+DEFAULT_GAMMA = {name: info.defaults["gamma"] for name, info in SCHEDULERS.items() if "gamma" in info.defaults}
 
 
 def build_scheduler(cfg: "SchedulerConfig", optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int) -> Schedule:
-    """The schedule named by `cfg` for a run of `epochs` epochs of `steps_per_epoch` updates."""
-    return choose(SCHEDULERS, cfg.name, "scheduler.name").factory(cfg, optimizer, epochs, steps_per_epoch)
+    """The schedule named by `cfg` for a run of `epochs` epochs of `steps_per_epoch` updates. A timm
+    scheduler hears both hooks, as timm's own training loop calls it: `step_update` moves a per-update
+    schedule and `step` a per-epoch one, each ignoring the other. ReduceLROnPlateau reads the validation
+    metric after each epoch (a non-finite one counts as no improvement)."""
+    info = choose(SCHEDULERS, cfg.name, "scheduler.name")
+    if info.target is None:
+        return Schedule(info.name, None, _noop, _noop)
+    scheduler = _load(info.target)(optimizer, **info.arguments(cfg, epochs, steps_per_epoch))
+    if info.timm:
+        return Schedule(info.name, scheduler, scheduler.step_update, lambda epoch, metric: scheduler.step(epoch, metric))
+    return Schedule(info.name, scheduler, _noop, lambda epoch, metric: scheduler.step(metric if math.isfinite(metric) else float("inf")))

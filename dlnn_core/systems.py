@@ -1,20 +1,24 @@
 """Damped mechanical systems: closed-form Lagrangian L, Rayleigh dissipation D, energy, and
 equations of motion written out by hand (no autodiff), so the Euler–Lagrange code can be
-checked against them. All functions take q, q̇ of shape [B, n] and work in any float dtype."""
+checked against them. All functions take q, q̇ of shape [B, n] and work in any float dtype.
+
+They use tensor methods (and `_columns`, which imports torch when called), so building a system,
+as every DataConfig check does, imports no torch."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from .errors import ConfigError, choose
 
-StateFn = Callable[[Tensor, Tensor], Tensor]
+if TYPE_CHECKING:
+    from torch import Tensor
+
+StateFn = Callable[["Tensor", "Tensor"], "Tensor"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,13 @@ class System:
     def power_loss(self, q: Tensor, qdot: Tensor) -> Tensor:
         """−dE/dt = q̇·∂D/∂q̇ (= 2D for Rayleigh dissipation), the rate at which energy is lost."""
         return 2.0 * self.dissipation(q, qdot)
+
+
+def _columns(*columns: Tensor) -> Tensor:
+    """[B] columns side by side: [B, k]."""
+    import torch
+
+    return torch.stack(columns, dim=-1)
 
 
 def _check_params(name: str, defaults: dict[str, float], given: Mapping[str, float]) -> dict[str, float]:
@@ -89,10 +100,10 @@ def damped_pendulum(**given: float) -> System:
     m, l, g, rho = p["m"], p["l"], p["g"], p["rho"]
     return System(
         name="damped_pendulum", n=1, angles=(True,), params=p,
-        lagrangian=lambda q, v: 0.5 * m * l**2 * v[:, 0] ** 2 + m * g * l * torch.cos(q[:, 0]),
+        lagrangian=lambda q, v: 0.5 * m * l**2 * v[:, 0] ** 2 + m * g * l * q[:, 0].cos(),
         dissipation=lambda q, v: 0.5 * rho * v[:, 0] ** 2,
-        energy=lambda q, v: 0.5 * m * l**2 * v[:, 0] ** 2 - m * g * l * torch.cos(q[:, 0]),
-        eom=lambda q, v: (-m * g * l * torch.sin(q) - rho * v) / (m * l**2),
+        energy=lambda q, v: 0.5 * m * l**2 * v[:, 0] ** 2 - m * g * l * q[:, 0].cos(),
+        eom=lambda q, v: (-m * g * l * q.sin() - rho * v) / (m * l**2),
         q_range=((-math.pi, math.pi),), qdot_range=((-6.0, 6.0),),
     )
 
@@ -105,19 +116,19 @@ def damped_double_pendulum(**given: float) -> System:
 
     def kinetic(q: Tensor, v: Tensor) -> Tensor:
         w1, w2 = v[:, 0], v[:, 1]
-        return 0.5 * (m1 + m2) * l1**2 * w1**2 + 0.5 * m2 * l2**2 * w2**2 + m2 * l1 * l2 * w1 * w2 * torch.cos(q[:, 0] - q[:, 1])
+        return 0.5 * (m1 + m2) * l1**2 * w1**2 + 0.5 * m2 * l2**2 * w2**2 + m2 * l1 * l2 * w1 * w2 * (q[:, 0] - q[:, 1]).cos()
 
     def potential(q: Tensor) -> Tensor:
-        return -(m1 + m2) * g * l1 * torch.cos(q[:, 0]) - m2 * g * l2 * torch.cos(q[:, 1])
+        return -(m1 + m2) * g * l1 * q[:, 0].cos() - m2 * g * l2 * q[:, 1].cos()
 
     def eom(q: Tensor, v: Tensor) -> Tensor:
         t1, t2, w1, w2 = q[:, 0], q[:, 1], v[:, 0], v[:, 1]
-        c, s = torch.cos(t1 - t2), torch.sin(t1 - t2)
+        c, s = (t1 - t2).cos(), (t1 - t2).sin()
         a11, a12, a22 = (m1 + m2) * l1**2, m2 * l1 * l2 * c, m2 * l2**2
-        f1 = -m2 * l1 * l2 * w2**2 * s - (m1 + m2) * g * l1 * torch.sin(t1) - rho * (2 * w1 - w2)
-        f2 = m2 * l1 * l2 * w1**2 * s - m2 * g * l2 * torch.sin(t2) - rho * (w2 - w1)
+        f1 = -m2 * l1 * l2 * w2**2 * s - (m1 + m2) * g * l1 * t1.sin() - rho * (2 * w1 - w2)
+        f2 = m2 * l1 * l2 * w1**2 * s - m2 * g * l2 * t2.sin() - rho * (w2 - w1)
         det = a11 * a22 - a12 * a12
-        return torch.stack([(a22 * f1 - a12 * f2) / det, (a11 * f2 - a12 * f1) / det], dim=-1)
+        return _columns((a22 * f1 - a12 * f2) / det, (a11 * f2 - a12 * f1) / det)
 
     return System(
         name="damped_double_pendulum", n=2, angles=(True, True), params=p,
@@ -139,13 +150,13 @@ def damped_spring_pendulum(**given: float) -> System:
         return 0.5 * m * (v[:, 0] ** 2 + q[:, 0] ** 2 * v[:, 1] ** 2)
 
     def potential(q: Tensor) -> Tensor:
-        return 0.5 * k * (q[:, 0] - l0) ** 2 - m * g * q[:, 0] * torch.cos(q[:, 1])
+        return 0.5 * k * (q[:, 0] - l0) ** 2 - m * g * q[:, 0] * q[:, 1].cos()
 
     def eom(q: Tensor, v: Tensor) -> Tensor:
         r, th, rd, thd = q[:, 0], q[:, 1], v[:, 0], v[:, 1]
-        rdd = r * thd**2 - (k / m) * (r - l0) + g * torch.cos(th) - (rho / m) * rd
-        thdd = -2 * rd * thd / r - (g / r) * torch.sin(th) - (rho / m) * thd
-        return torch.stack([rdd, thdd], dim=-1)
+        rdd = r * thd**2 - (k / m) * (r - l0) + g * th.cos() - (rho / m) * rd
+        thdd = -2 * rd * thd / r - (g / r) * th.sin() - (rho / m) * thd
+        return _columns(rdd, thdd)
 
     r_eq = l0 + m * g / k
     return System(
@@ -166,6 +177,27 @@ SYSTEMS: dict[str, Callable[..., System]] = {
 }
 
 
+DECLARED = "declared"  # the data.system value of a system declared in the spec (declared.py)
+
+
 def get_system(name: str, **params: float) -> System:
     """Build a registered system; unknown names fail with the list of known ones."""
     return choose(SYSTEMS, name, "data.system")(**params)
+
+
+def make_system(system: str, params: Mapping[str, Any], declared: Mapping[str, Any] | None) -> System:
+    """The system `data.system` names: a built-in (SYSTEMS), "declared" (from `declared`, a
+    canonical declaration) or "package.module:factory". declared.py builds the last two; it
+    compiles and checks them with torch, so it is imported only for them."""
+    if system == DECLARED:
+        from .declared import declared_system
+
+        return declared_system(declared, params)
+    if isinstance(system, str) and ":" in system:
+        from .declared import entry_point_system
+
+        return entry_point_system(system, params)
+    if not isinstance(system, str) or system not in SYSTEMS:
+        raise ConfigError("data.system", system, f"a built-in system ({', '.join(sorted(SYSTEMS))}), "
+                          f'"{DECLARED}" with a data.declared table, or an entry point "package.module:factory"')
+    return SYSTEMS[system](**params)

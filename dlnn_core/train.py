@@ -25,6 +25,7 @@ from torch import nn
 from .atomic import write_atomic
 from .config import TrainConfig
 from .data import Splits, load_data, samples_per_trajectory, trajectory_windows
+from .device import parse_device
 from .errors import ConfigError
 from .evaluate import evaluate
 from .losses import LOSSES
@@ -71,15 +72,15 @@ class FitResult:
 
 def resolve_device(name: str) -> torch.device:
     """"auto" -> cuda when available, else cpu; a CUDA device that is not there is a config error."""
-    if name == "auto":
+    device = parse_device(name)
+    if device.kind == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
+    if device.kind == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError("device", name, "'auto' or 'cpu' (CUDA is not available here)")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ConfigError("device", name, [f"cuda:{i}" for i in range(torch.cuda.device_count())])
-    return device
+    return torch.device(str(device))
 
 
 def describe_device(device: torch.device) -> str:

@@ -27,7 +27,8 @@ from service_support import REPO, fake_fit, tiny_spec, write_spec
 
 from dlnn_studies.cli import main as cli
 from dlnn_studies.store import datasets
-from dlnn_studies.store.artifacts import DirectoryStore, S3Store, StoreURL, artifacts_url, open_store, parse_artifacts
+from dlnn_studies.store.artifacts import DirectoryStore, S3Store, exists, open_store
+from dlnn_studies.store.urls import StoreURL, artifacts_url, parse_artifacts
 from dlnn_studies.errors import UsageError
 
 # ----------------------------------------------------------------------------- fixtures
@@ -223,7 +224,7 @@ def test_interrupted_transfers_leave_no_half_file(store_url, tmp_path):
     key = datasets.dataset_key(sha(data))
     with pytest.raises(ConnectionResetError):
         store.write(key, _Breaks(data, 1 << 20))
-    assert not datasets.exists(store, key)  # an upload cut midway leaves nothing under the key
+    assert not exists(store, key)  # an upload cut midway leaves nothing under the key
     if isinstance(store, DirectoryStore):
         assert [p.name for p in Path(store_url, "datasets").iterdir()] == []
 

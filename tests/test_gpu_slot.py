@@ -16,6 +16,9 @@ from dlnn_studies.ops.gpu_slot import Gpu, SlotError, claim_gpu_slot, claim_slot
 
 ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 REPO = Path(__file__).resolve().parents[1]
+# A worker process's first step: it claims its slot before anything has loaded torch.
+CLAIMER = ("import os, sys, time; from dlnn_studies.ops import gpu_slot as m; "
+           "assert 'torch' not in sys.modules, sorted(sys.modules); ")
 
 
 @pytest.fixture
@@ -68,12 +71,9 @@ def test_a_released_slot_is_taken_again(db, claims):
 def test_a_killed_workers_slot_frees_up_for_a_waiting_one(db, claims):
     """A worker process holding GPU 0 is SIGKILLed; a waiting claimer then gets GPU 0."""
     storage, dsn = db
-    env = {**os.environ, "DLNN_GPU_COUNT": "1"}
+    env = {**os.environ, "DLNN_GPU_COUNT": "1", "PYTHONPATH": str(REPO)}
     env.pop("CUDA_VISIBLE_DEVICES", None)
-    # Load the module by path: the worker process needs nothing else to claim its slot.
-    code = ("import importlib.util, os, sys, time; "
-            f"spec = importlib.util.spec_from_file_location('gpu_slot', {str(REPO / 'dlnn_studies' / 'ops' / 'gpu_slot.py')!r}); "
-            "m = importlib.util.module_from_spec(spec); sys.modules['gpu_slot'] = m; spec.loader.exec_module(m); "
+    code = (CLAIMER +
             f"m.claim_gpu_slot({storage!r}); print(os.environ['CUDA_VISIBLE_DEVICES'], flush=True); time.sleep(60)")
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
     try:
@@ -197,11 +197,9 @@ def test_file_locks_spread_over_gpus_and_a_full_host_finds_none(tmp_path, claims
 def test_a_killed_workers_file_lock_frees_its_slot(tmp_path, claims):
     """SIGKILL leaves no chance to clean up: the kernel drops the flock with the process."""
     lock_dir = str(tmp_path / "slots")
-    env = {**os.environ, "DLNN_GPU_COUNT": "1", "DLNN_GPU_LOCK_DIR": lock_dir}
+    env = {**os.environ, "DLNN_GPU_COUNT": "1", "DLNN_GPU_LOCK_DIR": lock_dir, "PYTHONPATH": str(REPO)}
     env.pop("CUDA_VISIBLE_DEVICES", None)
-    code = ("import importlib.util, os, sys, time; "
-            f"spec = importlib.util.spec_from_file_location('gpu_slot', {str(REPO / 'dlnn_studies' / 'ops' / 'gpu_slot.py')!r}); "
-            "m = importlib.util.module_from_spec(spec); sys.modules['gpu_slot'] = m; spec.loader.exec_module(m); "
+    code = (CLAIMER +
             "m.claim_gpu_slot('sqlite:///unused.db'); print(os.environ['CUDA_VISIBLE_DEVICES'], flush=True); time.sleep(60)")
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
     try:

@@ -22,7 +22,7 @@ from dlnn_core.config import LIMITS, PRESETS, TrainConfig
 from dlnn_studies.cli import main as cli
 from dlnn_studies.study.launch import launch
 from dlnn_studies.spec.schema import SpecError, load_spec, parse_spec
-from dlnn_studies.store.storage import normalize_url
+from dlnn_studies.store.urls import normalize_url
 from dlnn_studies.study.worker import run_worker
 
 

@@ -8,7 +8,7 @@ import yaml
 
 from composefile import REPO, duration_s, example_env, load_compose, resolve, service_env
 from dlnn_studies.cli.main import commands
-from dlnn_studies.store import proxy_client
+from dlnn_studies.store import urls
 
 K8S = REPO / "deploy" / "k8s"
 SECRET_WORDS = re.compile(r"PASSWORD|SECRET|TOKEN|PASSWD|API_KEY", re.I)
@@ -155,9 +155,9 @@ def test_proxy_manifest_matches_the_worker_url_it_documents(manifests):
     argv = container["command"]
     assert argv[:2] == ["dlnn", "proxy"]
     port = int(argv[argv.index("--port") + 1])
-    assert service["spec"]["ports"][0]["targetPort"] == port == proxy_client.DEFAULT_PORT
+    assert service["spec"]["ports"][0]["targetPort"] == port == urls.DEFAULT_PROXY_PORT
     documented = re.search(r"grpc://[\w.-]+:\d+", (K8S / "proxy.yaml").read_text()).group()
-    address = proxy_client.parse_proxy_url(documented)
+    address = urls.parse_proxy_url(documented)
     assert (address.host, address.port) == (service["metadata"]["name"], service["spec"]["ports"][0]["port"])
     env = _env(container, _config(manifests))
-    assert not proxy_client.is_proxy_url(env["DLNN_STORAGE"])  # the proxy itself talks to the database
+    assert not urls.is_grpc(env["DLNN_STORAGE"])  # the proxy itself talks to the database

@@ -286,6 +286,24 @@ def test_step_exponential_and_plateau_decay_per_epoch():
     assert plateau[:5] == pytest.approx([1, 1, 1, 1, 1]) and plateau[5] == pytest.approx(0.1)
 
 
+@pytest.mark.parametrize("cfg, torch_class, arguments", [
+    (SchedulerConfig(name="step", step_size=7, gamma=0.7), "StepLR", {"step_size": 7, "gamma": 0.7}),
+    (SchedulerConfig(name="exponential"), "ExponentialLR", {"gamma": 0.95}),
+])
+def test_timm_step_schedules_trace_torchs_curves(cfg, torch_class, arguments):
+    """step and exponential are timm's StepLRScheduler (gamma^(epochs // step_size)); torch's StepLR and
+    ExponentialLR multiply epoch by epoch: the curves agree to rounding over a long run."""
+    ours = [row[0] for row in trace(cfg, epochs=60, steps=1, lr=0.3)]
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.3)
+    reference = getattr(torch.optim.lr_scheduler, torch_class)(opt, **arguments)
+    theirs = []
+    for _ in range(60):
+        theirs.append(opt.param_groups[0]["lr"])
+        reference.step()
+    assert type(build_scheduler(cfg, opt, 60, 1).scheduler).__module__.startswith("timm.")
+    assert ours == pytest.approx(theirs, rel=1e-12, abs=0)
+
+
 # ----------------------------------------------------------------------------- losses
 
 

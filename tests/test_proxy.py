@@ -13,22 +13,22 @@ from service_support import REPO, create_pg_database, drop_pg_database, free_por
 
 from dlnn_studies.ops import proxy
 from dlnn_studies.spec.schema import parse_spec
-from dlnn_studies.store import proxy_client
+from dlnn_studies.store import proxy_client, urls
 from dlnn_studies.store.storage import normalize_url
 from dlnn_studies.study.launch import launch
 from dlnn_studies.study.status import status
 
 
 def test_parse_proxy_url():
-    assert proxy_client.parse_proxy_url("grpc://dlnn-proxy:13001") == proxy_client.ProxyAddress("dlnn-proxy", 13001)
-    assert proxy_client.parse_proxy_url("grpc://proxy") == proxy_client.ProxyAddress("proxy", 13000)
-    assert proxy_client.parse_proxy_url("grpc://[::1]:9") .url == "grpc://[::1]:9"
-    assert proxy_client.is_proxy_url("GRPC://x:1") and not proxy_client.is_proxy_url("postgresql://u@h/db")
+    assert urls.parse_proxy_url("grpc://dlnn-proxy:13001") == urls.ProxyAddress("dlnn-proxy", 13001)
+    assert urls.parse_proxy_url("grpc://proxy") == urls.ProxyAddress("proxy", 13000)
+    assert urls.parse_proxy_url("grpc://[::1]:9") .url == "grpc://[::1]:9"
+    assert urls.is_grpc("GRPC://x:1") and not urls.is_grpc("postgresql://u@h/db")
     for bad, msg in [("grpc://:13000", "no host"), ("grpc://h:99999", "bad port"), ("grpc://h:x", "bad port"),
                      ("grpc://u:pw@h:1", "only grpc://host:port"), ("grpc://h:1/db", "only grpc://host:port"),
                      ("postgresql://h/db", "not a gRPC proxy")]:
         with pytest.raises(ValueError, match=msg):
-            proxy_client.parse_proxy_url(bad)
+            urls.parse_proxy_url(bad)
     with pytest.raises(ValueError, match="needs the database URL"):
         proxy.backend_storage("grpc://h:1")
 

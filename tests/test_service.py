@@ -26,7 +26,7 @@ from dlnn_studies.study.launch import launch
 from dlnn_studies.study.status import status
 from dlnn_studies.spec.space import lr_from_position
 from dlnn_studies.spec.schema import load_spec
-from dlnn_studies.store.storage import normalize_url
+from dlnn_studies.store.urls import normalize_url
 from dlnn_studies.study.worker import run_worker
 
 

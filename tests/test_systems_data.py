@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from dlnn_core import ConfigError, DataConfig, ModelConfig, build_model, get_system, load_data, rollout
+from dlnn_core import ConfigError, DataConfig, ModelConfig, build_model, get_system, load_data
+from dlnn_core.rollout import rollout
 from dlnn_core.data import generate, integrate
 from dlnn_core.metrics import angle_difference, state_error, valid_prediction_steps
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from dlnn_core.errors import ConfigError
 
 from ..errors import UsageError
-from ..store.proxy_client import DEFAULT_PORT
+from ..store.urls import DEFAULT_PROXY_PORT, ENV_STORAGE, is_grpc, normalize_url
 
 ENV_STUDIES = "DLNN_STUDIES"
 STUDIES_DIR = Path("studies")
@@ -75,11 +75,11 @@ def launch_all(env: Mapping[str, str] = os.environ) -> int:
 
 def storage_state(url: str, study: str | None = None) -> str | None:
     """None when the storage has the schema (and `study`), else why not yet."""
-    from ..store import proxy_client as proxy
-
     try:
-        if proxy.is_proxy_url(url):
-            storage = proxy.connect(url, timeout=5)
+        if is_grpc(url):
+            from ..store.proxy_client import connect
+
+            storage = connect(url, timeout=5)
             try:
                 if study is not None:
                     storage.get_study_id_from_name(study)
@@ -88,7 +88,7 @@ def storage_state(url: str, study: str | None = None) -> str | None:
             return None
         import sqlalchemy
 
-        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        engine = sqlalchemy.create_engine(normalize_url(url), poolclass=sqlalchemy.pool.NullPool)
         try:
             with engine.connect() as conn:
                 if not sqlalchemy.inspect(conn).has_table("version_info"):
@@ -127,7 +127,7 @@ def wait_for(url: str, study: str | None = None, timeout_s: float = 600.0, poll_
 
 
 def _storage(p: argparse.ArgumentParser, what: str = "") -> None:
-    p.add_argument("--storage", default=os.environ.get("DLNN_STORAGE"), metavar="URL", help=f"{what}default $DLNN_STORAGE")
+    p.add_argument("--storage", default=os.environ.get(ENV_STORAGE), metavar="URL", help=f"{what}default ${ENV_STORAGE}")
 
 
 def _need_storage(args: argparse.Namespace) -> str:
@@ -159,7 +159,7 @@ def run_wait(args: argparse.Namespace) -> int:
 def configure_proxy(p: argparse.ArgumentParser) -> None:
     _storage(p, "database URL to serve (PostgreSQL in production); ")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0: a cluster service)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    p.add_argument("--port", type=int, default=DEFAULT_PROXY_PORT, help=f"port (default {DEFAULT_PROXY_PORT})")
     p.add_argument("--threads", type=int, default=16, help="gRPC threads = database connections (default 16)")
 
 

@@ -11,11 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dlnn_core.errors import shorten
+from dlnn_core.device import parse_device
+from dlnn_core.errors import ConfigError, shorten
 
 from ..errors import UsageError
-from ..store.artifacts import DEFAULT_ARTIFACTS, ENV_ARTIFACTS, argument, artifacts_url
-from ..store.storage import ENV_STORAGE, redact, storage_url
+from ..store.urls import DEFAULT_ARTIFACTS, ENV_ARTIFACTS, ENV_STORAGE, argument, artifacts_url, redact, storage_url
 
 
 def _storage(p: argparse.ArgumentParser) -> None:
@@ -55,9 +55,10 @@ def _port(text: str) -> int:
 
 
 def _device(text: str) -> str:
-    if text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
-        return text
-    raise argparse.ArgumentTypeError(f"{text!r}: expected auto, cpu, cuda or cuda:K")
+    try:
+        return str(parse_device(text, "--device"))
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(f"{shorten(repr(text))}: expected {exc.allowed}") from None
 
 
 # ------------------------------------------------------------------------------------ launch
@@ -129,11 +130,11 @@ def configure_status(p: argparse.ArgumentParser) -> None:
 
 def run_status(args: argparse.Namespace) -> int:
     """Trials by state, best value and config, running trials, recent failures."""
-    from ..study.status import format_status, status
-
     url = storage_url(args.storage)
     if args.study is None:
         return _list_studies(url, args.json)
+    from ..study.status import format_status, status
+
     s = status(url, args.study)
     print(json.dumps(s, indent=2, default=str) if args.json else format_status(s))
     return 0

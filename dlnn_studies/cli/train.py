@@ -23,7 +23,7 @@ def _configure_config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help=f"a .json/.yaml/.yml TrainConfig file, or a preset name ({', '.join(PRESETS)})")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a setting by its dotted name, e.g. optimizer.lr=1e-3 or data.params.rho=0.2 (repeatable)")
-    from ..store.artifacts import argument
+    from ..store.urls import argument
 
     parser.add_argument("--artifacts", default=None, metavar="STORE", type=argument,
                         help="artifact store to fetch the config's data file from by its sha256 (data.file_sha256): a directory or "
@@ -82,8 +82,9 @@ def local_data(config: TrainConfig, artifacts: str | None) -> TrainConfig:
     """The config with its pinned dataset file (if any) resolved to a verified local copy: fetched
     from the store by hash, a cached copy, or the named file only if its hash matches; otherwise
     a UsageError that names the file and the sha256 it needs."""
-    from ..store.artifacts import artifacts_url, open_store
+    from ..store.artifacts import open_store
     from ..store.datasets import config_file, localize, short
+    from ..store.urls import artifacts_url
 
     file, sha256 = config_file(config)
     if file is None:

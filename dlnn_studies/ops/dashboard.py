@@ -19,7 +19,8 @@ from typing import Callable, Iterable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from ..errors import UsageError
-from ..store.storage import artifact_store, close_storage, open_storage, redact
+from ..store.storage import artifact_store, close_storage, open_storage
+from ..store.urls import redact
 
 ENV_USER = "DLNN_DASHBOARD_USER"
 ENV_PASSWORD = "DLNN_DASHBOARD_PASSWORD"

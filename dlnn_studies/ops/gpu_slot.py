@@ -9,7 +9,7 @@ lock is one of:
   process dies, however it dies. It must be local to the host (not NFS): the GPUs are the host's.
 - else a PostgreSQL advisory lock on a session kept open for the worker's lifetime (one more database
   connection per GPU worker); it works across hosts and containers without a shared directory.
-This module must not import torch (or dlnn_core, which does).
+This module must not import torch: of the project it reads only dlnn_core/device.py and store/urls.py.
 
 Environment (all optional):
   WORKERS_PER_GPU       slots per GPU (default 1); small DLNNs leave a GPU mostly idle, so 2-4 pays.
@@ -37,6 +37,10 @@ import threading
 import time
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
+
+from dlnn_core.device import parse_device
+
+from ..store.urls import libpq_url, scheme
 
 log = logging.getLogger("dlnn.gpu_slot")
 
@@ -137,11 +141,7 @@ def lock_url(storage_url: str | None, env: Mapping[str, str] = os.environ) -> st
 
     SQLAlchemy's `postgresql+psycopg2://` becomes libpq's `postgresql://`; a password left out of the URL
     comes from PGPASSWORD, as libpq does it."""
-    url = env.get("DLNN_GPU_LOCK_URL", "").strip() or (storage_url or "").strip()
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme.split("+")[0] not in ("postgresql", "postgres"):
-        return None
-    return "postgresql://" + rest
+    return libpq_url(env.get("DLNN_GPU_LOCK_URL", "").strip() or storage_url)
 
 
 def slot_key(gpu: Gpu, slot: int, namespace: str = "default") -> int:
@@ -371,9 +371,9 @@ def claim_gpu_slot(storage_url: str | None = None, device: str = "auto",
     DLNN_GPU_SLOTS=off, or a host without GPUs. With DLNN_GPU_LOCK_DIR the lock is a file lock there;
     otherwise storage other than PostgreSQL cannot hold the locks: with one slot in all that is fine, with
     more it needs DLNN_GPU_LOCK_URL or DLNN_GPU_LOCK_DIR (SlotError otherwise)."""
-    device = (device or "auto").strip().lower()
+    parsed = parse_device(device or "auto", "--device")
     settings = settings_from_env(env)
-    if not settings.enabled or device == "cpu" or re.fullmatch(r"cuda:\d+", device) or "CUDA_VISIBLE_DEVICES" in env:
+    if not settings.enabled or parsed.kind == "cpu" or parsed.index is not None or "CUDA_VISIBLE_DEVICES" in env:
         return None
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():
@@ -388,7 +388,7 @@ def claim_gpu_slot(storage_url: str | None = None, device: str = "auto",
         if dsn is None:
             if len(gpus) * settings.per_gpu == 1:
                 return None
-            raise SlotError(f"{len(gpus)} GPUs but storage {_scheme(storage_url)!r} cannot hold GPU slot locks: use "
+            raise SlotError(f"{len(gpus)} GPUs but storage {scheme(storage_url)!r} cannot hold GPU slot locks: use "
                             "PostgreSQL, set DLNN_GPU_LOCK_DIR or DLNN_GPU_LOCK_URL, pin CUDA_VISIBLE_DEVICES, "
                             "or set DLNN_GPU_SLOTS=off")
         claim = claim_slot(dsn, gpus, settings.per_gpu, settings.namespace, settings.wait_s)
@@ -399,10 +399,6 @@ def claim_gpu_slot(storage_url: str | None = None, device: str = "auto",
     print(f"dlnn: GPU slot claimed: GPU {claim.gpu.index} slot {claim.slot} of {settings.per_gpu} "
           f"(CUDA_VISIBLE_DEVICES={claim.gpu.visible_id})", file=sys.stderr, flush=True)
     return claim
-
-
-def _scheme(url: str | None) -> str:
-    return (url or "").partition("://")[0] or "sqlite"
 
 
 def slots_in_use(dsn: str, gpus: list[Gpu], per_gpu: int = 1, namespace: str = "default") -> dict[tuple[int, int], int]:

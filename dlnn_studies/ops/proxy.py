@@ -14,21 +14,21 @@ import threading
 
 import optuna
 
-from ..store.proxy_client import DEFAULT_PORT, ProxyAddress, is_proxy_url, require_grpc
-from ..store.storage import redact
+from ..store.proxy_client import require_grpc
+from ..store.urls import DEFAULT_PROXY_PORT, ProxyAddress, is_grpc, is_sqlite, redact
 
 
 def backend_storage(storage_url: str, pool_size: int = 16) -> optuna.storages.BaseStorage:
     """The proxy's own storage: PostgreSQL with a bounded, pre-pinged pool behind Optuna's trial cache."""
-    if is_proxy_url(storage_url):
+    if is_grpc(storage_url):
         raise ValueError(f"storage: {storage_url!r} is a proxy; the proxy needs the database URL itself")
     engine_kwargs = {}
-    if not storage_url.startswith("sqlite"):
+    if not is_sqlite(storage_url):
         engine_kwargs = {"pool_size": pool_size, "max_overflow": 0, "pool_pre_ping": True, "pool_recycle": 1800}
     return optuna.storages.get_storage(optuna.storages.RDBStorage(storage_url, engine_kwargs=engine_kwargs))
 
 
-def serve(storage_url: str, host: str = "0.0.0.0", port: int = DEFAULT_PORT, *, threads: int = 16,
+def serve(storage_url: str, host: str = "0.0.0.0", port: int = DEFAULT_PROXY_PORT, *, threads: int = 16,
           stop: threading.Event | None = None, grace_s: float = 10.0) -> None:
     """Serve `storage_url` over gRPC until `stop` is set (by default: until SIGTERM or SIGINT)."""
     from concurrent.futures import ThreadPoolExecutor

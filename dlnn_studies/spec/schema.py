@@ -41,9 +41,10 @@ from dlnn_core import ACTIVATIONS, METHODS, MODEL_FORMS, MODEL_KINDS, SYSTEMS, C
 from dlnn_core.activations import ZERO_CURVATURE
 from dlnn_core.config import LIMITS, PRESETS, TrainConfig
 from dlnn_core.dotted import flatten
-from dlnn_core.evaluate import METRICS as EVAL_METRICS
+from dlnn_core.errors import DeclarationError
 from dlnn_core.losses import LOSSES
-from dlnn_core.models import INIT_CHOICES
+from dlnn_core.metrics import METRICS as EVAL_METRICS
+from dlnn_core.model_config import INIT_CHOICES
 from dlnn_core.optim import OPTIMIZERS, SCHEDULERS, reads
 
 from ..errors import UsageError
@@ -51,7 +52,7 @@ from .names import name_problem
 from .samplers import PRUNERS, SAMPLERS, check_options
 from .space import PARENTS, Param, describe, params_for
 
-# Metrics a study can optimize, with their natural direction: dlnn_core.evaluate.METRICS is the one list.
+# Metrics a study can optimize, with their natural direction: dlnn_core.metrics.METRICS is the one list.
 METRICS: dict[str, str] = {name: m.direction for name, m in EVAL_METRICS.items()}
 # Metrics that need the true system's equations: absent for data files, so no objective there.
 NEEDS_SYSTEM = frozenset(name for name, m in EVAL_METRICS.items() if m.needs_system)

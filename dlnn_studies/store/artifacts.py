@@ -1,4 +1,4 @@
-"""Where artifacts live: one URL, one parser, for every command that takes `--artifacts`.
+"""Where artifacts live: the stores behind every command's `--artifacts` (urls.py reads the value).
 
 An artifact store holds the trials' checkpoints and plots, the report's figures and each study's
 dataset file. It is either
@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -32,82 +30,7 @@ import optuna
 from dlnn_core.atomic import write_atomic
 
 from ..errors import UsageError
-
-ENV_ARTIFACTS = "DLNN_ARTIFACTS"
-DEFAULT_ARTIFACTS = "dlnn_artifacts"
-SCHEMES = ("a directory path", "file:///PATH", "s3://BUCKET/PREFIX")
-ENDPOINT_ENVS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")  # boto3's own order: the service-specific one first
-
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")  # S3's bucket naming rules (3-63 chars)
-
-
-@dataclass(frozen=True)
-class StoreURL:
-    """A parsed `--artifacts` value: kind "dir" (path) or "s3" (bucket, prefix without slashes at its ends)."""
-
-    kind: str
-    path: str = ""
-    bucket: str = ""
-    prefix: str = ""
-
-    def __str__(self) -> str:
-        if self.kind == "s3":
-            return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
-        return self.path
-
-
-def parse_artifacts(text: str | os.PathLike) -> StoreURL:
-    """A directory path, `file:///PATH` or `s3://BUCKET[/PREFIX]`; anything else is a UsageError
-    that names the accepted forms."""
-    if isinstance(text, os.PathLike):
-        return StoreURL("dir", path=os.fspath(text))
-    if not isinstance(text, str) or not text.strip():
-        raise UsageError(f"--artifacts {text!r}: expected {', '.join(SCHEMES)}")
-    text = text.strip()
-    scheme, sep, rest = text.partition("://")
-    if not sep:
-        return StoreURL("dir", path=text)
-    scheme = scheme.lower()
-    if scheme == "file":
-        if not rest.startswith("/"):
-            raise UsageError(f"--artifacts {text!r}: a file URL needs an absolute path (file:///data/artifacts)")
-        return StoreURL("dir", path=rest)
-    if scheme != "s3":
-        raise UsageError(f"--artifacts {text!r}: unknown scheme {scheme!r}; expected {', '.join(SCHEMES)}")
-    bucket, _, prefix = rest.partition("/")
-    if "@" in bucket or ":" in bucket:  # checked first: the message must not repeat a secret
-        raise UsageError(f"--artifacts s3://...: credentials or a port do not belong in the URL; set AWS_ACCESS_KEY_ID / "
-                         f"AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and {ENDPOINT_ENVS[1]} in the environment")
-    if any(c in rest for c in "?#"):
-        raise UsageError(f"--artifacts {text!r}: an s3 URL takes no query or fragment (the endpoint comes from "
-                         f"{' or '.join(ENDPOINT_ENVS)})")
-    if not _BUCKET.match(bucket) or ".." in bucket:
-        raise UsageError(f"--artifacts {text!r}: {bucket!r} is not an S3 bucket name (3-63 lowercase letters, digits, '.', '-')")
-    prefix = prefix.strip("/")
-    if any(part in ("", ".", "..") for part in prefix.split("/")) and prefix:
-        raise UsageError(f"--artifacts {text!r}: the prefix {prefix!r} has an empty, '.' or '..' part")
-    return StoreURL("s3", bucket=bucket, prefix=prefix)
-
-
-def argument(text: str) -> str:
-    """argparse `type=` for --artifacts: the normalized URL, or the parser's own error (exit 1)."""
-    import argparse
-
-    try:
-        return str(parse_artifacts(text))
-    except UsageError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix("--artifacts ")) from None
-
-
-def artifacts_url(flag: str | None, default: str | None = DEFAULT_ARTIFACTS) -> str | None:
-    """--artifacts, else $DLNN_ARTIFACTS, else `default` (the directory ./dlnn_artifacts; None
-    where a command needs no store unless told, as `dlnn train`). Parsed here, so a bad value is
-    refused before anything else happens."""
-    value = flag or os.environ.get(ENV_ARTIFACTS) or default
-    if value is None:
-        return None
-    return str(parse_artifacts(value))
-
+from .urls import ENDPOINT_ENVS, StoreURL, parse_artifacts
 
 # ------------------------------------------------------------------------------------ stores
 

@@ -13,7 +13,8 @@ under its SHA-256, fetched by that hash into a local content-addressed cache by 
 
 A local file whose hash differs from the pinned one is never used. The config helpers at the
 end read `data.file` / `data.file_sha256` with getattr, so this module works with a DataConfig
-that does not have them (then there is nothing to do).
+that does not have them (then there is nothing to do). The functions that touch a store import
+artifacts.py themselves: it loads Optuna's artifact stores and boto3, which the helpers never need.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .artifacts import describe, exists
 from ..errors import UsageError
 
 DATASET_PREFIX = "datasets/"  # key of a dataset in the artifact store: datasets/<sha256>
@@ -78,6 +78,8 @@ def publish(store: Any, path: str | Path, sha256: str | None = None) -> str:
     """Upload the file once under datasets/<sha256> and return the hash. An object already under
     that key is checked (streamed and hashed) and kept when it holds these bytes; one that does
     not (a partial upload through a store without atomic writes) is replaced."""
+    from .artifacts import exists
+
     path = Path(path)
     try:
         digest = sha256_file(path)
@@ -96,6 +98,8 @@ def publish(store: Any, path: str | Path, sha256: str | None = None) -> str:
 def fetch(store: Any, sha256: str, cache_dir: str | Path | None = None, name: str | None = None) -> Path:
     """The local, verified copy of the dataset with this hash: cache_dir/<sha256><suffix of name>.
     A cached copy is re-hashed and reused; a missing or corrupt one is downloaded again."""
+    from .artifacts import describe
+
     check_sha256(sha256)
     path = cache_path(sha256, cache_dir, name)
     if cached(path, sha256):
@@ -182,6 +186,8 @@ def resolve(file: str | None, sha256: str | None, store: Any = None, cache_dir: 
         changed = f"; {local} is here but holds other bytes (sha256 {short(digest)}…)"
     else:
         changed = ""
+    from .artifacts import describe
+
     where = f"the artifact store {describe(store)}" if store is not None else "no artifact store (pass --artifacts STORE)"
     raise DatasetMissing(f"this config needs the dataset {_named(file, sha256)}: it is not in {where}, nor in the cache "
                          f"{path.parent}{changed}. Put that exact file at {file!r}, or pass --artifacts with the store the "

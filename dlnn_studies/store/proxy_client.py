@@ -15,8 +15,6 @@ from __future__ import annotations
 import importlib.util
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
@@ -24,46 +22,9 @@ from optuna.storages import GrpcStorageProxy
 from .optuna_private import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
 
-SCHEME = "grpc"
-DEFAULT_PORT = 13000
+from .urls import DEFAULT_PROXY_PORT, parse_proxy_url
+
 HEARTBEAT_KEY = "dlnn:heartbeat"  # system attr: [trial_id, unix time]; the id makes a retried copy's stale value inert
-
-
-@dataclass(frozen=True)
-class ProxyAddress:
-    """Where a gRPC storage proxy listens."""
-
-    host: str
-    port: int = DEFAULT_PORT
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{SCHEME}://{host}:{self.port}"
-
-
-def is_proxy_url(url: str | None) -> bool:
-    """True for `grpc://…`: the storage is a gRPC proxy, not a database."""
-    return (url or "").strip().lower().startswith(SCHEME + "://")
-
-
-def parse_proxy_url(url: str) -> ProxyAddress:
-    """Parse `grpc://host[:port]` (port default 13000); ValueError naming what is wrong."""
-    text = (url or "").strip()
-    if not is_proxy_url(text):
-        raise ValueError(f"storage: {url!r} is not a gRPC proxy address; expected grpc://host:port")
-    parts = urlsplit(text)
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError(f"storage: {url!r} has a bad port; expected grpc://host:port with port 1-65535") from None
-    if not parts.hostname:
-        raise ValueError(f"storage: {url!r} has no host; expected grpc://host:port")
-    if parts.username or parts.password or parts.path.strip("/") or parts.query or parts.fragment:
-        raise ValueError(f"storage: {url!r} is not allowed; expected only grpc://host:port (the proxy holds the credentials)")
-    if port == 0:
-        raise ValueError(f"storage: {url!r} has a bad port; expected grpc://host:port with port 1-65535")
-    return ProxyAddress(parts.hostname, port or DEFAULT_PORT)
 
 
 def require_grpc() -> None:
@@ -74,7 +35,7 @@ def require_grpc() -> None:
 class HeartbeatGrpcStorageProxy(GrpcStorageProxy, BaseHeartbeat):
     """Optuna's GrpcStorageProxy plus the heartbeat `study.optimize` uses to fail and retry dead workers' trials."""
 
-    def __init__(self, *, host: str = "localhost", port: int = DEFAULT_PORT, heartbeat_interval: int | None = None,
+    def __init__(self, *, host: str = "localhost", port: int = DEFAULT_PROXY_PORT, heartbeat_interval: int | None = None,
                  grace_period: int | None = None,
                  heartbeat_stale_trial_callback: Callable[[optuna.Study, FrozenTrial], None] | None = None) -> None:
         if heartbeat_interval is not None and heartbeat_interval <= 0:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime
-import importlib.util
 import os
 import random
 import socket
@@ -32,26 +31,12 @@ from sqlalchemy import exc as sa_exc
 
 from ..errors import UsageError
 from .optuna_private import CachedStorage
+from .urls import in_memory_sqlite, is_grpc, is_sqlite, normalize_url, redact
 
-ENV_STORAGE = "DLNN_STORAGE"
-DEFAULT_STORAGE = "sqlite:///dlnn.db"
 LOCK_NAMESPACE = 0x444C4E4E  # "DLNN": first key of PostgreSQL advisory locks taken by the service
 FULL_SERVER_PATIENCE_S = 60.0  # how long a new connection waits for a free slot on a full server
 
 _thread_lock = threading.Lock()  # serializes budget checks between threads of one worker (--jobs)
-
-
-def storage_url(flag: str | None) -> str:
-    """--storage, else $DLNN_STORAGE, else the embedded SQLite file in the working directory."""
-    return flag or os.environ.get(ENV_STORAGE) or DEFAULT_STORAGE
-
-
-def redact(url: str) -> str:
-    """The URL with its password hidden, for messages and provenance."""
-    try:
-        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("@")[-1] if "@" in url else url
 
 
 class ServiceRDBStorage(optuna.storages.RDBStorage):
@@ -192,32 +177,6 @@ class TrialView(CachedStorage):
         return copy.deepcopy(trials) if deepcopy else trials
 
 
-def normalize_url(url: str) -> str:
-    """`postgresql://` means psycopg (3) to SQLAlchemy 2.1; the project ships psycopg2, so a URL
-    without a driver uses whichever of the two is installed."""
-    if url.startswith("postgresql://") or url.startswith("postgres://"):
-        rest = url.split("://", 1)[1]
-        if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
-            return f"postgresql+psycopg2://{rest}"
-        return f"postgresql://{rest}"
-    return url
-
-
-def is_grpc(url: str) -> bool:
-    return url.startswith("grpc://")
-
-
-def in_memory_sqlite(url: str) -> bool:
-    """`sqlite://` or `sqlite:///:memory:`: a database that exists only inside its connection, so
-    another connection (another pooled one, one after the pool is disposed, another thread's or
-    process's) sees an empty one. A storage needs several: Optuna's schema check holds two at once."""
-    try:
-        parsed = sqlalchemy.engine.make_url(url)
-    except sa_exc.ArgumentError:
-        return False
-    return parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:")
-
-
 def engine_kwargs(url: str, jobs: int = 1, worker: bool = False) -> dict[str, Any]:
     """The connection pool of one process.
 
@@ -231,7 +190,7 @@ def engine_kwargs(url: str, jobs: int = 1, worker: bool = False) -> dict[str, An
     Other commands (the dashboard, status, export) keep one connection and open up to four more in
     bursts, closed after use. Pre-ping and recycle: connections dropped by a restarted database
     or a proxy are replaced instead of failing a trial."""
-    if url.startswith("sqlite"):
+    if is_sqlite(url):
         return {"connect_args": {"timeout": 120}, "pool_pre_ping": True}
     jobs = max(1, jobs)
     return {
@@ -462,9 +421,8 @@ def budget_counts(conn: sqlalchemy.engine.Connection, study_id: int) -> tuple[in
 
 def artifact_store(url: str | Path):
     """Checkpoints, plots and dataset files: a directory that every worker and the dashboard can
-    reach, or `s3://bucket/prefix` (artifacts.py parses both). Imported on use: artifacts.py imports
-    dlnn_core, and with it torch, which the storage alone (the proxy, its tests) does not need."""
-    from .artifacts import open_store
+    reach, or `s3://bucket/prefix` (urls.py parses both)."""
+    from .artifacts import open_store  # here, not at the top: Optuna's artifact stores import boto3
 
     return open_store(url)
 

@@ -24,7 +24,8 @@ from ..errors import UsageError
 from ..spec.names import check_name
 from ..spec.schema import StudySpec, make_baseline, recipe, spec_digest
 from ..store.optuna_private import constraint_key
-from ..store.storage import close_storage, open_storage, redact
+from ..store.storage import close_storage, open_storage
+from ..store.urls import redact
 from .service import CONSTRAINT, DIGEST_ATTR, SPEC_ATTR, find_study, ranked_trials
 
 @dataclass(frozen=True)
@@ -304,7 +305,7 @@ def seed_trials(study: optuna.Study, spec: StudySpec, seeds: list[FrozenTrial], 
 
 def next_steps(name: str, url: str | None, artifacts: str | Path | None = None) -> str:
     """The commands that follow a launch; `--artifacts` where the store is not the default directory."""
-    from ..store.artifacts import DEFAULT_ARTIFACTS
+    from ..store.urls import DEFAULT_ARTIFACTS
 
     storage = f" --storage {redact(url)}" if url and url != "sqlite:///dlnn.db" else ""
     store = f" --artifacts {artifacts}" if artifacts and str(artifacts) != DEFAULT_ARTIFACTS else ""

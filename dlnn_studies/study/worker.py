@@ -67,7 +67,8 @@ from .service import CONSTRAINT, RETRY_KEY, BudgetReached, build_study, stored_s
 from ..spec.space import suggest
 from ..spec.schema import PRUNING_METRIC, StudySpec
 from ..store.optuna_private import constraint_key
-from ..store.storage import artifact_store, close_storage, is_connection_error, open_storage, redact
+from ..store.storage import artifact_store, close_storage, is_connection_error, open_storage
+from ..store.urls import redact
 
 CONNECTION_PATIENCE_S = 600.0  # how long a worker waits for a lost database before giving up
 FULL_EVALUATION_TOP = 5  # completed trials this far up get every metric (as many as `dlnn export` exports by default)
