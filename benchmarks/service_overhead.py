@@ -159,7 +159,7 @@ def child_plain(url: str, study: str, trials: int, artifacts: str) -> dict:
     from dlnn_studies.spec.samplers import build_pruner, build_sampler
     from dlnn_studies.spec.space import grid_space, suggest
     from dlnn_studies.spec.schema import parse_spec
-    from dlnn_studies.store.storage import normalize_url
+    from dlnn_studies.store.urls import normalize_url
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     storage = optuna.storages.RDBStorage(normalize_url(url)) if url != "memory" else None
@@ -291,7 +291,7 @@ def populate(url: str, name: str, n: int, seed: int = 0) -> float:
 
     from dlnn_studies.spec.space import suggest
     from dlnn_studies.spec.schema import parse_spec
-    from dlnn_studies.store.storage import normalize_url
+    from dlnn_studies.store.urls import normalize_url
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     start = time.perf_counter()

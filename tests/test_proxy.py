@@ -14,7 +14,7 @@ from service_support import REPO, create_pg_database, drop_pg_database, free_por
 from dlnn_studies.ops import proxy
 from dlnn_studies.spec.schema import parse_spec
 from dlnn_studies.store import proxy_client, urls
-from dlnn_studies.store.storage import normalize_url
+from dlnn_studies.store.urls import normalize_url
 from dlnn_studies.study.launch import launch
 from dlnn_studies.study.status import status
 

@@ -24,7 +24,7 @@ from dlnn_studies.study import records
 from dlnn_studies.study.report import load, report, tolerance_band
 from dlnn_studies.study.launch import launch
 from dlnn_studies.spec.schema import load_spec
-from dlnn_studies.store.storage import normalize_url
+from dlnn_studies.store.urls import normalize_url
 from dlnn_studies.study.verify import candidates, verify
 from dlnn_studies.study.worker import run_worker
 

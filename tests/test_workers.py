@@ -23,7 +23,7 @@ from service_support import (dlnn, fake_fit, free_port, pg_url, spawn, storage_u
 from dlnn_studies.study import records
 from dlnn_studies.study.launch import launch
 from dlnn_studies.spec.schema import load_spec
-from dlnn_studies.store.storage import normalize_url
+from dlnn_studies.store.urls import normalize_url
 from dlnn_studies.study.worker import run_worker
 
 
