@@ -39,10 +39,13 @@ def test_the_example_files_are_what_make_data_writes(tmp_path):
         shutil.copy(EXAMPLE / name, copy / name)
     subprocess.run([sys.executable, str(copy / "make_data.py")], check=True, capture_output=True, cwd=tmp_path,
                    env={"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
-    assert file_sha256(copy / "data" / "runs.csv") == file_sha256(EXAMPLE / "data" / "runs.csv")
-    again = read_trajectory_file(copy / "data" / "runs.npz")  # a zip's bytes carry its write time: compare arrays
-    for a, b in zip(again.q + again.t, npz.q + npz.t):
-        np.testing.assert_array_equal(a, b)
+    # The same trajectories to far below the data's noise (0.01 rad): the ODE solve's last digits differ
+    # between CPUs, and with them the CSV's bytes and the npz's (which also carries its write time).
+    for suffix, committed in (("csv", csv), ("npz", npz)):
+        again = read_trajectory_file(copy / "data" / f"runs.{suffix}")
+        assert [len(t) for t in again.t] == lengths, suffix
+        for a, b in zip(again.q + again.t, committed.q + committed.t):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
 
 @pytest.mark.slow

@@ -62,8 +62,8 @@ def test_rollout_horizon_needs_trajectories():
 
 
 def test_auto_init_makes_the_free_form_trainable(tmp_path):
-    """The published free-form L stalls near val_rel_mse 1 from PyTorch's init; "auto" starts it
-    orthogonal (as the published DLNN code does) and it learns."""
+    """The published free-form L does not learn from PyTorch's init (it stalls near val_rel_mse 1 or
+    diverges); "auto" starts it orthogonal (as the published DLNN code does) and it learns."""
     from dlnn_core import ModelConfig
 
     assert ModelConfig(form="free").init_scheme == "orthogonal"
@@ -75,4 +75,6 @@ def test_auto_init_makes_the_free_form_trainable(tmp_path):
     auto = fit(TrainConfig().with_flat(common), cache_dir=tmp_path)
     pytorch = fit(TrainConfig().with_flat({**common, "model.init": "default"}), cache_dir=tmp_path)
     assert auto.metrics["val_rel_mse"] < 0.05
-    assert pytorch.metrics["val_rel_mse"] > 0.5
+    # From PyTorch's init it never gets below 0.5 in any epoch, whether it ends there or diverges
+    # (which of the two depends on the CPU's rounding).
+    assert min(h["val_rel_mse"] for h in pytorch.history if h.get("val_rel_mse") is not None) > 0.5, pytorch.history
