@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.trial import FrozenTrial
 
 from dlnn_core.errors import shorten
 
@@ -33,6 +34,8 @@ class Exported:
     meta_path: Path
     values: dict[str, float]
     metrics: dict[str, Any]
+    data_file: str | None = None  # the dataset file the config trained on, pinned by data_sha
+    data_sha: str | None = None
 
 
 def _dump(data: dict, path: Path, fmt: str, header: str = "") -> None:
@@ -104,59 +107,79 @@ def export(url: str, name: str, *, top: int = 5, out: str | Path = "exports", fm
 
     folder = study_folder(out, name)  # inside `out` whatever the stored name says
     folder.mkdir(parents=True, exist_ok=True)
-    exported = []
-    pinned: dict[str, str] = {}
-    for rank, t in enumerate(ranked, start=1):
-        config = TrainConfig.from_dict(records.trial_config(t)).with_flat({"device": "auto"})  # portable: any machine
-        stem = f"rank{rank:02d}-trial{t.number:04d}"
-        config_path = folder / f"{stem}.{fmt}"
-        meta_path = folder / f"{stem}.meta.{fmt}"
-        values = dict(zip(spec.metrics, records.raw_values(scales, t)))
-        metrics = records.trial_metrics(t)
-        data_file, data_sha = ds.config_file(config)
-        retrain = f"dlnn train {config_path.name}" + (f" --artifacts {artifacts}" if data_sha and artifacts else "")
-        header = (f"# {name} trial {t.number} (rank {rank}): " + ", ".join(f"{m} = {v:.4g}" for m, v in values.items())
-                  + (f"\n# dataset: {data_file} (sha256 {data_sha}); `dlnn train` fetches it by hash with --artifacts STORE, "
-                     "or uses that file only if its hash matches" if data_sha else "")
-                  + f"\n# retrain: {retrain}\n")
-        if data_sha:
-            pinned[data_sha] = data_file
-        _dump(config.to_dict(), config_path, fmt, header)
-        worker = records.trial_worker(t)
-        meta = {
-            "study": name,
-            "trial": t.number,
-            "rank": rank,
-            "objective": {m: {"direction": d, "value": v} for (m, d), v in zip(zip(spec.metrics, spec.directions), values.values())},
-            "metrics": metrics,
-            "params": t.params,
-            "provenance": {
-                "spec_digest": digest,
-                "sampler": spec.sampler,
-                "pruner": spec.pruner,
-                "trials_in_study": n_trials,
-                "baseline": t.user_attrs.get("baseline"),
-                "seeded_from": t.user_attrs.get("seeded_from"),
-                "trained_on": t.user_attrs.get("device"),
-                "host": worker.get("host"),
-                "completed": t.datetime_complete.isoformat() if t.datetime_complete else None,
-                "wall_time_s": metrics.get("wall_time_s"),
-                "versions": worker.get("versions", {}),
-                "exported": datetime.datetime.now().isoformat(timespec="seconds"),
-            },
-            "config_file": config_path.name,
-        }
-        if data_sha:
-            meta["dataset"] = {"file": data_file, "sha256": data_sha}
-        if winner is not None:  # `dlnn verify` retrained the best configs with fresh seeds
-            meta["robust_winner"] = t.number == winner.trial
-            if t.number == winner.trial:
-                meta["over_seeds"] = {"mean": winner.mean, "std": winner.std, "seeds_ok": winner.n_ok, "seeds_diverged": winner.n_diverged}
-        _dump(meta, meta_path, fmt)
-        exported.append(Exported(rank, t.number, config_path, meta_path, values, metrics))
+    about = StudyFacts(name, spec, scales, digest, n_trials, winner, artifacts, fmt)
+    exported = [_write_trial(folder, about, rank, t) for rank, t in enumerate(ranked, start=1)]
+    pinned = {e.data_sha: e.data_file for e in exported if e.data_sha}
     (folder / "spec.json").write_text(json.dumps(raw_spec, indent=2) + "\n")
     text = _summary(folder, name, spec.metrics, exported, winner.trial if winner else None)
     return ExportResult(folder, exported, text, pinned, artifacts, _check_datasets(pinned, artifacts))
+
+
+@dataclass(frozen=True)
+class StudyFacts:
+    """What every exported trial of one study shares: its name, spec and provenance, and the export's options."""
+
+    name: str
+    spec: Any
+    scales: Any
+    digest: str | None
+    n_trials: int
+    winner: Any
+    artifacts: str | None
+    fmt: str
+
+
+def _write_trial(folder: Path, about: StudyFacts, rank: int, t: FrozenTrial) -> Exported:
+    """One trial's config (portable: device auto) with its retrain command, and its .meta file."""
+    from ..store import datasets as ds
+    from dlnn_core.config import TrainConfig
+
+    name, spec, winner = about.name, about.spec, about.winner
+    config = TrainConfig.from_dict(records.trial_config(t)).with_flat({"device": "auto"})  # portable: any machine
+    stem = f"rank{rank:02d}-trial{t.number:04d}"
+    config_path = folder / f"{stem}.{about.fmt}"
+    meta_path = folder / f"{stem}.meta.{about.fmt}"
+    values = dict(zip(spec.metrics, records.raw_values(about.scales, t)))
+    metrics = records.trial_metrics(t)
+    data_file, data_sha = ds.config_file(config)
+    retrain = f"dlnn train {config_path.name}" + (f" --artifacts {about.artifacts}" if data_sha and about.artifacts else "")
+    header = (f"# {name} trial {t.number} (rank {rank}): " + ", ".join(f"{m} = {v:.4g}" for m, v in values.items())
+              + (f"\n# dataset: {data_file} (sha256 {data_sha}); `dlnn train` fetches it by hash with --artifacts STORE, "
+                 "or uses that file only if its hash matches" if data_sha else "")
+              + f"\n# retrain: {retrain}\n")
+    _dump(config.to_dict(), config_path, about.fmt, header)
+    worker = records.trial_worker(t)
+    meta = {
+        "study": name,
+        "trial": t.number,
+        "rank": rank,
+        "objective": {m: {"direction": d, "value": v} for (m, d), v in zip(zip(spec.metrics, spec.directions), values.values())},
+        "metrics": metrics,
+        "params": t.params,
+        "provenance": {
+            "spec_digest": about.digest,
+            "sampler": spec.sampler,
+            "pruner": spec.pruner,
+            "trials_in_study": about.n_trials,
+            "baseline": t.user_attrs.get("baseline"),
+            "seeded_from": t.user_attrs.get("seeded_from"),
+            "trained_on": t.user_attrs.get("device"),
+            "host": worker.get("host"),
+            "completed": t.datetime_complete.isoformat() if t.datetime_complete else None,
+            "wall_time_s": metrics.get("wall_time_s"),
+            "versions": worker.get("versions", {}),
+            "exported": datetime.datetime.now().isoformat(timespec="seconds"),
+        },
+        "config_file": config_path.name,
+    }
+    if data_sha:
+        meta["dataset"] = {"file": data_file, "sha256": data_sha}
+    if winner is not None:  # `dlnn verify` retrained the best configs with fresh seeds
+        meta["robust_winner"] = t.number == winner.trial
+        if t.number == winner.trial:
+            meta["over_seeds"] = {"mean": winner.mean, "std": winner.std, "seeds_ok": winner.n_ok, "seeds_diverged": winner.n_diverged}
+    _dump(meta, meta_path, about.fmt)
+    return Exported(rank, t.number, config_path, meta_path, values, metrics, data_file, data_sha)
 
 
 def _check_datasets(pinned: dict[str, str], artifacts: str | None) -> tuple[str, ...]:
