@@ -157,7 +157,7 @@ def child_plain(url: str, study: str, trials: int, artifacts: str) -> dict:
     import optuna
 
     from dlnn_studies.spec.samplers import build_pruner, build_sampler
-    from dlnn_studies.spec.space import grid_space, suggest
+    from dlnn_studies.spec.space import grid_space
     from dlnn_studies.spec.schema import parse_spec
     from dlnn_studies.store.urls import normalize_url
 
@@ -165,7 +165,6 @@ def child_plain(url: str, study: str, trials: int, artifacts: str) -> dict:
     storage = optuna.storages.RDBStorage(normalize_url(url)) if url != "memory" else None
     raw = optuna.load_study(study_name=study, storage=storage).user_attrs["dlnn:spec"]
     spec = parse_spec(raw)
-    base_flat = spec.base.to_flat()
     sampler = build_sampler(spec.sampler, spec.sampler_options, random.randrange(2**31), grid_space(spec.space))
     pruner = build_pruner(spec.pruner, spec.pruner_options, 10)
     s = optuna.load_study(study_name=study, storage=storage, sampler=sampler, pruner=pruner)
@@ -220,7 +219,7 @@ def in_memory(kind: str, trials: int, artifacts: str) -> dict:
 
     from dlnn_studies.spec.samplers import build_pruner, build_sampler
     from dlnn_studies.study.service import SPEC_ATTR, build_study
-    from dlnn_studies.spec.space import grid_space, suggest
+    from dlnn_studies.spec.space import grid_space
     from dlnn_studies.spec.schema import parse_spec
     from dlnn_studies.store.storage import artifact_store
     from dlnn_studies.study.worker import Objective, StopFlag, worker_identity

@@ -41,7 +41,6 @@ from dlnn_core import ACTIVATIONS, METHODS, MODEL_FORMS, MODEL_KINDS, SYSTEMS, C
 from dlnn_core.activations import ZERO_CURVATURE
 from dlnn_core.config import LIMITS, PRESETS, TrainConfig
 from dlnn_core.dotted import flatten
-from dlnn_core.errors import DeclarationError
 from dlnn_core.losses import LOSSES
 from dlnn_core.metrics import METRICS as EVAL_METRICS
 from dlnn_core.model_config import INIT_CHOICES

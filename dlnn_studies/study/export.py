@@ -70,7 +70,6 @@ def export(url: str, name: str, *, top: int = 5, out: str | Path = "exports", fm
     A config that trained on a dataset file carries its name and sha256 (`data.file`,
     `data.file_sha256`), so `dlnn train` finds those exact bytes or names them; with `artifacts`,
     the store is checked to hold them and named in the retrain command."""
-    from ..store import datasets as ds
     from dlnn_core.config import TrainConfig
 
     if fmt not in FORMATS:
