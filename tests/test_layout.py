@@ -1,6 +1,5 @@
 """The layout is the architecture: imports run one way (cli -> study -> spec -> store, cli -> ops -> store),
-dlnn_core never imports the service or Optuna, the service's modules import no cycle, and only the
-adapter module (store/optuna_private.py) imports Optuna's private names.
+dlnn_core never imports the service or Optuna, and the service's modules import no cycle.
 
 Every import counts, those inside functions too: an import deferred to a function is still a dependency
 (and the usual way a cycle hides)."""
@@ -105,16 +104,6 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return sorted(found)
 
 
-ADAPTER = f"{SERVICE}.store.optuna_private"
-
-
-def private_optuna_imports(graph: dict[str, set[str]]) -> list[str]:
-    """Imports of Optuna's private names (a part that starts with "_", such as optuna.storages._rdb
-    or optuna.storages._CachedStorage) anywhere but the adapter module."""
-    return sorted(f"{module}: {name}" for module, names in graph.items() if module != ADAPTER for name in names
-                  if name.split(".")[0] == "optuna" and any(part.startswith("_") for part in name.split(".")[1:]))
-
-
 def test_the_graph_is_read():
     graph = import_graph()
     assert f"{SERVICE}.study.worker" in graph and "dlnn_core.train" in graph
@@ -131,11 +120,6 @@ def test_the_service_modules_import_no_cycle():
     assert cycles(import_graph((SERVICE,))) == []
 
 
-def test_only_the_adapter_imports_optunas_private_names():
-    assert private_optuna_imports(import_graph()) == []
-    assert any(name.startswith("optuna.storages._") for name in import_graph()[ADAPTER])  # the rule reads the adapter
-
-
 def test_the_checks_catch_what_they_are_for():
     graph = {"dlnn_core.train": {"optuna"}, "dlnn_core.models": {"dlnn_studies.errors"},
              "dlnn_studies.store.storage": {"dlnn_studies.spec.schema"}, "dlnn_studies.spec.schema": set(),
@@ -144,10 +128,6 @@ def test_the_checks_catch_what_they_are_for():
              "dlnn_studies.cli.main": set(), "dlnn_studies.ops.proxy": {"dlnn_studies.ops.proxy"}}
     assert len(layer_violations(graph)) == 4
     assert cycles(graph) == [["dlnn_studies.ops.proxy"], ["dlnn_studies.study.refine", "dlnn_studies.study.service"]]
-    private = {"dlnn_studies.study.worker": imported_names("from optuna.storages import _CachedStorage\nimport optuna.trial\n",
-                                                         "dlnn_studies.study.worker"),
-               ADAPTER: {"optuna.storages._rdb.models"}}
-    assert private_optuna_imports(private) == ["dlnn_studies.study.worker: optuna.storages._CachedStorage"]
     assert imported_names("from ..store import datasets as ds\nfrom . import records\n", "dlnn_studies.study.export") == {
         "dlnn_studies.store", "dlnn_studies.store.datasets", "dlnn_studies.study", "dlnn_studies.study.records"}
 

@@ -12,8 +12,8 @@ from dlnn_studies.store import optuna_private as private
 
 
 def test_every_private_name_still_exists_with_the_shape_we_use():
-    assert issubclass(private.CachedStorage, optuna.storages.BaseStorage)
-    assert "backend" in inspect.signature(private.CachedStorage.__init__).parameters
+    assert issubclass(private.CachedStorageBase, optuna.storages.BaseStorage)
+    assert "backend" in inspect.signature(private.CachedStorageBase.__init__).parameters
     for name in ("TrialModel", "TrialSystemAttributeModel", "TrialHeartbeatModel"):
         assert hasattr(private.rdb_models, name), name
     for column in ("trial_id", "study_id", "state", "_datetime_start_utc"):
@@ -27,22 +27,62 @@ def test_the_private_methods_the_service_overrides_are_still_called_by_optuna():
     assert list(inspect.signature(getattr(optuna.storages.RDBStorage, private.STALE_TRIAL_IDS)).parameters) == ["self", "study_id"]
 
 
-def test_the_cached_storage_internals_the_trial_view_uses_are_still_there(tmp_path):
-    """storage.TrialView overrides these methods and reads these attributes of Optuna's cache; the
-    proxy client and ServiceRDBStorage override the stale-trial query (checked above)."""
+def test_the_cached_storage_internals_the_adapter_uses_are_still_there(tmp_path):
+    """CachedStorageBase overrides these methods and reads these attributes of Optuna's cache, and
+    the storages' stale-trial query reaches Optuna through StaleTrialsHook."""
     from dlnn_studies.store.proxy_client import HeartbeatGrpcStorageProxy
     from dlnn_studies.store.storage import ServiceRDBStorage, TrialView
 
-    cached = private.CachedStorage(optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'c.db'}"))
+    backend = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'c.db'}")
+    cached = private.CachedStorageBase(backend)
     for name in private.CACHED_STORAGE_METHODS:
-        assert callable(getattr(cached, name)) and name in vars(TrialView), name
+        assert callable(getattr(cached, name)) and name in vars(private.CachedStorageBase), name
     assert list(inspect.signature(cached._read_trials_from_remote_storage).parameters) == ["study_id"]
     assert list(inspect.signature(cached._add_trials_to_cache).parameters) == ["study_id", "trials"]
     for name in private.CACHED_STORAGE_ATTRS:
         assert hasattr(cached, name), name
     assert isinstance(cached._studies, dict) and isinstance(cached._trial_id_to_study_id_and_number, dict)
+    assert private.backend_of(cached) is backend and private.backend_of(backend) is backend
+    for name in private.CACHED_STORAGE_METHODS:  # TrialView works through the hooks, not these
+        assert name not in vars(TrialView), name
     for cls in (ServiceRDBStorage, HeartbeatGrpcStorageProxy):
-        assert private.STALE_TRIAL_IDS in vars(cls), cls
+        assert getattr(cls, private.STALE_TRIAL_IDS) is getattr(private.StaleTrialsHook, private.STALE_TRIAL_IDS), cls
+
+
+def test_optunas_cache_calls_the_hooks(tmp_path):
+    """A read of the study and a new trial reach CachedStorageBase's hooks; a read that is not due
+    leaves the database alone."""
+
+    class Counting(private.CachedStorageBase):
+        def __init__(self, backend):
+            super().__init__(backend)
+            self.reads, self.cached, self.due = 0, 0, True
+
+        def read_due(self, study_id):
+            return self.due
+
+        def was_read(self, study_id):
+            self.reads += 1
+
+        def trials_cached(self, study_id):
+            self.cached += 1
+
+    backend = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'h.db'}")
+    view = Counting(backend)
+    study = optuna.create_study(storage=view)
+    study.ask()
+    view.read_remote(study._study_id)
+    assert view.reads >= 1 and view.cached >= 1
+    assert [t.number for t in view.cached_trials(study._study_id)] == [0]
+    assert view.study_of_trial(view.cached_trials(study._study_id)[0]._trial_id) == study._study_id
+    view.due = False
+    optuna.load_study(study_name=study.study_name, storage=backend).ask()  # another process's trial
+    reads = view.reads
+    view.read_remote(study._study_id)
+    assert view.reads == reads and len(view.cached_trials(study._study_id)) == 1
+    view.due = True
+    view.read_remote(study._study_id)
+    assert len(view.cached_trials(study._study_id)) == 2
 
 
 def test_the_grpc_server_factory_is_where_the_proxy_takes_it():
@@ -50,16 +90,22 @@ def test_the_grpc_server_factory_is_where_the_proxy_takes_it():
     assert callable(private.grpc_make_server())
 
 
-def test_no_other_module_imports_optuna_private_names():
+def test_no_other_module_imports_or_overrides_optuna_private_names():
+    """Optuna's private modules and names are imported, and the private methods and attributes the
+    service overrides or reads are named, in the adapter module alone."""
     import pathlib
     import re
 
     root = pathlib.Path(__file__).resolve().parents[1]
-    pattern = re.compile(r"(from|import)\s+optuna\.(\w+\.)*_\w+|optuna\.storages\._|import\s+_\w+")
+    private_members = (private.STALE_TRIAL_IDS, *private.CACHED_STORAGE_METHODS, *private.CACHED_STORAGE_ATTRS)
+    pattern = re.compile(r"(from|import)\s+optuna\.(\w+\.)*_\w+|optuna\.storages\._|import\s+_\w+|"
+                         + "|".join(rf"\b{re.escape(name)}\b" for name in private_members))
     adapter = root / "dlnn_studies" / "store" / "optuna_private.py"
     offenders = [str(p.relative_to(root)) for folder in ("dlnn_studies", "dlnn_core", "benchmarks", "examples")
                  for p in (root / folder).rglob("*.py") if p != adapter and pattern.search(p.read_text())]
     assert offenders == []
+    assert pattern.search("    def _get_stale_trial_ids(self, study_id):") and pattern.search("x = self._studies[1]")
+    assert not pattern.search("_thread_lock = threading.Lock()")
 
 
 def test_the_constraint_attr_key_is_where_optuna_keeps_and_reads_a_constraint():

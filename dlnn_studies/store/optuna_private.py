@@ -4,7 +4,9 @@ changes one of them (and pyproject pins optuna below its next minor version for 
 
 from __future__ import annotations
 
-from optuna.storages import _CachedStorage as CachedStorage
+from typing import Any
+
+from optuna.storages import _CachedStorage
 from optuna.study._constrained_optimization import _CONSTRAINTS_KEY as CONSTRAINTS_KEY
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages._rdb import models as rdb_models
@@ -14,6 +16,64 @@ def constraint_key(name: str) -> str:
     """The system attr under which `Trial.set_constraint(name, v)` keeps v: written directly where
     set-once does not fit (a retried trial's own verdict, a seeded trial's feasibility)."""
     return f"{CONSTRAINTS_KEY}:{name}"
+
+
+class StaleTrialsHook:
+    """Mixin for a storage with a heartbeat: Optuna asks its private `_get_stale_trial_ids` which
+    RUNNING trials to fail; the storage answers in `stale_trial_ids`. List it before the storage class."""
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        return self.stale_trial_ids(study_id)
+
+    def stale_trial_ids(self, study_id: int) -> list[int]:
+        raise NotImplementedError
+
+
+class CachedStorageBase(_CachedStorage):
+    """Optuna's trial cache in front of an RDBStorage, with the internals storage.TrialView builds on
+    under public names: `read_due` decides whether a read of the database happens, `was_read` and
+    `trials_cached` hear of each read and of newly cached trials, and `lock`, `cached_trials` and
+    `study_of_trial` read the cache."""
+
+    def _read_trials_from_remote_storage(self, study_id: int) -> None:
+        if self.read_due(study_id):
+            super()._read_trials_from_remote_storage(study_id)
+            self.was_read(study_id)
+
+    def _add_trials_to_cache(self, study_id: int, trials: list) -> None:
+        super()._add_trials_to_cache(study_id, trials)
+        if trials:
+            self.trials_cached(study_id)
+
+    def read_due(self, study_id: int) -> bool:
+        return True
+
+    def was_read(self, study_id: int) -> None:
+        pass
+
+    def trials_cached(self, study_id: int) -> None:
+        pass
+
+    def read_remote(self, study_id: int) -> None:
+        """New and unfinished trials from the database (when `read_due`)."""
+        self._read_trials_from_remote_storage(study_id)
+
+    @property
+    def lock(self):
+        return self._lock
+
+    def cached_trials(self, study_id: int) -> list:
+        """The cached FrozenTrials of a study (call under `lock`), in no particular order."""
+        return list(self._studies[study_id].trials.values())
+
+    def study_of_trial(self, trial_id: int) -> int | None:
+        owner = self._trial_id_to_study_id_and_number.get(trial_id)
+        return None if owner is None else owner[0]
+
+
+def backend_of(storage: Any) -> Any:
+    """The storage behind Optuna's cache (the storage itself when it has none)."""
+    return storage._backend if isinstance(storage, _CachedStorage) else storage
 
 
 def grpc_make_server():
@@ -26,10 +86,10 @@ def grpc_make_server():
 
 # Private methods the service overrides or calls (checked by the canary tests).
 STALE_TRIAL_IDS = "_get_stale_trial_ids"  # RDBStorage / BaseHeartbeat: which RUNNING trials are stale
-# CachedStorage internals that storage.TrialView overrides (methods) or reads (attributes).
+# CachedStorage internals that CachedStorageBase overrides (methods) or reads (attributes).
 CACHED_STORAGE_METHODS = ("_read_trials_from_remote_storage", "_add_trials_to_cache")
 CACHED_STORAGE_ATTRS = ("_backend", "_studies", "_trial_id_to_study_id_and_number", "_lock")
 
-__all__ = ["BaseHeartbeat", "CachedStorage", "CONSTRAINTS_KEY", "constraint_key", "rdb_models", "grpc_make_server",
+__all__ = ["BaseHeartbeat", "CachedStorageBase", "StaleTrialsHook", "backend_of", "CONSTRAINTS_KEY", "constraint_key", "rdb_models", "grpc_make_server",
            "STALE_TRIAL_IDS",
            "CACHED_STORAGE_METHODS", "CACHED_STORAGE_ATTRS"]

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import GrpcStorageProxy
-from .optuna_private import BaseHeartbeat
+from .optuna_private import BaseHeartbeat, StaleTrialsHook
 from optuna.trial import FrozenTrial, TrialState
 
 from .urls import DEFAULT_PROXY_PORT, parse_proxy_url
@@ -32,7 +32,7 @@ def require_grpc() -> None:
         raise RuntimeError("the gRPC storage proxy needs the grpcio package: pip install grpcio")
 
 
-class HeartbeatGrpcStorageProxy(GrpcStorageProxy, BaseHeartbeat):
+class HeartbeatGrpcStorageProxy(StaleTrialsHook, GrpcStorageProxy, BaseHeartbeat):
     """Optuna's GrpcStorageProxy plus the heartbeat `study.optimize` uses to fail and retry dead workers' trials."""
 
     def __init__(self, *, host: str = "localhost", port: int = DEFAULT_PROXY_PORT, heartbeat_interval: int | None = None,
@@ -53,7 +53,8 @@ class HeartbeatGrpcStorageProxy(GrpcStorageProxy, BaseHeartbeat):
         except (UpdateFinishedTrialError, KeyError):  # finished (or failed as stale) meanwhile: nothing to keep alive
             pass
 
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+    def stale_trial_ids(self, study_id: int) -> list[int]:
+        """RUNNING trials whose last heartbeat (a system attr) is older than the grace period."""
         assert self.grace_period is not None
         now = time.time()
         stale = []

@@ -30,7 +30,7 @@ from optuna.exceptions import ExperimentalWarning
 from sqlalchemy import exc as sa_exc
 
 from ..errors import UsageError
-from .optuna_private import CachedStorage
+from .optuna_private import CachedStorageBase, StaleTrialsHook, backend_of
 from .urls import in_memory_sqlite, is_grpc, is_sqlite, normalize_url, redact
 
 LOCK_NAMESPACE = 0x444C4E4E  # "DLNN": first key of PostgreSQL advisory locks taken by the service
@@ -39,7 +39,7 @@ FULL_SERVER_PATIENCE_S = 60.0  # how long a new connection waits for a free slot
 _thread_lock = threading.Lock()  # serializes budget checks between threads of one worker (--jobs)
 
 
-class ServiceRDBStorage(optuna.storages.RDBStorage):
+class ServiceRDBStorage(StaleTrialsHook, optuna.storages.RDBStorage):
     """RDBStorage whose heartbeat survives a database hiccup: Optuna's heartbeat thread dies on the
     first failed write, after which a healthy trial would be failed as stale by other workers."""
 
@@ -63,7 +63,7 @@ class ServiceRDBStorage(optuna.storages.RDBStorage):
         if getattr(self, "dlnn_role", None) is not None:
             _set_up_engines(self, self.dlnn_role)
 
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+    def stale_trial_ids(self, study_id: int) -> list[int]:
         """Optuna's rule (RUNNING, last heartbeat older than the grace period), plus RUNNING trials
         that never recorded a heartbeat and started longer than the grace period ago (their worker
         died, or lost the database, before its first beat): Optuna skips those, so they would stay
@@ -95,7 +95,7 @@ class ServiceRDBStorage(optuna.storages.RDBStorage):
             session.close()
 
 
-class TrialView(CachedStorage):
+class TrialView(CachedStorageBase):
     """Optuna's trial cache plus a cached, sorted view per state filter, refreshed from the
     database at most every `max_staleness_s`. Sampling one trial asks for the study's trials
     a dozen times (TPE per parameter group, the search space, constant liar) and pruning asks at
@@ -119,7 +119,7 @@ class TrialView(CachedStorage):
 
     def _forget(self, study_id: int) -> None:
         """Drop every view of a study id: a new study may get a deleted one's id (SQLite reuses it)."""
-        with self._lock:
+        with self.lock:
             self._read_at.pop(study_id, None)
             self._generation.pop(study_id, None)
             for key in [k for k in self._views if k[0] == study_id]:
@@ -137,38 +137,35 @@ class TrialView(CachedStorage):
     def set_trial_state_values(self, trial_id: int, state, values=None) -> bool:
         """A trial's end is seen at once by this process's next read (other processes within the staleness bound)."""
         done = super().set_trial_state_values(trial_id, state, values)
-        owner = self._trial_id_to_study_id_and_number.get(trial_id)
-        if owner is None:
+        study_id = self.study_of_trial(trial_id)
+        if study_id is None:
             self._read_at.clear()
         else:
-            self.refresh(owner[0])
+            self.refresh(study_id)
         return done
 
     def generation(self, study_id: int) -> int:
         """Changes whenever the cached trials of the study change."""
         return self._generation.get(study_id, 0)
 
-    def _read_trials_from_remote_storage(self, study_id: int) -> None:
-        now = time.monotonic()
+    def read_due(self, study_id: int) -> bool:
         last = self._read_at.get(study_id)
-        if last is not None and now - last < self.max_staleness_s:
-            return
-        super()._read_trials_from_remote_storage(study_id)
-        self._read_at[study_id] = now
+        return last is None or time.monotonic() - last >= self.max_staleness_s
 
-    def _add_trials_to_cache(self, study_id: int, trials: list) -> None:
-        super()._add_trials_to_cache(study_id, trials)
-        if trials:
-            self._generation[study_id] = self._generation.get(study_id, 0) + 1
+    def was_read(self, study_id: int) -> None:
+        self._read_at[study_id] = time.monotonic()
+
+    def trials_cached(self, study_id: int) -> None:
+        self._generation[study_id] = self._generation.get(study_id, 0) + 1
 
     def get_all_trials(self, study_id: int, deepcopy: bool = True, states=None) -> list:
-        self._read_trials_from_remote_storage(study_id)
-        with self._lock:
+        self.read_remote(study_id)
+        with self.lock:
             key = (study_id, None if states is None else tuple(sorted(s.value for s in states)))
             generation = self._generation.get(study_id, 0)
             cached = self._views.get(key)
             if cached is None or cached[0] != generation:
-                trials = self._studies[study_id].trials.values()
+                trials = self.cached_trials(study_id)
                 if states is not None:
                     trials = [t for t in trials if t.state in states]
                 cached = (generation, sorted(trials, key=lambda t: t.number))
@@ -345,7 +342,7 @@ def _open_lock_engine(storage: ServiceRDBStorage, role: str) -> None:
 
 def close_storage(storage: optuna.storages.BaseStorage) -> None:
     """Give the connections back (the worker's exit path, also after a signal)."""
-    backend = getattr(storage, "_backend", storage)
+    backend = backend_of(storage)
     with contextlib.suppress(Exception):
         backend.remove_session()
     for engine in (getattr(backend, "engine", None), getattr(backend, "lock_engine", None)):
@@ -357,7 +354,7 @@ def close_storage(storage: optuna.storages.BaseStorage) -> None:
 
 
 def rdb_of(storage: optuna.storages.BaseStorage) -> optuna.storages.RDBStorage | None:
-    backend = getattr(storage, "_backend", storage)
+    backend = backend_of(storage)
     return backend if isinstance(backend, optuna.storages.RDBStorage) else None
 
 
