@@ -14,8 +14,9 @@ references and best trials for everything.
 
 Built for cost: the test and OOD trajectories roll out as one batch (every horizon read from the
 one rollout), the weights are frozen so no graph of them is built, and q̈ of the default
-("autograd") method comes from `inference_terms`, which keeps no graph and also yields ∂D/∂q̇, so
-the test states' q̈ and learned dissipation share one derivative pass."""
+("autograd") method comes from the model's `inference()`, built once per pass (its networks'
+weights stacked, derivatives pushed through the layers under inference mode), which keeps no graph
+and also yields ∂D/∂q̇, so the test states' q̈ and learned dissipation share one derivative pass."""
 
 from __future__ import annotations
 
@@ -28,10 +29,10 @@ import torch
 from torch import Tensor, nn
 
 from .data import Splits, StateSet, Trajectories
-from .lagrangian import inference_terms, regularized_solve
+from .lagrangian import TermsFn, inference_terms, regularized_solve
 from .metrics import (ALIASES, METRICS, ROLLOUT_HORIZONS, ROLLOUT_SPLITS, energy_error, relative_mse, relative_se_per_sample,
                       rollout_error, state_error, valid_prediction_steps)
-from .rollout import rk4_step
+from .rollout import AccelFn, rk4_step
 
 ROLLOUT_SUBSTEPS = 2  # RK4 steps per sample of the true trajectories
 VALID_THRESHOLD = 0.1  # a rollout is "valid" until its state error passes 10 % of the mean true state norm
@@ -64,27 +65,39 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
             p.requires_grad_(flag)
 
 
-def _fast(model: nn.Module) -> bool:
-    """Whether q̈ can come from the model's `inference_terms` (a Lagrangian model on the "autograd" method)."""
-    return hasattr(model, "inference_terms") and getattr(model, "method", None) == "autograd"
+def _terms_fn(model: nn.Module) -> TermsFn | None:
+    """The model's own graph-free derivative pass for its current weights (a Lagrangian model on the
+    "autograd" method whose layers all have derivative rules), or None: then q̈ is model(q, v) under
+    no_grad. With it a pass runs under inference mode, without any autograd bookkeeping."""
+    if getattr(model, "method", None) != "autograd" or not hasattr(model, "inference"):
+        return None
+    return model.inference()
 
 
-def accelerations(model: nn.Module, q: Tensor, v: Tensor) -> Tensor:
-    """q̈ [B, n] without a graph; the same values as model(q, v) under no_grad."""
-    if not _fast(model):
-        with torch.no_grad():
-            return model(q, v)
-    terms, d_grad = model.inference_terms(q, v)
-    return regularized_solve(terms.hessian_vv, terms.rhs if d_grad is None else terms.rhs - d_grad)
+def _accelerator(model: nn.Module, terms_fn: TermsFn | None) -> AccelFn:
+    """(q, q̇) -> q̈ [B, n] without a graph; the same values as model(q, v) under no_grad."""
+    if terms_fn is None:
+        return torch.no_grad()(model)
+
+    def accel(q: Tensor, v: Tensor) -> Tensor:
+        terms, d_grad = terms_fn(q, v)
+        return regularized_solve(terms.hessian_vv, terms.rhs if d_grad is None else terms.rhs - d_grad)
+
+    return accel
 
 
-def _with_dissipation(model: nn.Module, q: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-    """(q̈, a_D) for one batch of a model with D; a_D = q̈ without D − q̈ with D."""
-    if not _fast(model):
-        return accelerations(model, q, v), dissipative_acceleration(model.lagrangian, model.dissipation, q, v, model.method)
-    terms, d_grad = model.inference_terms(q, v)
-    damped = regularized_solve(terms.hessian_vv, terms.rhs - d_grad)
-    return damped, regularized_solve(terms.hessian_vv, terms.rhs) - damped
+def _with_dissipation(model: nn.Module, terms_fn: TermsFn | None) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """(q, q̇) -> (q̈, a_D) for a model with D, a_D = q̈ without D − q̈ with D."""
+    if terms_fn is None:
+        accel = _accelerator(model, None)
+        return lambda q, v: (accel(q, v), dissipative_acceleration(model.lagrangian, model.dissipation, q, v, model.method))
+
+    def both(q: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        terms, d_grad = terms_fn(q, v)
+        damped = regularized_solve(terms.hessian_vv, terms.rhs - d_grad)
+        return damped, regularized_solve(terms.hessian_vv, terms.rhs) - damped
+
+    return both
 
 
 def dissipative_acceleration(lagrangian, dissipation, q: Tensor, v: Tensor, method: str = "autograd") -> Tensor:
@@ -110,8 +123,14 @@ def acceleration_metrics(pred: Tensor, true: Tensor, prefix: str) -> dict[str, f
 def _predict(model: nn.Module, states: StateSet, dtype: torch.dtype, device, dissipation: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
     """(q̈ predicted, q̈ true, learned a_D or None) over a state set, in batches of EVAL_BATCH."""
     q, v, a = states.to_torch(dtype, device)
-    parts = [_with_dissipation(model, q[i : i + EVAL_BATCH], v[i : i + EVAL_BATCH]) if dissipation
-             else (accelerations(model, q[i : i + EVAL_BATCH], v[i : i + EVAL_BATCH]), None) for i in range(0, len(q), EVAL_BATCH)]
+    terms_fn = _terms_fn(model)
+    with torch.inference_mode(terms_fn is not None):
+        if dissipation:
+            both = _with_dissipation(model, terms_fn)
+            parts = [both(q[i : i + EVAL_BATCH], v[i : i + EVAL_BATCH]) for i in range(0, len(q), EVAL_BATCH)]
+        else:
+            accel = _accelerator(model, terms_fn)
+            parts = [(accel(q[i : i + EVAL_BATCH], v[i : i + EVAL_BATCH]), None) for i in range(0, len(q), EVAL_BATCH)]
     pred = torch.cat([p[0] for p in parts])
     ad = torch.cat([p[1] for p in parts]) if parts and parts[0][1] is not None else None
     return pred, a, ad
@@ -121,17 +140,19 @@ def batched_rollout(model: nn.Module, q0: Tensor, v0: Tensor, dt: float, steps: 
                     progress: EvalProgress | None = None) -> tuple[Tensor, Tensor]:
     """`rollout` for evaluation: states [B, steps + 1, n] written in place, q̈ without a graph, and
     progress("rollout", step, steps) every PROGRESS_EVERY steps."""
-    accel = lambda q, v: accelerations(model, q, v)  # noqa: E731
+    terms_fn = _terms_fn(model)
+    accel = _accelerator(model, terms_fn)
     qs = q0.new_empty(q0.shape[0], steps + 1, q0.shape[1])
     vs = torch.empty_like(qs)
     qs[:, 0], vs[:, 0] = q0, v0
     q, v, h = q0, v0, dt / substeps
-    for step in range(1, steps + 1):
-        for _ in range(substeps):
-            q, v = rk4_step(accel, q, v, h)
-        qs[:, step], vs[:, step] = q, v
-        if progress is not None and (step % PROGRESS_EVERY == 0 or step == steps):
-            progress("rollout", step, steps)
+    with torch.inference_mode(terms_fn is not None):
+        for step in range(1, steps + 1):
+            for _ in range(substeps):
+                q, v = rk4_step(accel, q, v, h)
+            qs[:, step], vs[:, step] = q, v
+            if progress is not None and (step % PROGRESS_EVERY == 0 or step == steps):
+                progress("rollout", step, steps)
     return qs, vs
 
 

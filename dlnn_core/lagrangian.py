@@ -29,6 +29,10 @@ class Terms:
     rhs: Tensor  # [B, n]  ∂L/∂q − (∂²L/∂q̇∂q) q̇ − ∂D/∂q̇
 
 
+# (q, q̇) -> (H and ∂L/∂q − (∂²L/∂q̇∂q) q̇, ∂D/∂q̇ or None): the terms with ∂D/∂q̇ kept apart (`inference_terms`)
+TermsFn = Callable[[Tensor, Tensor], tuple[Terms, Tensor | None]]
+
+
 def _batch_grad(fn: ScalarFn) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]:
     """(∂f/∂q, ∂f/∂q̇) for every sample at once; valid because f's samples are independent."""
     return grad(lambda q, v: fn(q, v).sum(), argnums=(0, 1))
@@ -143,6 +147,8 @@ def regularized_solve(h: Tensor, rhs: Tensor, rcond: float | None = None) -> Ten
     normal = ht @ h
     scale = normal.diagonal(dim1=-2, dim2=-1).sum(-1) / n  # ‖H‖²_F / n
     lam = rcond**2 * scale + info.tiny**0.5
+    if n == 1:  # one degree of freedom: a division, not an LU factorization per sample
+        return (ht[..., 0] * rhs) / (normal[..., 0] + lam[:, None])
     eye = torch.eye(n, dtype=h.dtype, device=h.device)
     # solve_ex: the LU solve without reading its status back, which would stall a CUDA stream on every call (λ > 0 keeps it regular)
     return torch.linalg.solve_ex(normal + lam[:, None, None] * eye, (ht @ rhs.unsqueeze(-1))).result.squeeze(-1)

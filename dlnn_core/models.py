@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from . import jets
 from .activations import get_activation
 from .errors import choose
-from .lagrangian import DERIVATIVES, Terms, euler_lagrange_acceleration, inference_terms
+from .lagrangian import DERIVATIVES, Terms, TermsFn, euler_lagrange_acceleration
 from .model_config import DEFAULT_METHOD, ModelConfig
 from .systems import System
 
@@ -70,16 +70,19 @@ class StateFeatures(nn.Module):
         a = q[:, self.angle_index]
         return torch.cat([q[:, self.other_index], torch.sin(a), torch.cos(a)], dim=1)
 
-    def q_tangents(self, q: Tensor) -> Tensor:
-        """∂ q_features / ∂qⱼ for every j: [n, B, q_dim]."""
+    def q_jet(self, q: Tensor) -> tuple[Tensor, Tensor]:
+        """(q_features(q), ∂ q_features / ∂qⱼ for every j [n, B, q_dim]), sharing one sin and one cos."""
         n, batch = q.shape[1], q.shape[0]
         eye = torch.eye(n, dtype=q.dtype, device=q.device)[:, None, :]  # [j, 1, n]
         if not self.any_angle:
-            return eye.expand(n, batch, n)
+            return q, eye.expand(n, batch, n)
+        a = q if self.all_angles else q[:, self.angle_index]
+        sin, cos = torch.sin(a), torch.cos(a)
+        e_a = eye if self.all_angles else eye[:, :, self.angle_index]
         if self.all_angles:
-            return torch.cat([eye * torch.cos(q), -eye * torch.sin(q)], dim=2)
-        a, e_a = q[:, self.angle_index], eye[:, :, self.angle_index]
-        return torch.cat([eye[:, :, self.other_index].expand(n, batch, -1), e_a * torch.cos(a), -e_a * torch.sin(a)], dim=2)
+            return torch.cat([sin, cos], dim=1), torch.cat([e_a * cos, e_a * sin.neg()], dim=2)
+        other = eye[:, :, self.other_index].expand(n, batch, -1)
+        return torch.cat([q[:, self.other_index], sin, cos], dim=1), torch.cat([other, e_a * cos, e_a * sin.neg()], dim=2)
 
 
 class FreeLagrangian(nn.Module):
@@ -87,7 +90,7 @@ class FreeLagrangian(nn.Module):
 
     def __init__(self, cfg: ModelConfig, features: StateFeatures, n: int, with_dissipation: bool):
         super().__init__()
-        self.features, self.nonneg = features, cfg.nonneg_dissipation
+        self.features, self.nonneg, self.n = features, cfg.nonneg_dissipation, n
         in_dim = features.q_dim + n
         self.shared = cfg.shared_trunk and with_dissipation
         outs = 2 if self.shared else 1
@@ -105,33 +108,39 @@ class FreeLagrangian(nn.Module):
         raw = self.l_net(self._x(q, v))[:, 1] if self.shared else self.d_net(self._x(q, v))[:, 0]
         return nn.functional.softplus(raw) if self.nonneg else raw
 
-    def inference_terms(self, q: Tensor, v: Tensor) -> tuple[Terms, Tensor | None] | None:
-        """`lagrangian.inference_terms` by `mlp_jet`: tangents along each qⱼ and q̇ᵢ and second
-        derivatives along the pairs (q̇ᵢ, q̇ₖ) and (q̇ᵢ, qⱼ) pushed through the networks at once.
-        None when a layer has no derivative rule there."""
-        nets = [self.l_net] + ([self.d_net] if self.d_net is not None else [])
-        if not all(jets.supported(net) for net in nets):
+    def inference(self) -> TermsFn | None:
+        """`lagrangian.inference_terms` for the current weights, by `jets`: tangents along each qⱼ and
+        q̇ᵢ and second derivatives along the pairs (q̇ᵢ, q̇ₖ) and (q̇ᵢ, qⱼ) pushed through the networks
+        at once. None when a layer has no derivative rule."""
+        l_net = jets.stack([self.l_net])
+        d_net = jets.stack([self.d_net]) if self.d_net is not None else None
+        if l_net is None or (self.d_net is not None and d_net is None):
             return None
-        n, batch = q.shape[1], q.shape[0]
-        x, tq = self._x(q, v), self.features.q_tangents(q)
-        eye = torch.eye(n, dtype=q.dtype, device=q.device)[:, None, :].expand(n, batch, n)
-        tangents = torch.cat([torch.cat([tq, torch.zeros_like(eye)], dim=2),
-                              torch.cat([torch.zeros_like(tq), eye], dim=2)])  # [q₁..qₙ, q̇₁..q̇ₙ]
+        n, q_dim = self.n, self.features.q_dim
         vv = [(i, k) for i in range(n) for k in range(n)]
         pairs = tuple((n + i, n + k) for i, k in vv) + tuple((n + i, j) for i, j in vv)
-        y, ty, sy = jets.mlp_jet(self.l_net, x, tangents, pairs)
-        h_vv = sy[: n * n, :, 0].T.reshape(batch, n, n)
-        h_vq = sy[n * n :, :, 0].T.reshape(batch, n, n)  # [B, i, j] = ∂²L/∂q̇ᵢ∂qⱼ
-        rhs = ty[:n, :, 0].T - (h_vq @ v.unsqueeze(-1)).squeeze(-1)
-        if not self.with_dissipation:
-            return Terms(h_vv, rhs), None
-        if self.shared:
-            raw, t_raw = y[:, 1], ty[n:, :, 1]
-        else:
-            raw, t_raw, _ = jets.mlp_jet(self.d_net, x, tangents[n:])
-            raw, t_raw = raw[:, 0], t_raw[:, :, 0]
-        d_grad = (_softplus_slope(raw) * t_raw if self.nonneg else t_raw).T
-        return Terms(h_vv, rhs), d_grad
+
+        def terms(q: Tensor, v: Tensor) -> tuple[Terms, Tensor | None]:
+            batch = q.shape[0]
+            features, q_tangents = self.features.q_jet(q)
+            tangents = q.new_zeros(2 * n, batch, q_dim + n)  # along q₁..qₙ, then q̇₁..q̇ₙ
+            tangents[:n, :, :q_dim] = q_tangents
+            tangents[n:, :, q_dim:].diagonal(dim1=0, dim2=2).fill_(1)
+            x = torch.cat([features, v], dim=1)
+            y, ty, sy = jets.jet(l_net, x, tangents, pairs)
+            h_vv = sy[0, : n * n, :, 0].T.reshape(batch, n, n)
+            h_vq = sy[0, n * n :, :, 0].T.reshape(batch, n, n)  # [B, i, j] = ∂²L/∂q̇ᵢ∂qⱼ
+            rhs = ty[0, :n, :, 0].T - (h_vq * v.unsqueeze(1)).sum(-1)
+            if not self.with_dissipation:
+                return Terms(h_vv, rhs), None
+            if self.shared:
+                raw, t_raw = y[0, :, 1], ty[0, n:, :, 1]
+            else:
+                raw, t_raw, _ = jets.jet(d_net, x, tangents[n:])
+                raw, t_raw = raw[0, :, 0], t_raw[0, :, :, 0]
+            return Terms(h_vv, rhs), (softplus_tangent(raw, t_raw) if self.nonneg else t_raw).T
+
+        return terms
 
 
 def _lower_triangular(entries: Tensor, n: int, diag_shift: float) -> Tensor:
@@ -139,7 +148,7 @@ def _lower_triangular(entries: Tensor, n: int, diag_shift: float) -> Tensor:
     fill the rows of the lower triangle in order (torch.tril_indices)."""
     if n == 1:
         return nn.functional.softplus(entries + diag_shift).unsqueeze(-1)
-    rows, cols = _TRIL[n, entries.device]
+    rows, cols, _ = _TRIL[n, entries.device]
     low = entries.new_zeros(entries.shape[0], n, n)
     low = low.index_put((torch.arange(entries.shape[0], device=entries.device)[:, None], rows[None], cols[None]), entries)
     diag = nn.functional.softplus(low.diagonal(dim1=-2, dim2=-1) + diag_shift)
@@ -147,34 +156,35 @@ def _lower_triangular(entries: Tensor, n: int, diag_shift: float) -> Tensor:
 
 
 class _TrilIndices(dict):
-    """(n, device) -> torch.tril_indices(n, n) there, built once instead of on every call."""
+    """(n, device) -> torch.tril_indices(n, n) there and the positions of the diagonal among them,
+    built once instead of on every call (and as normal tensors, even when first asked for under
+    inference mode, so that training can save them for backward)."""
 
-    def __missing__(self, key: tuple[int, torch.device]) -> tuple[Tensor, Tensor]:
-        rows, cols = torch.tril_indices(key[0], key[0], device=key[1])
-        self[key] = (rows, cols)
-        return rows, cols
+    def __missing__(self, key: tuple[int, torch.device]) -> tuple[Tensor, Tensor, Tensor]:
+        with torch.inference_mode(False):
+            rows, cols = torch.tril_indices(key[0], key[0], device=key[1])
+            self[key] = (rows, cols, (rows == cols).nonzero().squeeze(1))
+        return self[key]
 
 
 _TRIL = _TrilIndices()
 
 
-def _softplus_slope(x: Tensor) -> Tensor:
-    """d softplus / dx, as torch's softplus (threshold 20, above which it is the identity)."""
-    return torch.where(x > 20, torch.ones_like(x), torch.sigmoid(x))
+def softplus_tangent(x: Tensor, tangent: Tensor) -> Tensor:
+    """softplus'(x) · tangent, with torch's own derivative (the identity above its threshold of 20), in one operation."""
+    return torch.ops.aten.softplus_backward(tangent, x, 1.0, 20.0)
 
 
 def _lower_triangular_tangent(entries: Tensor, tangents: Tensor, n: int, diag_shift: float) -> Tensor:
     """Tangents [k, B, n(n+1)/2] of `_lower_triangular`'s entries -> its tangents [k, B, n, n]."""
     k, batch = tangents.shape[:2]
     if n == 1:
-        return (_softplus_slope(entries + diag_shift) * tangents).unsqueeze(-1)
-    rows, cols = _TRIL[n, entries.device]
-    diag = entries.new_zeros(batch, n, n).index_put((torch.arange(batch, device=entries.device)[:, None], rows[None], cols[None]), entries)
-    slope = _softplus_slope(diag.diagonal(dim1=-2, dim2=-1) + diag_shift)  # [B, n]
+        return softplus_tangent(entries + diag_shift, tangents).unsqueeze(-1)
+    rows, cols, diagonal = _TRIL[n, entries.device]
     low = tangents.new_zeros(k * batch, n, n)
     low = low.index_put((torch.arange(k * batch, device=entries.device)[:, None], rows[None], cols[None]), tangents.reshape(k * batch, -1))
     low = low.view(k, batch, n, n)
-    return low.tril(-1) + torch.diag_embed(low.diagonal(dim1=-2, dim2=-1) * slope)
+    return low.tril(-1) + torch.diag_embed(softplus_tangent(entries.index_select(-1, diagonal) + diag_shift, low.diagonal(dim1=-2, dim2=-1)))
 
 
 class StructuredLagrangian(nn.Module):
@@ -217,35 +227,54 @@ class StructuredLagrangian(nn.Module):
         factor = _lower_triangular(self._outputs(q, (2,))[0], self.n, 0.0)
         return self._quadratic(factor, v)
 
-    def inference_terms(self, q: Tensor, v: Tensor) -> tuple[Terms, Tensor | None] | None:
-        """`lagrangian.inference_terms` in closed form, for evaluation: ∂²L/∂q̇² = M, ∂L/∂qⱼ =
+    def inference(self) -> TermsFn | None:
+        """`lagrangian.inference_terms` in closed form for the current weights: ∂²L/∂q̇² = M, ∂L/∂qⱼ =
         ½q̇ᵀ∂ⱼM q̇ − ∂ⱼV, (∂²L/∂q̇∂q) q̇ = Σⱼ ∂ⱼM q̇ q̇ⱼ and ∂D/∂q̇ = C q̇, the ∂ⱼ pushed through the
-        networks by `mlp_jet`. None when a layer has no derivative rule there."""
-        if not all(jets.supported(net) for net in self.nets):
+        networks, stacked into one, by `jets`. None when a layer has no derivative rule."""
+        nets = jets.stack(list(self.nets))
+        if nets is None:
             return None
-        n = self.n
-        x, tx = self.features.q_features(q), self.features.q_tangents(q)
+        n, eps, shift = self.n, self.eps, self.diag_shift
+        eye = torch.eye(n, dtype=nets.weights[0].dtype, device=nets.weights[0].device)
         if len(self.nets) == 1:
-            y, ty, _ = jets.mlp_jet(self.nets[0], x, tx)
-            outs, touts = torch.split(y, self.sizes, dim=1), torch.split(ty, self.sizes, dim=2)
+            pick = lambda y: torch.split(y[0], self.sizes, dim=-1)  # noqa: E731
         else:
-            pushed = [jets.mlp_jet(net, x, tx) for net in self.nets[:2]]
-            outs = [p[0] for p in pushed] + ([self.nets[2](x)] if self.with_dissipation else [])
-            touts = [p[1] for p in pushed]
-        factor = _lower_triangular(outs[0], n, self.diag_shift)
-        d_factor = _lower_triangular_tangent(outs[0], touts[0], n, self.diag_shift)  # [j, B, n, n]
-        eye = torch.eye(n, dtype=q.dtype, device=q.device)
-        mass = factor @ factor.transpose(-1, -2) + self.eps * eye
-        d_mass = d_factor @ factor.transpose(-1, -2)
-        d_mass = d_mass + d_mass.transpose(-1, -2)  # [j, B, n, n] = ∂M/∂qⱼ
-        d_mass_v = (d_mass @ v.unsqueeze(-1)).squeeze(-1)  # [j, B, i]
-        dl_dq = 0.5 * (d_mass_v * v).sum(-1).T - touts[1][:, :, 0].T
-        mixed = (d_mass_v * v.T.unsqueeze(-1)).sum(0)
-        d_grad = None
-        if self.with_dissipation:
-            c = _lower_triangular(outs[2], n, 0.0)
-            d_grad = (c @ (c.transpose(-1, -2) @ v.unsqueeze(-1))).squeeze(-1)
-        return Terms(mass, dl_dq - mixed), d_grad
+            pick = lambda y: [y[g, ..., : self.sizes[g]] for g in range(len(self.sizes))]  # noqa: E731
+
+        def terms(q: Tensor, v: Tensor) -> tuple[Terms, Tensor | None]:
+            y, ty, _ = jets.jet(nets, *self.features.q_jet(q))
+            outs, touts = pick(y), pick(ty)
+            if n == 1:  # every matrix is 1 × 1: elementwise, a dozen operations instead of four dozen
+                return _terms_1d(outs, touts, v, eps, shift)
+            factor = _lower_triangular(outs[0], n, shift)  # F, M = FFᵀ + εI
+            d_factor = _lower_triangular_tangent(outs[0], touts[0], n, shift)  # [j, B, n, n] = ∂F/∂qⱼ
+            v_col = v.unsqueeze(-1)
+            u = factor.mT @ v_col  # Fᵀq̇ [B, n, 1]
+            dl_dq = ((d_factor.mT @ v_col) * u).sum((-2, -1)).T - touts[1][:, :, 0].T  # ½q̇ᵀ∂ⱼM q̇ = (Fᵀq̇)·(∂ⱼFᵀq̇)
+            f_dot = torch.einsum("jbik,bj->bik", d_factor, v)  # Ḟ = Σⱼ ∂ⱼF q̇ⱼ
+            mixed = (f_dot @ u + factor @ (f_dot.mT @ v_col)).squeeze(-1)  # Ṁ q̇ with Ṁ = ḞFᵀ + FḞᵀ
+            mass = torch.baddbmm(eye, factor, factor.mT, beta=eps)
+            d_grad = None
+            if self.with_dissipation:
+                c = _lower_triangular(outs[2], n, 0.0)
+                d_grad = (c @ (c.mT @ v_col)).squeeze(-1)
+            return Terms(mass, dl_dq - mixed), d_grad
+
+        return terms
+
+
+def _terms_1d(outs: list[Tensor], touts: list[Tensor], v: Tensor, eps: float, shift: float) -> tuple[Terms, Tensor | None]:
+    """`StructuredLagrangian`'s terms for one degree of freedom: M = f² + ε with f = softplus(a + shift),
+    ∂L/∂q − (∂²L/∂q̇∂q) q̇ = ½q̇²∂M − ∂V − q̇²∂M = −f ∂f q̇² − ∂V, and ∂D/∂q̇ = c² q̇."""
+    pre = outs[0] + shift
+    f = nn.functional.softplus(pre)
+    d_f = softplus_tangent(pre, touts[0][0])
+    rhs = (f * v).mul_(d_f).mul_(v).neg_().sub_(touts[1][0])
+    mass = (f * f).add_(eps).unsqueeze(-1)
+    if len(outs) < 3:
+        return Terms(mass, rhs), None
+    c = nn.functional.softplus(outs[2])
+    return Terms(mass, rhs), (c * c).mul_(v)
 
 
 class LagrangianModel(nn.Module):
@@ -270,11 +299,12 @@ class LagrangianModel(nn.Module):
     def forward(self, q: Tensor, v: Tensor) -> Tensor:
         return euler_lagrange_acceleration(self.lagrangian, self.dissipation, q, v, method=self.method)
 
-    def inference_terms(self, q: Tensor, v: Tensor) -> tuple[Terms, Tensor | None]:
-        """(∂²L/∂q̇², ∂L/∂q − (∂²L/∂q̇∂q) q̇) and ∂D/∂q̇ (None for an LNN) without a graph, for evaluation:
-        the form's own (derivatives pushed through its layers), else `lagrangian.inference_terms`."""
-        own = self.body.inference_terms(q, v)
-        return own if own is not None else inference_terms(self.lagrangian, self.dissipation, q, v)
+    def inference(self) -> TermsFn | None:
+        """(∂²L/∂q̇², ∂L/∂q − (∂²L/∂q̇∂q) q̇) and ∂D/∂q̇ (None for an LNN) as a function of the states,
+        without autograd, for evaluation: the form's own derivatives pushed through its layers, built
+        once for the current weights (rebuild it after they change). None when a layer has no
+        derivative rule (`jets.RULES`)."""
+        return self.body.inference()
 
 
 class MLPModel(nn.Module):

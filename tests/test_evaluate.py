@@ -103,7 +103,7 @@ CASES = list(itertools.product(
 
 @pytest.mark.parametrize("system,form,shared,kind,activation", CASES)
 def test_closed_form_terms_equal_autograd(system, form, shared, kind, activation):
-    """The models' own inference_terms (derivatives pushed through the layers) against
+    """The models' own inference() (derivatives pushed through the layers) against
     reverse-over-reverse autograd, in float64: ∂²L/∂q̇², the right-hand side and ∂D/∂q̇."""
     torch.manual_seed(0)
     sys_ = get_system(system)
@@ -111,7 +111,7 @@ def test_closed_form_terms_equal_autograd(system, form, shared, kind, activation
     model = build_model(ModelConfig(kind=kind, form=form, hidden=24, depth=3, activation=activation, shared_trunk=shared,
                                     nonneg_dissipation=nonneg), sys_).double()
     q, v = 2 * torch.randn(12, sys_.n, dtype=torch.float64), 2 * torch.randn(12, sys_.n, dtype=torch.float64)
-    terms, d_grad = model.inference_terms(q, v)
+    terms, d_grad = model.inference()(q, v)
     ref, ref_d = inference_terms(model.lagrangian, model.dissipation, q, v)
     torch.testing.assert_close(terms.hessian_vv, ref.hessian_vv, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(terms.rhs, ref.rhs, rtol=1e-9, atol=1e-9)
@@ -178,3 +178,41 @@ def test_every_metric_a_study_may_ask_for_is_produced_by_its_source():
         assert name in full, name
         assert metric.direction in ("minimize", "maximize")
     assert evaluate(model, splits, metrics=("ood_energy_error",)).keys() >= {"ood_energy_error", "ood_rollout_error"}
+
+
+def test_networks_stack_only_when_they_share_a_shape():
+    """Same layers but the output width: one Stack (outputs padded); any other difference, or a layer without a rule: None."""
+    from torch import nn
+
+    from dlnn_core import jets
+    from dlnn_core.models import mlp
+
+    torch.manual_seed(0)
+    a, b = mlp(2, 8, 2, 3, "swish"), mlp(2, 8, 2, 1, "swish")
+    stacked = jets.stack([a, b])
+    assert stacked.outs == (3, 1) and stacked.weights[-1].shape == (2, 8, 3)
+    x, t = torch.randn(5, 2), torch.randn(2, 5, 2)
+    y, ty, _ = jets.jet(stacked, x, t)
+    torch.testing.assert_close(y[1, :, :1], b(x))
+    torch.testing.assert_close(y[1, :, 1:], torch.zeros(5, 2))
+    slope = torch.autograd.grad(b(x.requires_grad_()).sum(), x)[0]  # ∂b/∂x per sample (b has one output)
+    torch.testing.assert_close(ty[1, 0, :, 0], (slope * t[0]).sum(-1))
+    assert jets.stack([a, mlp(2, 16, 2, 1, "swish")]) is None
+    assert jets.stack([a, mlp(2, 8, 2, 3, "tanh")]) is None
+    assert jets.stack([nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 1))]) is None
+
+
+def test_evaluation_leaves_the_model_trainable():
+    """Evaluation runs under inference mode; what it caches on first use (the Cholesky index tensors)
+    must still serve training's backward pass afterwards."""
+    from dlnn_core import models
+
+    models._TRIL.clear()
+    splits = splits_for(2)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(kind="dlnn", form="structured", hidden=16), splits.system)
+    evaluate(model, splits, metrics=("rollout_error",))
+    q, v, a = splits.test.to_torch(torch.float32, "cpu")
+    (model(q[:8], v[:8]) - a[:8]).square().mean().backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]  # V's output bias has none: q̈ reads only ∂V/∂q
+    assert len(grads) >= len(list(model.parameters())) - 1 and all(torch.isfinite(g).all() for g in grads)

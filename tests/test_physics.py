@@ -135,3 +135,20 @@ def test_shape_errors_are_clear():
         euler_lagrange_acceleration(system.lagrangian, None, torch.zeros(4, 1), torch.zeros(4, 2))
     with pytest.raises(ConfigError, match="method"):
         euler_lagrange_acceleration(system.lagrangian, None, torch.zeros(4, 1), torch.zeros(4, 1), method="newton")
+
+
+def test_one_degree_of_freedom_solve_equals_the_regularized_normal_equations():
+    """n = 1 divides instead of factorizing: the same (HᵀH + λI) x = Hᵀ rhs, λ = rcond²‖H‖²_F/n + √tiny,
+    also where H = 0, and differentiable."""
+    from dlnn_core.lagrangian import regularized_solve
+
+    torch.manual_seed(0)
+    h = torch.randn(9, 1, 1, dtype=torch.float64)
+    h[0] = 0.0
+    rhs = torch.randn(9, 1, dtype=torch.float64)
+    info = torch.finfo(torch.float64)
+    lam = info.eps * h.square().sum((-2, -1)) + info.tiny**0.5
+    expected = torch.linalg.solve(h.mT @ h + lam[:, None, None], h.mT @ rhs.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(regularized_solve(h, rhs), expected, rtol=1e-14, atol=0)
+    assert float(regularized_solve(h, rhs)[0]) == 0.0
+    assert torch.autograd.gradcheck(regularized_solve, (h[1:].clone().requires_grad_(), rhs[1:].clone().requires_grad_()))
