@@ -110,7 +110,8 @@ def _pair_index(pairs: tuple[tuple[int, int], ...], device: torch.device) -> tup
     CUDA tensor with a Python list copies the list over and waits for it on every call."""
     key = (pairs, device)
     if key not in _PAIR_INDEX:
-        _PAIR_INDEX[key] = tuple(torch.tensor([p[i] for p in pairs], dtype=torch.long, device=device) for i in (0, 1))
+        with torch.inference_mode(False):  # normal tensors, though first asked for inside an evaluation's inference mode
+            _PAIR_INDEX[key] = tuple(torch.tensor([p[i] for p in pairs], dtype=torch.long, device=device) for i in (0, 1))
     return _PAIR_INDEX[key]
 
 
