@@ -102,48 +102,40 @@ def stack(nets: Sequence[nn.Sequential]) -> Stack | None:
     return Stack(tuple(weights), tuple(biases), tuple(parsed[0][1]), outs)
 
 
-_PAIR_INDEX: dict[tuple, tuple[Tensor, Tensor]] = {}
-
-
-def _pair_index(pairs: tuple[tuple[int, int], ...], device: torch.device) -> tuple[Tensor, Tensor]:
-    """The pairs' first and second tangents as index tensors on `device`, built once: indexing a
-    CUDA tensor with a Python list copies the list over and waits for it on every call."""
-    key = (pairs, device)
-    if key not in _PAIR_INDEX:
-        with torch.inference_mode(False):  # normal tensors, though first asked for inside an evaluation's inference mode
-            _PAIR_INDEX[key] = tuple(torch.tensor([p[i] for p in pairs], dtype=torch.long, device=device) for i in (0, 1))
-    return _PAIR_INDEX[key]
-
-
-def jet(nets: Stack, x: Tensor, tangents: Tensor, pairs: tuple[tuple[int, int], ...] = ()) -> tuple[Tensor, Tensor, Tensor | None]:
-    """(y [G, B, out], ∂y along each tangent [G, k, B, out], ∂²y along each pair of tangents
-    [G, m, B, out], or None without pairs) for input x [B, d] and tangents [k, B, d] shared by the
-    G stacked nets; the input's own second derivatives must be zero (true for q̇, and for the angle
-    features along pairs that involve a q̇ direction)."""
+def jet(nets: Stack, x: Tensor, tangents: Tensor, curved: int = 0) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(y [G, B, out], ∂y along each tangent [G, k, B, out], and ∂²y along every pair (tangent
+    k − curved + i, tangent j) [G, curved, k, B, out], or None when curved is 0) for input x [B, d]
+    and tangents [k, B, d] shared by the G stacked nets. The input's own second derivatives along
+    those pairs must be zero (true when the last `curved` tangents are q̇ directions, which enter
+    the input linearly)."""
     k, batch = tangents.shape[:2]
-    first, second = _pair_index(pairs, x.device) if pairs else (None, None)
-    rows = torch.cat([x, tangents.reshape(k * batch, -1)])  # values, then tangents, then second-order terms
+    groups = nets.weights[0].shape[0]
+    # values, then tangents, then second-order terms: rows of one [G, rows, width] tensor, updated in place layer by layer
+    rows = torch.cat([x, tangents.reshape(k * batch, -1)]).expand(groups, -1, -1)
     last = len(nets.activations)
     for i, (weight, bias) in enumerate(zip(nets.weights, nets.biases)):
-        if i == last and weight.shape[0] > 1:  # a few output columns per net: a batched matmul costs more than this product
+        if i == last and groups > 1:  # a few output columns per net: a batched matmul costs more than this product
             out = (rows.unsqueeze(-1) * weight.unsqueeze(1)).sum(2)
         else:
-            out = torch.matmul(rows, weight)  # [G, rows, width]
+            out = torch.bmm(rows, weight)
         z = out[:, :batch]
         z += bias
-        rest = out[:, batch:].unflatten(1, (-1, batch))  # [G, k (+ m), B, width]: ∂z, then ∂²z once there are any
+        width = out.shape[-1]
+        rest = out[:, batch:].view(groups, -1, batch, width)  # [G, k (+ curved·k), B, width]: ∂z, then ∂²z once there are any
         if i == last:
-            if not pairs:
+            if not curved:
                 return z, rest, None
-            return z, rest[:, :k], (rest[:, k:] if rest.shape[1] > k else torch.zeros_like(rest.index_select(1, first)))
+            second = rest[:, k:] if rest.shape[1] > k else rest.new_zeros(groups, curved * k, batch, width)
+            return z, rest[:, :k], second.view(groups, curved, k, batch, width)
         act = nets.activations[i]
-        y, d1, d2 = RULES[type(act)](act, z, bool(pairs))
-        if pairs:  # ∂²σ(z) = σ''(z) ∂z ∂z + σ'(z) ∂²z: the first term from this layer's tangents, before they are scaled
-            curvature = rest.index_select(1, first).mul_(rest.index_select(1, second)).mul_(d2.unsqueeze(1))
-        parts = [y, rest.mul_(d1.unsqueeze(1)).flatten(1, 2)]
-        if pairs and rest.shape[1] > k:
+        y, d1, d2 = RULES[type(act)](act, z.unsqueeze(1), bool(curved))  # [G, 1, B, width]: broadcast over the tangents
+        if curved:  # ∂²σ(z) = σ''(z) ∂z ∂z + σ'(z) ∂²z: the first term from this layer's tangents, before they are scaled
+            curvature = (rest[:, k - curved : k].unsqueeze(2) * rest[:, :k].unsqueeze(1)).mul_(d2.unsqueeze(1)).view(groups, -1, batch, width)
+        rest.mul_(d1)
+        z.copy_(y.squeeze(1))
+        rows = out
+        if curved and rest.shape[1] > k:
             rest[:, k:].add_(curvature)
-        elif pairs:
-            parts.append(curvature.flatten(1, 2))
-        rows = torch.cat(parts, dim=1)
+        elif curved:  # the first layer with second-order terms: they join the rows
+            rows = torch.cat([out, curvature.flatten(1, 2)], dim=1)
     raise AssertionError("unreachable: an MLP ends with a Linear")

@@ -143,12 +143,14 @@ def regularized_solve(h: Tensor, rhs: Tensor, rcond: float | None = None) -> Ten
     info = torch.finfo(h.dtype)
     if rcond is None:
         rcond = info.eps**0.5
+    if n == 1:  # one degree of freedom: the same formula elementwise, not a matmul and an LU factorization per sample
+        h1 = h[..., 0]
+        normal = h1 * h1
+        return (h1 * rhs) / (normal + (rcond**2 * normal + info.tiny**0.5))
     ht = h.transpose(-1, -2)
     normal = ht @ h
     scale = normal.diagonal(dim1=-2, dim2=-1).sum(-1) / n  # ‖H‖²_F / n
     lam = rcond**2 * scale + info.tiny**0.5
-    if n == 1:  # one degree of freedom: a division, not an LU factorization per sample
-        return (ht[..., 0] * rhs) / (normal[..., 0] + lam[:, None])
     eye = torch.eye(n, dtype=h.dtype, device=h.device)
     # solve_ex: the LU solve without reading its status back, which would stall a CUDA stream on every call (λ > 0 keeps it regular)
     return torch.linalg.solve_ex(normal + lam[:, None, None] * eye, (ht @ rhs.unsqueeze(-1))).result.squeeze(-1)

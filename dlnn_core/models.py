@@ -110,15 +110,13 @@ class FreeLagrangian(nn.Module):
 
     def inference(self) -> TermsFn | None:
         """`lagrangian.inference_terms` for the current weights, by `jets`: tangents along each qⱼ and
-        q̇ᵢ and second derivatives along the pairs (q̇ᵢ, q̇ₖ) and (q̇ᵢ, qⱼ) pushed through the networks
+        q̇ᵢ and second derivatives along the pairs (q̇ᵢ, qⱼ) and (q̇ᵢ, q̇ₖ) pushed through the networks
         at once. None when a layer has no derivative rule."""
         l_net = jets.stack([self.l_net])
         d_net = jets.stack([self.d_net]) if self.d_net is not None else None
         if l_net is None or (self.d_net is not None and d_net is None):
             return None
         n, q_dim = self.n, self.features.q_dim
-        vv = [(i, k) for i in range(n) for k in range(n)]
-        pairs = tuple((n + i, n + k) for i, k in vv) + tuple((n + i, j) for i, j in vv)
 
         def terms(q: Tensor, v: Tensor) -> tuple[Terms, Tensor | None]:
             batch = q.shape[0]
@@ -127,9 +125,9 @@ class FreeLagrangian(nn.Module):
             tangents[:n, :, :q_dim] = q_tangents
             tangents[n:, :, q_dim:].diagonal(dim1=0, dim2=2).fill_(1)
             x = torch.cat([features, v], dim=1)
-            y, ty, sy = jets.jet(l_net, x, tangents, pairs)
-            h_vv = sy[0, : n * n, :, 0].T.reshape(batch, n, n)
-            h_vq = sy[0, n * n :, :, 0].T.reshape(batch, n, n)  # [B, i, j] = ∂²L/∂q̇ᵢ∂qⱼ
+            y, ty, sy = jets.jet(l_net, x, tangents, curved=n)  # sy[0, i, j, b, 0] = ∂²L/∂q̇ᵢ∂(q, q̇)ⱼ
+            second = sy[0, ..., 0].permute(2, 0, 1)  # [B, i, j]
+            h_vq, h_vv = second[..., :n], second[..., n:]
             rhs = ty[0, :n, :, 0].T - (h_vq * v.unsqueeze(1)).sum(-1)
             if not self.with_dissipation:
                 return Terms(h_vv, rhs), None
