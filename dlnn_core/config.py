@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -220,7 +220,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Nested plain dict (lists, not tuples), ready for JSON/YAML."""
-        return _plain(asdict(self))
+        return _plain(self)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
@@ -418,8 +418,21 @@ _SECTIONS = {"data": DataConfig, "model": ModelConfig, "optimizer": OptimizerCon
 _DICT_FIELDS = {"data.params"}
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+_ATOMS = frozenset({str, int, float, bool, type(None)})
+
+
 def _plain(value: Any) -> Any:
-    """Tuples to lists, recursively, so dicts compare equal after a JSON/YAML round trip."""
+    """Dataclasses to dicts and tuples to lists, recursively, so dicts compare equal after a
+    JSON/YAML round trip. One walk (dataclasses.asdict would deep-copy the tree first): a trial
+    builds its config dict several times."""
+    if type(value) in _ATOMS:
+        return value
+    names = _FIELD_NAMES.get(type(value))
+    if names is None and is_dataclass(value) and not isinstance(value, type):
+        names = _FIELD_NAMES[type(value)] = tuple(f.name for f in fields(value))
+    if names is not None:
+        return {name: _plain(getattr(value, name)) for name in names}
     if isinstance(value, Mapping):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
