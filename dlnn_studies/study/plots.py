@@ -9,15 +9,16 @@ import torch
 
 
 def rollout_png(checkpoint: str | Path, out: str | Path, trajectories: int = 3, cache_dir: str | Path | None = None) -> Path:
-    """Roll the trained model out from the validation trajectories' initial states (RK4, the
-    data's sampling step) and plot each coordinate against the true solution."""
+    """Roll the trained model out from the validation trajectories' initial states (the
+    evaluation's rollout: RK4 at the data's sampling step, no graph) and plot each coordinate
+    against the true solution."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
     from dlnn_core.data import load_data
-    from dlnn_core.rollout import rollout
+    from dlnn_core.evaluate import batched_rollout, frozen
     from dlnn_core.train import DTYPES, load_checkpoint
 
     model, config, _ = load_checkpoint(checkpoint, "cpu")
@@ -28,9 +29,8 @@ def rollout_png(checkpoint: str | Path, out: str | Path, trajectories: int = 3, 
     q0 = torch.as_tensor(traj.q[:k, 0], dtype=dtype)
     v0 = torch.as_tensor(traj.qdot[:k, 0], dtype=dtype)
     dt = float(traj.t[1] - traj.t[0])
-    model.eval()
-    with torch.no_grad():
-        q, _ = rollout(model, q0, v0, dt, traj.q.shape[1] - 1, substeps=2)
+    with frozen(model):
+        q, _ = batched_rollout(model, q0, v0, dt, traj.q.shape[1] - 1)
     q = q.double().numpy()
     n = traj.q.shape[2]
     fig, axes = plt.subplots(n, 1, figsize=(8, 2.6 * n), sharex=True, squeeze=False)
@@ -65,7 +65,7 @@ def rollouts_overlay(checkpoints: dict[str, str | Path], trajectories: int = 2, 
     from matplotlib import pyplot as plt
 
     from dlnn_core.data import load_data
-    from dlnn_core.rollout import rollout
+    from dlnn_core.evaluate import batched_rollout, frozen
     from dlnn_core.train import DTYPES, load_checkpoint
 
     loaded = {label: load_checkpoint(path, "cpu") for label, path in checkpoints.items()}
@@ -87,9 +87,8 @@ def rollouts_overlay(checkpoints: dict[str, str | Path], trajectories: int = 2, 
         dtype = DTYPES[cfg.dtype]
         q0 = torch.as_tensor(traj.q[:k, 0], dtype=dtype)
         v0 = torch.as_tensor(traj.qdot[:k, 0], dtype=dtype)
-        model.eval()
-        with torch.no_grad():
-            q, _ = rollout(model, q0, v0, dt, traj.q.shape[1] - 1, substeps=2)
+        with frozen(model):
+            q, _ = batched_rollout(model, q0, v0, dt, traj.q.shape[1] - 1)
         q = q.double().numpy()
         for j in range(n):
             for i in range(k):
