@@ -93,7 +93,7 @@ def child(url: str, name: str, artifacts: str, cache: str, threads: int) -> dict
     worker.Objective._upload = clocked(worker.Objective._upload, "plots and uploads")
     start = time.perf_counter()
     worker.run_worker(url, name, artifacts=artifacts, threads=threads, fit_fn=timed_fit, install_signals=False, log=lambda m: None,
-                      evaluate_fn=clocked(lambda path, device: train.evaluate_checkpoint(path, device, cache), "evaluation"))
+                      evaluate_fn=clocked(lambda path, device, metrics: train.evaluate_checkpoint(path, device, cache, metrics), "evaluation"))
     clock["wall"] = time.perf_counter() - start
     clock["the rest"] = clock["wall"] - sum(clock[p] for p in PARTS[:-1])
     return dict(clock)

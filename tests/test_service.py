@@ -365,6 +365,34 @@ def test_full_evaluation_goes_to_references_and_trials_among_the_best(tmp_path, 
     assert "test_rollout_error" in records.trial_metrics(min(done, key=lambda t: t.value))
 
 
+def test_full_evaluation_does_not_roll_the_objectives_split_out_again(tmp_path, monkeypatch):
+    """A rollout objective: fit rolls out the test split for it, and the full evaluation of a trial
+    among the best rolls out only the ood split (it is asked for no metric of a pass fit already
+    ran); the trial still carries both splits' rollout metrics, the test ones fit's own."""
+    from dlnn_core.evaluate import rollout_splits
+    from dlnn_core.train import evaluate_checkpoint
+
+    url = f"sqlite:///{tmp_path / 'dlnn.db'}"
+    monkeypatch.setenv("DLNN_CACHE_DIR", str(tmp_path / "cache"))
+    launch(load_spec(write_spec(tmp_path, tiny_spec(trials=2, sampler='name = "random"') + '[objective]\nmetric = "rollout_error"\n')),
+           url, log=lambda m: None)
+    asked = []
+
+    def evaluate(checkpoint, device, metrics):
+        asked.append(rollout_splits(metrics))
+        return evaluate_checkpoint(checkpoint, device, metrics=metrics)
+
+    assert run_worker(url, "tiny", fit_fn=None, evaluate_fn=evaluate, seed=1, install_signals=False, artifacts=None,
+                      log=lambda m: None) == 0
+    done = [t for t in optuna.load_study(study_name="tiny", storage=url).trials if t.state == TrialState.COMPLETE]
+    assert len(done) == 2 and asked == [("ood",), ("ood",)]  # both among the 5 best: both fully evaluated, ood only
+    for t in done:
+        metrics = records.trial_metrics(t)
+        assert t.user_attrs[records.EVALUATION] == "full"
+        assert {"ood_rollout_error", "ood_energy_error", "ood_valid_steps", "test_energy_error", "test_valid_steps"} <= metrics.keys()
+        assert t.value == records.to_stored("rollout_error", metrics["rollout_error"])  # the objective is the kept test value
+
+
 def test_trial_view_sees_its_own_writes_and_no_deleted_study(tmp_path):
     """The view's staleness bound is for other processes' writes: a trial this process ends is in its
     next read, and a study created under a deleted study's id (SQLite reuses it) starts empty."""
@@ -389,7 +417,7 @@ def test_a_failing_full_evaluation_leaves_the_trial_complete(tmp_path, monkeypat
     monkeypatch.setenv("DLNN_CACHE_DIR", str(tmp_path / "cache"))
     launch(load_spec(write_spec(tmp_path, tiny_spec(trials=2, sampler='name = "random"'))), url, log=lambda m: None)
 
-    def broken(checkpoint, device):
+    def broken(checkpoint, device, metrics):
         raise RuntimeError("no rollouts today")
 
     assert run_worker(url, "tiny", fit_fn=None, evaluate_fn=broken, seed=1, install_signals=False, artifacts=None,

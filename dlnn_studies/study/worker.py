@@ -180,7 +180,7 @@ class Objective:
 
             evaluate_fn = evaluate_fn or evaluate_checkpoint
         self.fit = fit_fn  # fit(config, report, out_dir, metrics): trains and evaluates what `metrics` names
-        self.evaluate = evaluate_fn  # evaluate(checkpoint, device): every metric (None: fit's are all there is)
+        self.evaluate = evaluate_fn  # evaluate(checkpoint, device, metrics=names): at least those (None: fit's are all there is)
 
     def __call__(self, trial: optuna.Trial):
         self.unfinished.add(trial._trial_id)
@@ -293,10 +293,14 @@ class Objective:
         return stored[0] if single else stored
 
     def _every_metric(self, trial: optuna.Trial, checkpoint: str, device: str, metrics: dict[str, Any]) -> dict[str, Any]:
-        """`metrics` completed by a full evaluation of the checkpoint (fit's own values kept). If it
-        fails, the objectives are known: the trial stands with what fit measured, and says so."""
+        """`metrics` completed by a full evaluation of the checkpoint (fit's own values kept; a split
+        fit already rolled out for the objectives is not rolled out again). If it fails, the
+        objectives are known: the trial stands with what fit measured, and says so."""
+        from dlnn_core.metrics import METRICS
+
+        covered = {METRICS[m].source for m in metrics if m in METRICS}  # the passes fit already ran
         try:
-            full = {**self.evaluate(checkpoint, device), **metrics}
+            full = {**self.evaluate(checkpoint, device, metrics=[m for m, info in METRICS.items() if info.source not in covered]), **metrics}
         except Exception as exc:
             if is_connection_error(exc):
                 raise
