@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 
+CHILD_INDEX = "CHILD_INDEX"
+
 
 def json_children(cmd: list[str], count: int, env: dict[str, str], what: str = "worker") -> list[dict]:
     """Start `count` processes of `cmd` together, wait for all, and return each one's last stdout
-    line parsed as JSON; a child that fails raises with the tail of its stderr."""
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(count)]
+    line parsed as JSON; a child that fails raises with the tail of its stderr. Each child finds
+    its index (0 … count − 1) in the environment variable CHILD_INDEX, to seed itself apart."""
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**env, CHILD_INDEX: str(i)})
+             for i in range(count)]
     results = []
     for p in procs:
         out, err = p.communicate()

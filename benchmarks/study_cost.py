@@ -20,7 +20,7 @@ the service):
 The first `n_startup_trials` of a TPE spec are random draws; a budget cut below that measures
 the start of a study, which the table says.
 
-    python benchmarks/study_cost.py [--spec pendulum_answers] [--trials 48] [--workers 1 2] [--out FILE]
+    python benchmarks/study_cost.py [--spec pendulum_answers] [--trials 48] [--workers 1 2] [--seed 0] [--out FILE]
 """
 
 from __future__ import annotations
@@ -39,13 +39,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from children import json_children  # noqa: E402
+from children import CHILD_INDEX, json_children  # noqa: E402
 
 PARTS = ("data", "training", "evaluation", "storage in a trial", "sampling", "plots and uploads", "the rest")
 
 
-def child(url: str, name: str, artifacts: str, cache: str, threads: int) -> dict:
-    """One worker process: run the study with clocks around fit's phases and the sampler."""
+def child(url: str, name: str, artifacts: str, cache: str, threads: int, seed: int) -> dict:
+    """One worker process: run the study with clocks around fit's phases and the sampler; its
+    sampler seed is `seed` plus its index among the children, so a run's trials can be drawn again."""
     import dlnn_core.train as train
     import dlnn_studies.study.plots as plots
     import dlnn_studies.study.worker as worker
@@ -93,13 +94,14 @@ def child(url: str, name: str, artifacts: str, cache: str, threads: int) -> dict
     worker.Objective._upload = clocked(worker.Objective._upload, "plots and uploads")
     start = time.perf_counter()
     worker.run_worker(url, name, artifacts=artifacts, threads=threads, fit_fn=timed_fit, install_signals=False, log=lambda m: None,
+                      seed=seed + int(os.environ[CHILD_INDEX]),
                       evaluate_fn=clocked(lambda path, device, metrics: train.evaluate_checkpoint(path, device, cache, metrics), "evaluation"))
     clock["wall"] = time.perf_counter() - start
     clock["the rest"] = clock["wall"] - sum(clock[p] for p in PARTS[:-1])
     return dict(clock)
 
 
-def level(spec: str, trials: int, workers: int, folder: Path) -> dict:
+def level(spec: str, trials: int, workers: int, folder: Path, seed: int) -> dict:
     """Launch a fresh study and run `workers` processes on it; trials per hour and the summed clocks."""
     import optuna
 
@@ -112,7 +114,7 @@ def level(spec: str, trials: int, workers: int, folder: Path) -> dict:
     url = f"sqlite:///{folder / 'study.db'}"
     launch(parsed, url, log=lambda m: None)
     threads = max(1, (os.cpu_count() or 1) // workers)
-    cmd = [sys.executable, __file__, "--child", url, parsed.name, str(folder / "artifacts"), str(folder / "cache"), str(threads)]
+    cmd = [sys.executable, __file__, "--child", url, parsed.name, str(folder / "artifacts"), str(folder / "cache"), str(threads), str(seed)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     start = time.perf_counter()
     clocks = json_children(cmd, workers, env)
@@ -139,19 +141,20 @@ def table(rows: list[dict], spec: str, startup: int | None) -> str:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        url, name, artifacts, cache, threads = sys.argv[2:7]
-        print(json.dumps(child(url, name, artifacts, cache, int(threads))))
+        url, name, artifacts, cache, threads, seed = sys.argv[2:8]
+        print(json.dumps(child(url, name, artifacts, cache, int(threads), int(seed))))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spec", default="pendulum_answers", help="a spec in studies/ (without .toml)")
     parser.add_argument("--trials", type=int, default=48, help="the budget of each level's fresh study")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--seed", type=int, default=0, help="worker i's sampler seed is SEED + i (default 0): the same trials again")
     parser.add_argument("--out", type=Path, help="also append the table to this file")
     args = parser.parse_args()
     rows = []
     for n in args.workers:
         with tempfile.TemporaryDirectory(prefix="dlnn-cost-") as folder:
-            rows.append(level(args.spec, args.trials, n, Path(folder)))
+            rows.append(level(args.spec, args.trials, n, Path(folder), args.seed))
             print(f"{n} worker(s): {rows[-1]['wall_s']:.0f} s", file=sys.stderr, flush=True)
     raw = tomllib.loads((ROOT / "studies" / f"{args.spec}.toml").read_text())
     text = table(rows, args.spec, raw.get("sampler", {}).get("n_startup_trials"))
