@@ -275,8 +275,9 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def _local_workers(url: str, name: str, n: int, threads: int | None, artifacts: str, device: str | None = None,
-                   timeout: float | None = None) -> list[int]:
-    """Run n worker processes on study `name` until its budget is used; returns their exit codes."""
+                   timeout: float | None = None, seed: int | None = None) -> list[int]:
+    """Run n worker processes on study `name` until its budget is used; returns their exit codes.
+    With `seed`, worker i draws with sampler seed `seed + i`, so a rerun can pick other draws on purpose."""
     threads = threads or max(1, (os.cpu_count() or 1) // n)
     command = [sys.executable, "-m", "dlnn_studies.cli.main", "work", name, "--threads", str(threads), "--artifacts", str(artifacts)]
     env = {**os.environ, ENV_STORAGE: url}  # not on the command line, where `ps` would show a password
@@ -287,7 +288,8 @@ def _local_workers(url: str, name: str, n: int, threads: int | None, artifacts: 
     print(f"starting {n} workers on {name} ({threads} torch threads each); Ctrl-C stops them after the current epoch")
     # Own sessions: a terminal Ctrl-C reaches only this process, which forwards exactly one SIGTERM
     # per signal, so the first stops the workers gracefully and a second one stops them at once.
-    procs = [subprocess.Popen(command, start_new_session=True, env=env) for _ in range(n)]
+    procs = [subprocess.Popen(command + ([] if seed is None else ["--seed", str(seed + i)]), start_new_session=True, env=env)
+             for i in range(n)]
 
     def forward(signum, _frame):
         for proc in procs:
@@ -333,6 +335,7 @@ def configure_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", type=_device, default=None, help="device for every worker (default: the spec's)")
     p.add_argument("--threads", type=_positive, default=None, help="torch threads per worker (default: cores / workers)")
     p.add_argument("--timeout", type=_seconds, default=None, help="stop the workers starting trials after this many seconds")
+    p.add_argument("--seed", type=int, default=None, help="sampler seed: worker i gets SEED + i (default: random, unique per worker)")
     _storage(p)
     _artifacts(p)
 
@@ -349,7 +352,8 @@ def run_run(args: argparse.Namespace) -> int:
     launched = launch(spec, url, name=args.name, log=lambda m: None if m.startswith("  ") else print(m),
                       artifacts=artifacts_url(args.artifacts))
     name = launched.name
-    codes = _local_workers(url, name, args.workers, args.threads, artifacts_url(args.artifacts), args.device, args.timeout)
+    codes = _local_workers(url, name, args.workers, args.threads, artifacts_url(args.artifacts), args.device, args.timeout,
+                           args.seed)
     print()
     print(format_status(status(url, name)))
     if any(codes):
