@@ -23,17 +23,20 @@ class Metric:
     """A metric a study can optimize: its natural direction, the pass that computes it ("states":
     q̈ on held-out states, "rollout:<split>", "dissipation", "run": fit's own bookkeeping), whether
     it needs the true system's equations (absent for data files), and whether it is an error that
-    spans decades (studies store those as log10)."""
+    spans decades (studies store those as log10). `no_skill` is the value a model that learned
+    nothing gets (predicting zero q̈ gives a relative MSE of 1): a report draws no learning-rate band
+    for an optimizer whose best trial is no better."""
 
     direction: str
     source: str
     needs_system: bool = False
     log_scale: bool = True
+    no_skill: float | None = None
 
 
 ALIASES = {"rollout_error": "test_rollout_error", "energy_error": "test_energy_error"}  # the short names of the test split's
 METRICS: dict[str, Metric] = {
-    **{f"{s}_{m}": Metric("minimize", "states") for s in ("val", "test", "ood") for m in ("rel_mse", "rel_mse_median")},
+    **{f"{s}_{m}": Metric("minimize", "states", no_skill=1.0) for s in ("val", "test", "ood") for m in ("rel_mse", "rel_mse_median")},
     **{f"{s}_{m}": Metric("minimize", f"rollout:{s}") for s in ROLLOUT_SPLITS for m in ("rollout_error", *(f"rollout_error_{h}" for h in ROLLOUT_HORIZONS))},
     **{f"{s}_energy_error": Metric("minimize", f"rollout:{s}", needs_system=True) for s in ROLLOUT_SPLITS},
     **{f"{s}_valid_steps": Metric("maximize", f"rollout:{s}", log_scale=False) for s in ROLLOUT_SPLITS},

@@ -22,50 +22,12 @@ from dlnn_core.optim import OPTIMIZERS
 from dlnn_studies.cli import main as cli
 from dlnn_studies.study import records
 from dlnn_studies.study.report import load, report, tolerance_band
+from report_support import SPACE, _add, _study
 from dlnn_studies.study.launch import launch
 from dlnn_studies.spec.schema import load_spec
 from dlnn_studies.store.urls import normalize_url
 from dlnn_studies.study.verify import candidates, verify
 from dlnn_studies.study.worker import run_worker
-
-SPACE = """
-[space.optimizer]
-choices = ["adam", "sgd"]
-[space.optimizer.lr]
-per_optimizer = true
-[space.loss]
-choices = ["mse", "l1_sum"]
-[space.batch_size]
-choices = [32, 128]
-"""
-
-
-def _study(url, tmp_path, name="known", space=SPACE, extra=""):
-    launch(load_spec(write_spec(tmp_path, tiny_spec(name=name, trials=200, space=space, extra=extra), f"{name}.toml")), url,
-           log=lambda m: None)
-    return optuna.load_study(study_name=name, storage=normalize_url(url))
-
-
-def _add(study, *, opt="adam", lr=1e-3, loss="mse", batch=32, value=None, state=TrialState.COMPLETE, status="ok",
-         reason=None, curve=None, baseline=None, values=None):
-    """One finished trial as a worker records it (config and metrics as system attrs, log10 objective)."""
-    config = TrainConfig().with_flat({"optimizer.name": opt, "optimizer.lr": lr, "loss": loss, "batch_size": batch, "epochs": 4})
-    low, high = OPTIMIZERS[opt].lr_range
-    dists = {"optimizer.name": CategoricalDistribution(["adam", "sgd"]), "optimizer.lr_position": FloatDistribution(0.0, 1.0),
-             "loss": CategoricalDistribution(["mse", "l1_sum"]), "batch_size": CategoricalDistribution([32, 128])}
-    params = {"optimizer.name": opt, "optimizer.lr_position": min(1.0, max(0.0, math.log(lr / low) / math.log(high / low))),
-              "loss": loss, "batch_size": batch}
-    metrics = {"val_rel_mse": value, "test_rollout_error": 10 * value} if value is not None else {}
-    user = {"status": status, **({"reason": reason} if reason else {}), **({"baseline": baseline} if baseline else {}), **metrics}
-    system = {records.CONFIG: config.to_dict(), records.METRICS: metrics,
-              "constraints:diverged": 1.0 if status == "diverged" else 0.0}
-    kw = {}
-    if state == TrialState.COMPLETE:
-        kw["values"] = values if values is not None else [math.log10(value)]
-    curve = curve or ({e: math.log10(value) + (4 - e) * 0.1 for e in range(1, 5)} if value else {})
-    study.add_trial(optuna.create_trial(state=state, params=params, distributions=dists, user_attrs=user,
-                                        system_attrs=system, intermediate_values=curve, **kw))
-
 
 def test_report_states_the_known_answers(storage_url, tmp_path):
     """adam is 10× better than sgd everywhere; adam's lr band spans exactly the points within 10× of
@@ -86,24 +48,26 @@ def test_report_states_the_known_answers(storage_url, tmp_path):
     lines = [line for line in text.splitlines() if line.startswith("| adam |") or line.startswith("| sgd |")]
     assert lines[0].startswith("| adam | 20 | 20 | 0 | 0 | 0 | 0 % | 0.0001 |")
     assert lines[1].startswith("| sgd | 22 | 20 | 0 | 2 | 0 | 9 % | 0.001 |")
-    assert written.headline.splitlines()[1].split()[0] == "adam"
+    claim = next(c for c in written.record.claims if c.id == "optimizer.name: adam vs sgd")
+    assert claim.grade == "established" and claim.effect == pytest.approx(-1.0, abs=0.05)  # 10× lower, graded as such
+    assert "adam has the best good trials" in written.headline
     # LR tolerance: within 10× of the best for |log10(lr / 1e-3)| < 1 with the factor-2 cells: 3e-4 .. 3e-3.
     d = load(storage_url, "known")
     adam = [(r.flat["optimizer.lr"], r.value) for r in d.rows if r.flat["optimizer.name"] == "adam"]
     assert tolerance_band(adam, 1e-4, "minimize") == (pytest.approx(3e-4), pytest.approx(3e-3))
-    assert "| adam | 20 | 20 | 0 | 0.0001 | 0.0003 | 0.003 | 1.00 |" in text
+    assert "| adam | 20 | 20 | 0 | 0.0001 | 0.0003 | 0.003 | 1.00 | closed | closed | 0 |" in text
     # The interaction: l1_sum wins at batch 32, mse at 128 (medians over lr in each cell).
-    table = text.split("**loss form × batch size")[1].splitlines()
+    table = text.split("(rows loss, columns batch_size)")[1].splitlines()
     row32 = next(line for line in table if line.startswith("| mse |"))
     row_l1 = next(line for line in table if line.startswith("| l1_sum |"))
     med = lambda cell: float(cell.split()[0])  # noqa: E731
     mse32, mse128 = (med(c) for c in row32.split("|")[2:4])
     l1_32, l1_128 = (med(c) for c in row_l1.split("|")[2:4])
     assert l1_32 < mse32 and mse128 < l1_128
-    # Failures: both sgd divergences, caused by a NaN loss, at high lr.
-    assert "| NaN / inf loss | 2 | optimizer.name = sgd (2)" in text
-    # Importances: one lr feature for both optimizers, by both methods.
-    assert "| log10(lr / default lr) |" in text and "PED-ANOVA" in text and "fANOVA" in text
+    # Failures: both sgd divergences, by the worker's verdict, at high lr.
+    assert "| diverged (non-finite or exploding loss or objective) | 2 | optimizer.name = sgd (2)" in text
+    # Importances: one lr feature for both optimizers, one method with its bootstrap range.
+    assert "| log10(lr / default lr) |" in text and "fANOVA" in text and "| setting | importance | 10 % | 90 % |" in text
     html = written.html.read_text()
     assert html.startswith("<!doctype html>") and "data:image/png;base64," in html and "Learning-rate tolerance" in html
 
@@ -111,7 +75,7 @@ def test_report_states_the_known_answers(storage_url, tmp_path):
 def test_report_of_an_empty_and_an_all_diverged_study(storage_url, tmp_path):
     _study(storage_url, tmp_path, name="empty")
     text = report(storage_url, "empty", tmp_path / "r", save_to_study=False).markdown.read_text()
-    for heading in ("Verdict", "Per choice", "Learning-rate tolerance", "D-Adaptation", "Interactions", "Importances", "Failures",
+    for heading in ("Answers", "Verdict", "Per choice", "Learning-rate tolerance", "D-Adaptation", "Interactions", "Importances", "Failures",
                     "Pruning", "Robust winners"):
         assert f"## {heading}" in text  # a section with nothing to show stays, saying why
     assert "No trial completed" in text and "No trial diverged or failed (0 judged)" in text
@@ -123,7 +87,7 @@ def test_report_of_an_empty_and_an_all_diverged_study(storage_url, tmp_path):
     _add(study, state=TrialState.FAIL, status="error", reason="RuntimeError: boom")
     text = report(storage_url, "broken", tmp_path / "r", save_to_study=False).markdown.read_text()
     assert "4 trials: 0 complete, 0 pruned, 3 diverged, 1 failed" in text
-    assert "| singular ∂²L/∂q̇² (non-finite q̈) | 3 |" in text and "| error: RuntimeError | 1 |" in text
+    assert "| diverged (non-finite or exploding loss or objective) | 3 |" in text and "| error (the config or the code raised) | 1 |" in text
     assert "| adam | 4 | 0 | 0 | 3 | 1 | 75 % |" in text
 
 

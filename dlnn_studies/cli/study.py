@@ -228,18 +228,38 @@ def configure_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("reports"), help="output directory (default reports/): writes OUT/STUDY/report.html, "
                                                                      "report.md and figures/")
     p.add_argument("--no-save", action="store_true", help="do not save the report into the study (dashboard note and figure artifacts)")
+    p.add_argument("--json", action="store_true", help="print the report's record (every number and graded claim) as JSON; writes no files")
+    p.add_argument("--against", default=None, metavar="OTHER",
+                   help="compare every claim with another report's: a study name (in --against-storage, default the same storage) "
+                        "or a JSON file from `dlnn report --json`; writes OUT/STUDY/against-OTHER.md")
+    p.add_argument("--against-storage", default=None, metavar="URL", help="the storage of --against's study (default: --storage)")
     _storage(p)
     _artifacts(p)
 
 
 def run_report(args: argparse.Namespace) -> int:
-    """Write what a study answers (per choice, lr tolerance, d0, interactions, importances, failures) as HTML and Markdown."""
-    from ..study.report import report
+    """Write what a study answers, graded by how sure (claims, per choice, lr bands, d0, interactions, importances, failures)."""
+    from ..study.report import against, record_of, report
+    from ..study.report.compare import to_markdown
+    from ..study.report.record import to_json
+    from ..spec.names import folder_name, study_folder
 
-    written = report(storage_url(args.storage), args.study, args.out, artifacts=artifacts_url(args.artifacts), save_to_study=not args.no_save)
+    url = storage_url(args.storage)
+    if args.json:
+        print(json.dumps(to_json(record_of(url, args.study)), indent=1))
+        return 0
+    progress = lambda m: print(f"  {m} ...", file=sys.stderr, flush=True)  # noqa: E731  (stderr: stdout stays the answer)
+    written = report(url, args.study, args.out, artifacts=artifacts_url(args.artifacts), save_to_study=not args.no_save, log=progress)
     print(written.headline)
     print(f"\nreport: {written.html}  (Markdown: {written.markdown})"
           + ("; also the study's note in the dashboard" if written.note_saved else ""))
+    if args.against:
+        other_url = storage_url(args.against_storage) if args.against_storage else url
+        comparison = against(written.record, args.against, other_url)
+        path = study_folder(args.out, args.study) / f"against-{folder_name(Path(args.against).stem)}.md"
+        path.write_text(to_markdown(comparison))
+        print(f"\nagainst {args.against}: {comparison.contradictions} contradiction(s) "
+              f"({comparison.established_contradicted} involving an established claim) in {len(comparison.rows)} claims; {path}")
     return 0
 
 
@@ -252,6 +272,9 @@ def configure_verify(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=_positive, default=3, help="fresh seeds per config (default 3)")
     p.add_argument("--reference", action="append", default=[], metavar="PRESET",
                    help="also retrain this preset (e.g. published_dlnn) on the study's data and epochs with the same seeds (repeatable)")
+    p.add_argument("--per", default=None, metavar="SETTING",
+                   help="instead of the top configs: the best config of each choice of SETTING (e.g. optimizer.name), each "
+                        "with its own tuned lr, retrained with --seeds fresh seeds as study STUDY-per-SETTING")
     p.add_argument("--workers", type=int, default=0, help="also run this many local workers on it until it is done (default 0: "
                                                            "launch only, then `dlnn work STUDY-verify` anywhere)")
     p.add_argument("--threads", type=_positive, default=None, help="torch threads per local worker (default: cores / workers)")
@@ -260,11 +283,16 @@ def configure_verify(p: argparse.ArgumentParser) -> None:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    """Retrain the best configs with fresh seeds as trials of STUDY-verify; the report ranks them by mean ± std."""
-    from ..study.verify import verify
+    """Retrain the best configs (or with --per, each choice's best) with fresh seeds; the report ranks them by mean over seeds."""
+    from ..study.verify import verify, verify_per
 
     url = storage_url(args.storage)
-    child, _ = verify(url, args.study, top=args.top, seeds=args.seeds, references=tuple(args.reference))
+    if args.per and args.reference:
+        raise UsageError("--per and --reference: a reference preset is retrained by `dlnn verify STUDY --reference`, not with --per")
+    if args.per:
+        child, _ = verify_per(url, args.study, args.per, seeds=args.seeds)
+    else:
+        child, _ = verify(url, args.study, top=args.top, seeds=args.seeds, references=tuple(args.reference))
     if args.workers > 0:
         codes = _local_workers(url, child, args.workers, args.threads, artifacts_url(args.artifacts))
         if any(codes):
@@ -360,8 +388,10 @@ def run_run(args: argparse.Namespace) -> int:
         print(f"\nworkers exited with {codes}")
     from ..study.report import report
 
-    written = report(url, name, args.reports, artifacts=artifacts_url(args.artifacts))
-    print(f"\nwhat the study answers (best {spec.metrics[0]} and trial outcomes per choice):")
+    print("\nwriting the report:")
+    written = report(url, name, args.reports, artifacts=artifacts_url(args.artifacts),
+                     log=lambda m: print(f"  {m} ...", flush=True))
+    print(f"\nwhat the study answers ({spec.metrics[0]}; each claim graded by how sure, see the report):")
     print(written.headline)
     print(f"\nreport:             {written.html}  (also the study's note in the dashboard)")
     try:

@@ -97,3 +97,31 @@ def rollouts_overlay(checkpoints: dict[str, str | Path], trajectories: int = 2, 
     for i in range(k):
         axes[-1, i].set_xlabel("t [s]")
     return fig
+
+
+def rollout_errors(checkpoints: dict[str, str | Path], cache_dir: str | Path | None = None) -> dict:
+    """Each model's state error (q wrapped, q̇) against the truth over time on every held-out test
+    trajectory, from the same initial states: {"t": [T], "models": {label: {"mean": [T], "low": [T],
+    "high": [T]}}}, plain lists (the report's record). The data are those of the first checkpoint."""
+    from dlnn_core.data import load_data
+    from dlnn_core.evaluate import batched_rollout, frozen
+    from dlnn_core.metrics import state_error
+    from dlnn_core.train import DTYPES, load_checkpoint
+
+    loaded = {label: load_checkpoint(path, "cpu") for label, path in checkpoints.items()}
+    _, config, _ = next(iter(loaded.values()))
+    splits = load_data(config.data, config.data_seed, cache_dir)
+    traj = splits.rollouts["test"]
+    dt = float(traj.t[1] - traj.t[0])
+    out = {"t": [float(x) for x in traj.t], "trajectories": int(traj.q.shape[0]), "models": {}}
+    for label, (model, cfg, _) in loaded.items():
+        dtype = DTYPES[cfg.dtype]
+        q0 = torch.as_tensor(traj.q[:, 0], dtype=dtype)
+        v0 = torch.as_tensor(traj.qdot[:, 0], dtype=dtype)
+        with frozen(model):
+            q, v = batched_rollout(model, q0, v0, dt, traj.q.shape[1] - 1)
+        err = state_error(q.double(), v.double(), torch.as_tensor(traj.q, dtype=torch.float64),
+                          torch.as_tensor(traj.qdot, dtype=torch.float64), splits.system.angles).numpy()
+        err = np.where(np.isfinite(err), err, np.nan)
+        out["models"][label] = {"mean": np.nanmean(err, 0).tolist(), "low": np.nanmin(err, 0).tolist(), "high": np.nanmax(err, 0).tolist()}
+    return out

@@ -34,6 +34,11 @@ def verify_name(name: str) -> str:
     return f"{name}-verify"
 
 
+def per_name(name: str, key: str) -> str:
+    """The child study of `dlnn verify NAME --per KEY`: one retrained config per choice of KEY."""
+    return f"{name}-per-{key}"
+
+
 @dataclass(frozen=True)
 class Candidate:
     """One verified config: its objective over fresh seeds (diverged seeds are counted, not averaged)."""
@@ -100,6 +105,62 @@ def verify(url: str, name: str, *, top: int = 3, seeds: int = 3, references: tup
     log(f"launched {child!r}: trials {', '.join(str(t.number) for t in ranked)} of {name!r}"
         + (f" and {', '.join(references)}" if references else "") + f" × {seeds} fresh seeds ({n} trials); "
         f"run workers on it: dlnn work {child}")
+    return child, n
+
+
+def best_per_choice(study: optuna.Study, key: str) -> dict[Any, optuna.trial.FrozenTrial]:
+    """The best completed feasible trial of each choice of `key` (each with its own tuned learning rate)."""
+    out: dict[Any, optuna.trial.FrozenTrial] = {}
+    for t in ranked_trials(study):
+        choice = records.trial_flat(t).get(key)
+        if choice is not None and choice not in out:
+            out[choice] = t
+    return out
+
+
+def verify_per(url: str, name: str, key: str, *, seeds: int = 3, log: Callable[[str], None] = print) -> tuple[str, int]:
+    """Launch STUDY-per-KEY: the best config of every choice of KEY retrained with `seeds` fresh seeds,
+    so that "which KEY" rests on mean ± interval over seeds rather than on single draws. Relaunching is a no-op."""
+    if seeds < 2:
+        raise UsageError(f"--seeds {seeds}: a comparison over seeds needs at least 2 per choice")
+    storage = open_storage(url)
+    try:
+        spec = stored_spec(storage, name)
+        searched = [q.key for q in spec.space if q.kind == "categorical"]
+        if key not in searched:
+            raise UsageError(f"--per {key!r}: not a categorical setting that study {name!r} searches; "
+                             f"its categorical settings: {', '.join(searched) or 'none'}")
+        best = best_per_choice(optuna.load_study(study_name=name, storage=storage), key)
+    finally:
+        close_storage(storage)
+    if len(best) < 2:
+        raise UsageError(f"--per {key}: study {name!r} has a completed trial for {len(best)} choice(s) of {key}; "
+                         "a comparison needs two (see `dlnn status`)")
+    child = per_name(name, key)
+    raw = copy.deepcopy(spec.raw)
+    raw["study"] = {"name": child, "description": f"the best config of each {key} of {name} retrained with {seeds} fresh seeds"}
+    raw["space"], raw["sampler"], raw["pruner"] = {}, {"name": "random"}, {"name": "none"}
+    raw.pop("baseline", None)
+    raw["budget"] = {"trials": len(best) * seeds}
+    launched = launch(parse_spec(raw, source=f"verify --per spec for {name}"), url, log=lambda m: None)
+    if not launched.created:
+        log(f"study {child!r} already exists; run workers on it: dlnn work {child}")
+        return child, 0
+    storage = open_storage(url)
+    try:
+        study = optuna.load_study(study_name=child, storage=storage)
+        for choice, t in best.items():
+            flat = records.trial_flat(t)
+            flat.pop("device", None)
+            for i in range(seeds):
+                seed = FIRST_SEED + i
+                study.enqueue_trial({}, user_attrs={"overrides": {**flat, "seed": seed}, "verify_of": t.number, "seed": seed,
+                                                    "verify_per": key, "choice": choice})
+    finally:
+        close_storage(storage)
+    n = len(best) * seeds
+    log(f"launched {child!r}: the best trial of each {key} of {name!r} "
+        f"({', '.join(f'{c}: {t.number}' for c, t in best.items())}) × {seeds} fresh seeds ({n} trials); run workers on it: dlnn work {child}")
     return child, n
 
 
