@@ -148,7 +148,11 @@ def test_the_dashboard_serves_the_report_note_and_figures(tmp_path):
     detail = json.loads(body)
     assert "## Per choice" in detail["note"]["body"] and "Learning-rate tolerance" in detail["note"]["body"]
     figures = [a for a in detail["artifacts"] if a["filename"].startswith("report-")]
-    assert {a["filename"].split("-")[1] for a in figures} == {"lr_tolerance"}  # one figure, uploaded once
+    assert sorted(a["filename"].split("-")[1] for a in figures) == ["history", "lr_tolerance"]  # each figure uploaded once
+    # The report's own views on the study page: importance is left out (3 trials are too few), lr and history are there.
+    assert {g["id"] for g in detail["plotly_graph_objects"]} == {"dlnn-lr", "dlnn-history"}
+    assert "learning rate" in next(g["graph_object"] for g in detail["plotly_graph_objects"] if g["id"] == "dlnn-lr")
+    assert "The report's own views" in detail["note"]["body"]
     link = f"/artifacts/{study._study_id}/{figures[0]['artifact_id']}"
     assert link in detail["note"]["body"]
     status, png = _wsgi_get(app, link)

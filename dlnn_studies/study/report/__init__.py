@@ -148,7 +148,16 @@ def _save_into_study(storage, name: str, record: Record, paths: dict[str, Path],
                 finally:
                     tmp.unlink(missing_ok=True)
             urls[key] = f"/artifacts/{storage.get_study_id_from_name(name)}/{artifact_id}"
-    save_note(study, render.to_markdown(record, lambda f: urls.get(f.name, f"figures/{paths[f.name].name}")))
+    from .dashboard import save_views
+
+    views = save_views(study, record)
+    note = render.to_markdown(record, lambda f: urls.get(f.name, f"figures/{paths[f.name].name}"))
+    if views:
+        note = note.replace("\n## Answers", "\n*The report's own views (importance with its range, the objective against the actual "
+                            "learning rate, the history with diverged trials) are on this page below; the dashboard's built-in "
+                            "Importance and parameter panels use other inputs (completed trials only, d0 from the few trials that "
+                            "drew it, `lr_position`) and can disagree with them.*\n\n## Answers", 1)
+    save_note(study, note)
     return True
 
 

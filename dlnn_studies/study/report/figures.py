@@ -134,4 +134,25 @@ def _rollouts(plt, data: dict):
     return canvas
 
 
-DRAW = {"lr_tolerance": _lr, "dadaptation": _dadaptation, "rollouts": _rollouts}
+def _history(plt, data: dict):
+    canvas, ax = plt.subplots(figsize=(8, 3.2))
+    pts = data["points"]
+    values = [v for _, v, _ in pts if v and v > 0]
+    top = max(values, default=1.0) * 3
+    done = [(n, v) for n, v, o in pts if o == "complete" and v]
+    cut = [(n, v) for n, v, o in pts if o == "pruned" and v]
+    bad = [n for n, _, o in pts if o in ("diverged", "failed")]
+    if done:
+        ax.scatter(*zip(*done), s=14, color="C0", label="completed")
+    if cut:
+        ax.scatter(*zip(*cut), s=12, facecolors="none", edgecolors="C1", linewidths=0.8, label="pruned (best before the cut)")
+    if bad:
+        ax.scatter(bad, [top] * len(bad), marker="x", color="C3", s=22, label="diverged or failed")
+    ax.set_yscale("log")
+    ax.set_xlabel("trial number")
+    ax.set_ylabel(data["metric"])
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    return canvas
+
+
+DRAW = {"history": _history, "lr_tolerance": _lr, "dadaptation": _dadaptation, "rollouts": _rollouts}

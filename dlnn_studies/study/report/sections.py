@@ -121,6 +121,7 @@ def verdict(d: StudyData, answers: list[an.Answer], rollouts: dict | None) -> Se
                           "and the study enqueued no other baseline to compare with."))
     else:
         items.append(Text("The study enqueued no baseline to compare with (add `[[baseline]]` entries, e.g. the published recipe)."))
+    items.append(history(d))
     if rollouts is not None:
         if "error" in rollouts:
             items.append(Text(f"No rollout figure: {rollouts['error']}"))
@@ -128,6 +129,16 @@ def verdict(d: StudyData, answers: list[an.Answer], rollouts: dict | None) -> Se
             items.append(Figure("rollouts", "Held-out test rollouts: each model's state error against the truth over time "
                                             "(log axis; line: mean over trajectories, band: min–max), from the same initial states.", rollouts))
     return Section("Verdict", tuple(items))
+
+
+def history(d: StudyData) -> Figure:
+    """Every judged trial by number: completed at its final value, pruned at the best value before the cut, diverged marked."""
+    points = []
+    for r in d.judged:
+        value = r.value if r.outcome == "complete" else (min(r.curve.values()) if r.curve and r.outcome == "pruned" else None)
+        points.append([r.number, value, r.outcome])
+    return Figure("history", f"Every judged trial by number: completed at its final {d.metric}, pruned hollow at the best value "
+                             "before the cut, diverged and failed as x at the top (log axis).", {"metric": d.metric, "points": points})
 
 
 # ----------------------------------------------------------------------------- per choice
