@@ -567,7 +567,7 @@ def failure_answers(d: StudyData) -> list[Answer]:
     for key, claims in by_question.items():
         worse = [c.statement.split(":")[0] for c in claims if c.grade == ev.ESTABLISHED and (c.effect or 0) > 0]
         summary = (f"{', '.join(worse)} diverge(s) more often than the rest (established)." if worse
-                   else "no choice diverges established more often than the rest.")
+                   else "no choice is established to diverge more often than the rest.")
         out.append(Answer(f"divergence: {key}", summary, tuple(claims)))
     return out
 
