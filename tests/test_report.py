@@ -13,21 +13,18 @@ from wsgiref.util import setup_testing_defaults
 
 import optuna
 import pytest
-from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
+from report_support import SPACE, _add, _study
 from service_support import fake_fit, pg_url, storage_url, tiny_spec, write_spec  # noqa: F401 (fixtures)
 
-from dlnn_core.config import TrainConfig
-from dlnn_core.optim import OPTIMIZERS
 from dlnn_studies.cli import main as cli
-from dlnn_studies.study import records
 from dlnn_studies.study.report import load, report, tolerance_band
-from report_support import SPACE, _add, _study
 from dlnn_studies.study.launch import launch
 from dlnn_studies.spec.schema import load_spec
 from dlnn_studies.store.urls import normalize_url
 from dlnn_studies.study.verify import candidates, verify
 from dlnn_studies.study.worker import run_worker
+
 
 def test_report_states_the_known_answers(storage_url, tmp_path):
     """adam is 10× better than sgd everywhere; adam's lr band spans exactly the points within 10× of

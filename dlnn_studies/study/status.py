@@ -87,7 +87,8 @@ def format_status(s: dict[str, Any]) -> str:
     best = s["best"]
     if best:
         values = ", ".join(f"{m} = {v:.4g}" for m, v in best["values"].items())
-        lines.append(f"best: trial {best['trial']}  {values}")
+        lines.append(f"best: trial {best['trial']}  {values}  (one draw: its seed helped; `dlnn verify` retrains it with fresh seeds, "
+                     "`dlnn report` grades what the study shows)")
         for k, v in sorted(best["params"].items()):
             lines.append(f"    {k} = {v:.4g}" if isinstance(v, float) else f"    {k} = {v}")
     else:

@@ -29,7 +29,7 @@ from . import render, sections
 from .answers import TOLERANCE, tolerance_band
 from .data import Row, StudyData, load, robust_winner
 from .figures import draw
-from .record import Figure, Record, Section, claims_from_json, to_json
+from .record import Figure, Record, Section, claims_from_json
 from ...store.storage import close_storage, open_storage
 
 NOTE_FIGURE_PREFIX = "report-"

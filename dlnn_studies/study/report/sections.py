@@ -15,8 +15,7 @@ import numpy as np
 from . import answers as an
 from . import evidence as ev
 from .data import OUTCOMES, Row, StudyData, counts
-from .record import Claims, Figure, Section, Table, Text, table
-from .. import records
+from .record import Claims, Figure, Section, Text, table
 from ..verify import candidates
 
 
