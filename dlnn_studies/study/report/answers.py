@@ -22,6 +22,7 @@ from .. import records
 
 TOLERANCE = 10.0  # the learning-rate band: where an optimizer stays within this factor of its own best
 LR_HIGH = 3.0  # "a high learning rate": above this multiple of the optimizer's default
+TREND_MAX = 0.3  # "no trend larger than |ρ|" only where the interval bounds the rank correlation within this
 INTERACTIONS = (
     ("loss", "batch_size", "loss form × batch size (a summed loss grows with the batch, so its effective step does too)"),
     ("model.hidden", "model.depth", "width × depth"),
@@ -102,7 +103,11 @@ def declared_choices(d: StudyData, key: str) -> list[Any]:
     return list(getattr(q, "choices", None) or [])
 
 
-def ratio_text(basis: Basis, lo: float, hi: float) -> str:
+def ratio_text(basis: Basis, lo: float, hi: float, estimate: float | None = None) -> str:
+    """An effect's interval as text. With `estimate`, oriented like the stated factor (the better side's
+    "X× lower" for a negative estimate reads 10^-hi..10^-lo); without, as the first over the second."""
+    if estimate is not None and estimate < 0:
+        lo, hi = -hi, -lo
     if basis.log:
         return f"{10 ** lo:.2g}–{10 ** hi:.2g}×"
     return f"{lo:+.3g} to {hi:+.3g}"
@@ -112,6 +117,11 @@ def effect_text(basis: Basis, e: float) -> str:
     if basis.log:
         return f"{ev.factor(e)} {'lower' if (e < 0) == (basis.sign > 0) else 'higher'}"
     return f"{abs(e):.3g} {'lower' if (e < 0) == (basis.sign > 0) else 'higher'}"
+
+
+def trials_text(n: int) -> str:
+    """"about N more trials" for a settle hint; past a thousand, say that the search is the wrong tool."""
+    return f"about {n}" if n <= 1000 else "over 1,000 (a controlled comparison is cheaper)"
 
 
 def _unit(basis: Basis) -> str:
@@ -125,14 +135,15 @@ def _comparison(basis: Basis, cid: str, question: str, a: Any, b: Any, xa: list[
     better, worse = (a, b) if e.estimate < 0 else (b, a)
     lo, hi = e.corrected
     if g == ev.NO_EFFECT:
-        text = f"{a} and {b}{what}: no difference larger than {ev.factor(bound)} ({ratio_text(basis, lo, hi)})"
+        text = f"{a} and {b}{what}: no difference larger than {ev.factor(bound)} ({a} / {b}: {ratio_text(basis, lo, hi)})"
     elif e.estimate == 0:
-        text = f"{a} and {b}{what}: the same score ({ratio_text(basis, lo, hi)})"
+        text = f"{a} and {b}{what}: the same score ({a} / {b}: {ratio_text(basis, lo, hi)})"
     elif g in (ev.ESTABLISHED, ev.SUGGESTIVE):
-        text = f"{better} beats {worse}{what}: good trials {effect_text(basis, -abs(e.estimate))} ({ratio_text(basis, lo, hi)})"
+        text = f"{better} beats {worse}{what}: good trials {effect_text(basis, -abs(e.estimate))} ({ratio_text(basis, lo, hi, e.estimate)})"
     else:
-        text = f"{a} vs {b}{what}: {better}'s good trials {effect_text(basis, -abs(e.estimate))} ({ratio_text(basis, lo, hi)}): not resolved"
-    more = "" if g in (ev.ESTABLISHED, ev.NO_EFFECT) else settle.format(n=ev.more_trials(e, min(len(xa), len(xb))))
+        text = (f"{a} vs {b}{what}: {better}'s good trials {effect_text(basis, -abs(e.estimate))} "
+                f"({ratio_text(basis, lo, hi, e.estimate)}): not resolved")
+    more = "" if g in (ev.ESTABLISHED, ev.NO_EFFECT) else settle.format(n=trials_text(ev.more_trials(e, min(len(xa), len(xb)))))
     return ev.Claim(cid, question, "comparison", text, g, e.estimate, lo, hi, _unit(basis), {str(a): len(xa), str(b): len(xb)},
                     more, bound=bound)
 
@@ -159,8 +170,8 @@ def choice_answers(d: StudyData, basis: Basis, sc: dict[int, float]) -> list[Ans
     answers = []
     for key in keys:
         g = groups[key]
-        settle = (f"about {{n}} more trials of each (or a controlled comparison: `dlnn verify {d.name} --per {key} --seeds 5`, "
-                  "then `dlnn report`)")
+        settle = (f"{{n}} more trials of each, or a controlled comparison: `dlnn verify {d.name} --per {key} --seeds 5`, "
+                  "then `dlnn report`")
         claims = [_comparison(basis, f"{key}: {a} vs {b}", key, a, b, g[a], g[b], m, settle)
                   for a, b in combinations(_order(g), 2)]
         claims = _with_seeds(d, key, claims)
@@ -215,9 +226,9 @@ def seed_claims(d: StudyData, key: str) -> list[ev.Claim]:
         lo, hi = e.corrected
         better, worse = (a, b) if e.estimate < 0 else (b, a)
         mean = "mean of log10" if basis.log else "mean"
-        text = (f"over fresh seeds, {a} and {b}: no difference larger than {ev.factor(bound)} ({ratio_text(basis, lo, hi)})"
+        text = (f"over fresh seeds, {a} and {b}: no difference larger than {ev.factor(bound)} ({a} / {b}: {ratio_text(basis, lo, hi)})"
                 if g == ev.NO_EFFECT else
-                f"over fresh seeds, {better} beats {worse}: {effect_text(basis, -abs(e.estimate))} ({mean}; {ratio_text(basis, lo, hi)})")
+                f"over fresh seeds, {better} beats {worse}: {effect_text(basis, -abs(e.estimate))} ({mean}; {ratio_text(basis, lo, hi, e.estimate)})")
         n = max(len(vals[a]), len(vals[b]))
         settle = "" if g in (ev.ESTABLISHED, ev.NO_EFFECT) else f"more seeds: `dlnn verify {d.name} --per {key} --seeds {2 * n}` (a new study name is needed; see README)"
         out.append(ev.Claim(f"{key}: {a} vs {b}", key, "comparison", text, g, e.estimate, lo, hi, _unit(basis),
@@ -343,7 +354,12 @@ def band_of(d: StudyData, opt: str, rs: list[Row]) -> Band:
     lo, hi = band if band else (None, None)
 
     def outside(r: Row) -> bool:
-        return r.outcome == "diverged" or (r.outcome == "complete" and r.value is not None and tolerance_band([(1.0, r.value)], best, d.direction) is None)
+        """Whether a trial shows the optimizer out of its band at that lr: diverged, completed outside it, or
+        pruned while even its best value before the cut was outside it."""
+        if r.outcome == "diverged":
+            return True
+        v = r.value if r.outcome == "complete" else (min(r.curve.values()) if r.outcome == "pruned" and r.curve else None)
+        return v is not None and tolerance_band([(1.0, v)], best, d.direction) is None
 
     lrs = [r.flat["optimizer.lr"] for r in rs]
     info = OPTIMIZERS.get(opt)
@@ -439,16 +455,17 @@ def d0_answer(d: StudyData, sc: dict[int, float]) -> Answer | None:
                      ev.UNDETERMINED, n=n, settle=f"at least {ev.MIN_N} scored trials of {names}")
         return Answer("d0", c.statement, (c,))
     e = ev.spearman(x, y, 1)
-    g, bound = ev.grade(e, len(rs), no_effect_max=0.3)
+    g, bound = ev.grade(e, len(rs), no_effect_max=TREND_MAX)
     lo, hi = e.corrected
+    span = f"d0 ({names}, {len(rs)} scored trials, d0 {10 ** min(x):.1e}–{10 ** max(x):.1e})"
+    rho = f"ρ = {e.estimate:+.2f}, {lo:+.2f} to {hi:+.2f}"
     if g == ev.NO_EFFECT:
-        text = (f"d0 ({names}, {len(rs)} scored trials, d0 {10 ** min(x):.1e}–{10 ** max(x):.1e}): no trend larger than |ρ| = {bound:.2f} "
-                f"between log d0 and the score (ρ = {e.estimate:+.2f}, {lo:+.2f} to {hi:+.2f})")
+        text = f"{span}: no trend larger than |ρ| = {bound:.2f} between log d0 and the score ({rho})"
+    elif g in (ev.ESTABLISHED, ev.SUGGESTIVE):
+        text = f"{span}: {'larger d0 scores worse' if e.estimate > 0 else 'larger d0 scores better'} (rank correlation {rho})"
     else:
-        direction = "larger d0 scores worse" if e.estimate > 0 else "larger d0 scores better"
-        text = (f"d0 ({names}, {len(rs)} scored trials, d0 {10 ** min(x):.1e}–{10 ** max(x):.1e}): {direction} "
-                f"(rank correlation ρ = {e.estimate:+.2f}, {lo:+.2f} to {hi:+.2f})")
-    settle = "" if g in (ev.ESTABLISHED, ev.NO_EFFECT) else f"about {ev.more_trials(e, len(rs))} more trials of {names}"
+        text = f"{span}: rank correlation of log d0 with the score {rho}: not resolved"
+    settle = "" if g in (ev.ESTABLISHED, ev.NO_EFFECT) else f"{trials_text(ev.more_trials(e, len(rs), TREND_MAX))} more trials of {names}"
     c = ev.Claim("d0", "d0", "trend", text, g, e.estimate, lo, hi, "rank correlation", n, settle, bound=bound)
     return Answer("d0", text, (c,))
 
@@ -470,7 +487,7 @@ def interaction_answers(d: StudyData, basis: Basis, sc: dict[int, float]) -> lis
     answers = []
     for a, b, title, cells, va, vb in plans:
         claims = []
-        settle = f"about {{n}} more trials per cell of {a} × {b}"
+        settle = f"{{n}} more trials per cell of {a} × {b}"
         for a1, a2 in combinations(va, 2):
             for y in vb:
                 if cells.get((a1, y)) and cells.get((a2, y)):
@@ -492,8 +509,8 @@ def _interaction(basis: Basis, a: str, b: str, a1, a2, y1, y2, four, m: int, set
         text = f"{a1} vs {a2} changes by no more than {ev.factor(bound)} between {b} = {y1} and {y2}"
     else:
         text = (f"{a1} vs {a2} depends on {b}: the ratio changes by {10 ** abs(e.estimate):.2g}× between {b} = {y1} and {y2} "
-                f"({ratio_text(basis, lo, hi)})")
-    more = "" if g in (ev.ESTABLISHED, ev.NO_EFFECT) else settle.format(n=ev.more_trials(e, min(len(c) for c in four)))
+                f"({ratio_text(basis, lo, hi, e.estimate)})")
+    more = "" if g in (ev.ESTABLISHED, ev.NO_EFFECT) else settle.format(n=trials_text(ev.more_trials(e, min(len(c) for c in four))))
     return ev.Claim(f"{a} × {b}: {a1} vs {a2}, {y1} vs {y2}", f"{a} × {b}", "interaction", text, g, e.estimate, lo, hi,
                     _unit(basis), {f"{x}, {y}": len(c) for (x, y), c in zip(((a1, y1), (a2, y1), (a1, y2), (a2, y2)), four)},
                     more, bound=bound)

@@ -201,7 +201,7 @@ def grade(e: Effect, n_min: int, *, need: int = MIN_N, no_effect_max: float | No
     return UNDETERMINED, None
 
 
-def more_trials(e: Effect, n: int) -> int:
+def more_trials(e: Effect, n: int, bound_max: float = NO_EFFECT_MAX) -> int:
     """About how many more trials per side would settle an effect (the interval's width ∝ 1/√n): enough
     for the corrected interval to exclude no effect, or to bound it within NO_EFFECT_MAX, whichever is fewer."""
     lo, hi = e.corrected
@@ -211,8 +211,8 @@ def more_trials(e: Effect, n: int) -> int:
     needs = []
     if abs(e.estimate) > 0:
         needs.append(n * (half / abs(e.estimate)) ** 2)
-    if abs(e.estimate) < NO_EFFECT_MAX:
-        needs.append(n * (half / (NO_EFFECT_MAX - abs(e.estimate))) ** 2)
+    if abs(e.estimate) < bound_max:
+        needs.append(n * (half / (bound_max - abs(e.estimate))) ** 2)
     need = min(needs) if needs else float(n)
     return max(MIN_N - n, math.ceil(need - n), 1)
 

@@ -198,7 +198,8 @@ def lr_section(d: StudyData, bands: list[an.Band]) -> Section:
     items = [Text(f"The band is the learning-rate interval over which an optimizer's completed trials stay within "
                   f"{an.TOLERANCE:g}× of its own best {d.metric}, drawn only for an optimizer that learned (better than half of "
                   f"predicting zero) and from at least {ev.MIN_STAT} completed trials. An edge is *open* where no trial beyond it left the "
-                  "band: the width is then a lower bound (≥). Diverged trials inside the band are counted: the band is where good "
+                  "band (diverged, completed outside it, or pruned while even its best value before the cut was outside it): the "
+                  "width is then a lower bound (≥). Diverged trials inside the band are counted: the band is where good "
                   "results were seen, not where the optimizer is safe."),
              table(["optimizer", "trials", "complete", "diverged", f"best {d.metric}", "band low", "band high", "band decades",
                     "low edge", "high edge", "diverged inside", "registry default lr"], rows)]
