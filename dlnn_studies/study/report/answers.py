@@ -583,7 +583,7 @@ def failure_answers(d: StudyData) -> list[Answer]:
     out = []
     for key, claims in by_question.items():
         worse = [c.statement.split(":")[0] for c in claims if c.grade == ev.ESTABLISHED and (c.effect or 0) > 0]
-        summary = (f"{', '.join(worse)} diverge(s) more often than the rest (established)." if worse
+        summary = (f"{', '.join(worse)} {'diverges' if len(worse) == 1 else 'diverge'} more often than the rest (established)." if worse
                    else "no choice is established to diverge more often than the rest.")
         out.append(Answer(f"divergence: {key}", summary, tuple(claims)))
     return out
