@@ -23,9 +23,10 @@ from typing import Callable
 
 import optuna
 
-from . import answers as an
-from . import compare as cmp
-from . import render, sections
+import dlnn_studies.study.report.answers as an
+import dlnn_studies.study.report.compare as cmp
+import dlnn_studies.study.report.render as render
+import dlnn_studies.study.report.sections as sections
 from .answers import TOLERANCE, tolerance_band
 from .data import Row, StudyData, load, robust_winner
 from .figures import draw

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from . import evidence as ev
+import dlnn_studies.study.report.evidence as ev
 from .data import Row, StudyData
 from .. import records
 

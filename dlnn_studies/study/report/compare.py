@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import evidence as ev
+import dlnn_studies.study.report.evidence as ev
 
 AGREE, CONTRADICTS, DIFFERS, ONLY_A, ONLY_B = "agree", "CONTRADICTS", "grade differs", "only in A", "only in B"
 

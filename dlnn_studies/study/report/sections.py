@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from . import answers as an
-from . import evidence as ev
+import dlnn_studies.study.report.answers as an
+import dlnn_studies.study.report.evidence as ev
 from .data import OUTCOMES, Row, StudyData, counts
 from .record import Claims, Figure, Section, Text, table
 from ..verify import candidates
