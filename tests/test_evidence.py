@@ -166,7 +166,7 @@ def test_verify_per_retrains_each_choices_best_and_the_seeds_decide(tmp_path):
     run_worker(url, child, fit_fn=fit, install_signals=False, artifacts=None, log=lambda m: None, timeout=120)
     record = record_of(url, "tiny")
     seeds = [c for c in record.claims if c.source == "seeds"]
-    assert len(seeds) == 1 and seeds[0].id == "optimizer.name: adam vs rmsprop" and seeds[0].effect < 0
+    assert len(seeds) == 1 and seeds[0].id == "seeds: optimizer.name: adam vs rmsprop" and seeds[0].effect < 0
     assert seeds[0].grade == ev.ESTABLISHED  # 4× with a spread of a few percent over 3 seeds
     assert "ranks first (adam, rmsprop)" in record.sections[0].items[2].text
     with pytest.raises(Exception, match="not a categorical setting"):

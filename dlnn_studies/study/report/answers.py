@@ -22,6 +22,7 @@ from .. import records
 
 TOLERANCE = 10.0  # the learning-rate band: where an optimizer stays within this factor of its own best
 LR_HIGH = 3.0  # "a high learning rate": above this multiple of the optimizer's default
+SEEDS_PREFIX = "seeds: "  # the id of a seeded comparison: the search's claim id behind it
 TREND_MAX = 0.3  # "no trend larger than |ρ|" only where the interval bounds the rank correlation within this
 INTERACTIONS = (
     ("loss", "batch_size", "loss form × batch size (a summed loss grows with the batch, so its effective step does too)"),
@@ -192,7 +193,7 @@ def _with_seeds(d: StudyData, key: str, claims: list[ev.Claim]) -> list[ev.Claim
     seeds = seed_claims(d, key)
     if not seeds:
         return claims
-    by_id = {c.id: c for c in seeds}
+    by_id = {c.id.removeprefix(SEEDS_PREFIX): c for c in seeds}
     out = []
     for c in claims:
         s = by_id.get(c.id)
@@ -231,7 +232,7 @@ def seed_claims(d: StudyData, key: str) -> list[ev.Claim]:
                 f"over fresh seeds, {better} beats {worse}: {effect_text(basis, -abs(e.estimate))} ({mean}; {ratio_text(basis, lo, hi, e.estimate)})")
         n = max(len(vals[a]), len(vals[b]))
         settle = "" if g in (ev.ESTABLISHED, ev.NO_EFFECT) else f"more seeds: `dlnn verify {d.name} --per {key} --seeds {2 * n}` (a new study name is needed; see README)"
-        out.append(ev.Claim(f"{key}: {a} vs {b}", key, "comparison", text, g, e.estimate, lo, hi, _unit(basis),
+        out.append(ev.Claim(f"{SEEDS_PREFIX}{key}: {a} vs {b}", key, "comparison", text, g, e.estimate, lo, hi, _unit(basis),
                             {str(a): len(vals[a]), str(b): len(vals[b])}, settle, source="seeds", bound=bound))
     return out
 
@@ -242,7 +243,8 @@ def _choice_summary(d: StudyData, basis: Basis, key: str, g: dict[Any, list[floa
     seeds = seed_values(d, key)
     if len(seeds) >= 2:
         seed_rank = sorted(seeds, key=lambda c: float(np.mean(seeds[c])))
-        parts.append(f"over {min(len(v) for v in seeds.values())}–{max(len(v) for v in seeds.values())} fresh seeds of each "
+        lo, hi = min(len(v) for v in seeds.values()), max(len(v) for v in seeds.values())
+        parts.append(f"over {lo if lo == hi else f'{lo}–{hi}'} fresh seeds of each "
                      f"choice's best config, {seed_rank[0]} ranks first ({', '.join(map(str, seed_rank))})")
         if ranked and ranked[0] != seed_rank[0]:
             parts.append(f"the search ranked {ranked[0]} first; believe the seeds (a controlled comparison)")
