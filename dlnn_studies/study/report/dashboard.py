@@ -28,7 +28,6 @@ def _find(record: Record, title_start: str, kind: type) -> Any:
 def views(record: Record) -> dict[str, Any]:
     """{view id: plotly Figure} for what the record has."""
     import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
 
     out = {}
     imp = _find(record, "Importances", Table)
@@ -38,32 +37,28 @@ def views(record: Record) -> dict[str, Any]:
         lo = [r[1] - r[2] for r in imp.rows][::-1]
         hi = [r[3] - r[1] for r in imp.rows][::-1]
         fig = go.Figure(go.Bar(x=mid, y=names, orientation="h", error_x={"type": "data", "symmetric": False, "array": hi, "arrayminus": lo}))
-        fig.update_layout(title="Importance (report: fANOVA on the equal-fidelity scores, pruned and diverged included; "
-                                "bars: 10–90 % over bootstrap resamples)", xaxis_title="share of variance", height=120 + 40 * len(names))
+        fig.update_layout(title="Importance (report; bars: 10–90 % range)", xaxis_title="share of variance (fANOVA, pruned and diverged included)")
         out["dlnn-importance"] = fig
     lr = _find(record, "Learning-rate", Figure)
     if lr is not None and lr.data["panels"]:
-        panels = lr.data["panels"]
-        cols = min(3, len(panels))
-        rows = -(-len(panels) // cols)
-        fig = make_subplots(rows=rows, cols=cols, subplot_titles=[p["optimizer"] for p in panels])
-        for i, p in enumerate(panels):
-            r, c = i // cols + 1, i % cols + 1
-            for key, name, marker in (("complete", "completed", {"color": "#1f77b4"}),
-                                      ("pruned", "pruned (best before the cut)", {"color": "#ff7f0e", "symbol": "circle-open"})):
+        fig = go.Figure()  # one panel (a dashboard card is small): lr in units of each optimizer's registry default
+        colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+        values = [y for p in lr.data["panels"] for _, y in p["complete"] + p["pruned"]]
+        top = max(values, default=1.0) * 3
+        for i, p in enumerate(lr.data["panels"]):
+            unit = p.get("default") or 1.0
+            c = colours[i % len(colours)]
+            for key, marker in (("complete", {"color": c}), ("pruned", {"color": c, "symbol": "circle-open"})):
                 if p[key]:
-                    fig.add_trace(go.Scatter(x=[x for x, _ in p[key]], y=[y for _, y in p[key]], mode="markers", name=name,
-                                             marker=marker, showlegend=i == 0, legendgroup=key), row=r, col=c)
+                    fig.add_trace(go.Scatter(x=[x / unit for x, _ in p[key]], y=[y for _, y in p[key]], mode="markers",
+                                             name=f"{p['optimizer']} {'completed' if key == 'complete' else 'pruned'}", marker=marker,
+                                             legendgroup=p["optimizer"]))
             if p["diverged"]:
-                top = max([y for _, y in p["complete"] + p["pruned"]], default=1.0) * 3
-                fig.add_trace(go.Scatter(x=p["diverged"], y=[top] * len(p["diverged"]), mode="markers", name="diverged",
-                                         marker={"color": "#d62728", "symbol": "x"}, showlegend=i == 0, legendgroup="diverged"), row=r, col=c)
-            if p["band"]:
-                fig.add_vrect(x0=p["band"][0], x1=p["band"][1], fillcolor="green", opacity=0.12, line_width=0, row=r, col=c)
-            fig.update_xaxes(type="log", title_text="learning rate", row=r, col=c)
-            fig.update_yaxes(type="log", title_text=lr.data["metric"] if c == 1 else None, row=r, col=c)
-        fig.update_layout(title=f"{lr.data['metric']} against the learning rate, per optimizer (shaded: the report's band)",
-                          height=320 * rows)
+                fig.add_trace(go.Scatter(x=[x / unit for x in p["diverged"]], y=[top] * len(p["diverged"]), mode="markers",
+                                         name=f"{p['optimizer']} diverged", marker={"color": c, "symbol": "x"}, legendgroup=p["optimizer"]))
+        fig.update_xaxes(type="log", title_text="learning rate / the optimizer's registry default")
+        fig.update_yaxes(type="log", title_text=lr.data["metric"])
+        fig.update_layout(title=f"{lr.data['metric']} vs learning rate (report)")
         out["dlnn-lr"] = fig
     hist = next((f for s in record.sections for f in s.items if isinstance(f, Figure) and f.name == "history"), None)
     if hist is not None:
@@ -80,7 +75,7 @@ def views(record: Record) -> dict[str, Any]:
             fig.add_trace(go.Scatter(x=bad, y=[top] * len(bad), mode="markers", name="diverged or failed",
                                      marker={"color": "#d62728", "symbol": "x"}))
         fig.update_yaxes(type="log", title_text=hist.data["metric"] + " (its own units)")
-        fig.update_layout(title="History (report): every judged trial by number", xaxis_title="trial number")
+        fig.update_layout(title="History (report; x: diverged)", xaxis_title="trial number")
         out["dlnn-history"] = fig
     return out
 

@@ -206,7 +206,8 @@ def lr_section(d: StudyData, bands: list[an.Band]) -> Section:
     panels = []
     for b in bands:
         rs = by[b.optimizer]
-        panels.append({"optimizer": b.optimizer, "range": list(b.lr_range) if b.lr_range else None, "band": [b.low, b.high] if b.low else None,
+        panels.append({"optimizer": b.optimizer, "default": b.default, "range": list(b.lr_range) if b.lr_range else None,
+                       "band": [b.low, b.high] if b.low else None,
                        "complete": [[r.flat["optimizer.lr"], r.value] for r in rs if r.outcome == "complete" and r.value is not None],
                        "pruned": [[r.flat["optimizer.lr"], min(r.curve.values())] for r in rs if r.outcome == "pruned" and r.curve],
                        "diverged": [r.flat["optimizer.lr"] for r in rs if r.outcome == "diverged"]})
