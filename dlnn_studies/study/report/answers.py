@@ -22,6 +22,7 @@ from .. import records
 
 TOLERANCE = 10.0  # the learning-rate band: where an optimizer stays within this factor of its own best
 LR_HIGH = 3.0  # "a high learning rate": above this multiple of the optimizer's default
+SAME_LR = 0.1  # completed trials whose learning rates span less than this many decades give no band
 SEEDS_PREFIX = "seeds: "  # the id of a seeded comparison: the search's claim id behind it
 TREND_MAX = 0.3  # "no trend larger than |ρ|" only where the interval bounds the rank correlation within this
 INTERACTIONS = (
@@ -384,12 +385,16 @@ def band_claim(d: StudyData, b: Band, rs: list[Row], m: int) -> ev.Claim:
         g = ev.ESTABLISHED if b.trials >= ev.MIN_N else ev.UNDETERMINED
         default = f" (its registry default {b.default:.2g})" if b.default else ""
         return ev.Claim(cid, q, "learned", f"{b.optimizer} never learned: its best {d.metric} is {b.best:.3g}, no better than "
-                        f"predicting zero; it has no band. It tried {tried}{default}.", g, n=n,
+                        f"predicting zero; it has no band. It tried {tried}{default}", g, n=n,
                         settle="" if g == ev.ESTABLISHED else f"at least {ev.MIN_N} trials of {b.optimizer}")
     if b.low is None:
         return ev.Claim(cid, q, "band", f"{b.optimizer}: {b.complete} completed trial(s): too few for a band (fewer than {ev.MIN_STAT})",
                         ev.UNDETERMINED, n=n, settle=f"at least {ev.MIN_STAT} completed trials of {b.optimizer}")
     done = [(r.flat["optimizer.lr"], r.value) for r in rs if r.outcome == "complete" and r.value is not None]
+    lrs = [lr for lr, _ in done]
+    if math.log10(max(lrs) / min(lrs)) < SAME_LR:
+        return ev.Claim(cid, q, "band", f"{b.optimizer}: its {b.complete} completed trials share one learning rate (about {lrs[0]:.2g}): "
+                        "no band", ev.UNDETERMINED, n=n, settle=f"completed trials of {b.optimizer} at other learning rates")
     rng = np.random.default_rng(ev.SEED)
     widths = []
     for idx in rng.integers(0, len(done), size=(500, len(done))):

@@ -66,7 +66,7 @@ def answers_section(d: StudyData, basis: an.Basis, answers: list[an.Answer]) -> 
     for a in answers:
         if len(a.claims) == 1 and a.claims[0].statement == a.summary:  # one claim: one line, with its grade
             c = a.claims[0]
-            items.append(Text(f"**{a.question}**: {c.statement}. Grade: **{c.label}**"
+            items.append(Text(f"**{a.question}**: {c.statement.rstrip('.')}. Grade: **{c.label}**"
                               + (f" ({c.source}: {', '.join(f'{k} {v}' for k, v in c.n.items())})" if c.n else "")
                               + (f"; to settle it: {c.settle}" if c.settle else "") + "."))
             continue
