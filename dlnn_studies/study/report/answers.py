@@ -132,6 +132,10 @@ def _unit(basis: Basis) -> str:
 
 def _comparison(basis: Basis, cid: str, question: str, a: Any, b: Any, xa: list[float], xb: list[float], m: int,
                 settle: str, what: str = "") -> ev.Claim:
+    if min(len(xa), len(xb)) < ev.MIN_STAT:  # a quartile of one or two values is no statistic
+        return ev.Claim(cid, question, "comparison", f"{a} vs {b}{what}: too few scored trials to compare ({len(xa)} and {len(xb)})",
+                        ev.UNDETERMINED, unit=_unit(basis), n={str(a): len(xa), str(b): len(xb)},
+                        settle=f"at least {ev.MIN_N} scored trials of each")
     e = ev.quartile_difference(xa, xb, m)
     g, bound = ev.grade(e, min(len(xa), len(xb)), no_effect_max=ev.NO_EFFECT_MAX if basis.log else None)
     better, worse = (a, b) if e.estimate < 0 else (b, a)
