@@ -116,7 +116,7 @@ def test_the_winners_regression_against_a_baseline_is_stated(url, tmp_path):
     assert "test_rollout_error vs" not in " ".join(c.id for c in written.record.claims)  # where it is better: no claim
 
 
-def test_two_reruns_agree_and_a_flipped_study_contradicts(tmp_path):
+def test_two_reruns_agree_and_a_flipped_study_contradicts(tmp_path, capsys):
     a, b, c = (f"sqlite:///{tmp_path / f'{x}.db'}" for x in "abc")
     _two_optimizers(_study(a, tmp_path), seed=10)
     _two_optimizers(_study(b, tmp_path), seed=11)
@@ -139,7 +139,11 @@ def test_two_reruns_agree_and_a_flipped_study_contradicts(tmp_path):
     out.write_text(buf.getvalue())
     data = json.loads(out.read_text())
     assert data["format"] == 1 and any(x["id"] == "optimizer.name: adam vs sgd" for x in data["claims"])
+    capsys.readouterr()
     assert cli.main(["report", "known", "--storage", a, "--out", str(tmp_path / "r"), "--no-save", "--against", str(out)]) == 0
+    said = capsys.readouterr()
+    assert "reading study 'known' ..." in said.err and "grading the answers ..." in said.err  # it says what it is doing
+    assert "1 contradiction(s)" in said.out or "contradiction(s) (1 involving" in said.out
     text = (tmp_path / "r" / "known" / "against-c.md").read_text()
     assert "| optimizer.name: adam vs sgd | optimizer.name | established | established | CONTRADICTS |" in text
     assert compare("x", [], "y", []).contradictions == 0
