@@ -165,7 +165,7 @@ def choice_groups(d: StudyData, key: str, sc: dict[int, float], rows: list[Row] 
     return dict(out)
 
 
-def _order(values) -> list:
+def ordered(values) -> list:
     return sorted(values, key=lambda v: (isinstance(v, str), v if not isinstance(v, str) else 0, str(v)))
 
 
@@ -179,7 +179,7 @@ def choice_answers(d: StudyData, basis: Basis, sc: dict[int, float]) -> list[Ans
         settle = (f"{{n}} more trials of each, or a controlled comparison: `dlnn verify {d.name} --per {key} --seeds 5`, "
                   "then `dlnn report`")
         claims = [_comparison(basis, f"{key}: {a} vs {b}", key, a, b, g[a], g[b], m, settle)
-                  for a, b in combinations(_order(g), 2)]
+                  for a, b in combinations(ordered(g), 2)]
         claims = _with_seeds(d, key, claims)
         missing = [c for c in declared_choices(d, key) if c not in g]
         for c in missing:
@@ -226,7 +226,7 @@ def seed_claims(d: StudyData, key: str) -> list[ev.Claim]:
     basis = Basis(d.metric, None, records.is_log_scaled(d.metric), 1.0 if d.direction == "minimize" else -1.0)
     m = math.comb(len(vals), 2)
     out = []
-    for a, b in combinations(_order(vals), 2):
+    for a, b in combinations(ordered(vals), 2):
         e = ev.welch_difference(vals[a], vals[b], m)
         g, bound = ev.grade(e, min(len(vals[a]), len(vals[b])), need=2, no_effect_max=ev.NO_EFFECT_MAX if basis.log else None)
         lo, hi = e.corrected
@@ -299,7 +299,7 @@ def tolerance_band(points: list[tuple[float, float]], best: float | None, direct
     return (min(ok), max(ok)) if ok else None
 
 
-def _best(values: list[float], direction: str) -> float | None:
+def best_value(values: list[float], direction: str) -> float | None:
     values = [v for v in values if v is not None and math.isfinite(v)]
     if not values:
         return None
@@ -355,7 +355,7 @@ def band_of(d: StudyData, opt: str, rs: list[Row]) -> Band:
 
     done = [r for r in rs if r.outcome == "complete" and r.value is not None]
     bad = [r for r in rs if r.outcome == "diverged"]
-    best = _best([r.value for r in done], d.direction)
+    best = best_value([r.value for r in done], d.direction)
     ok = learned(d, best)
     band = tolerance_band([(r.flat["optimizer.lr"], r.value) for r in done], best, d.direction) if ok and len(done) >= ev.MIN_STAT else None
     lo, hi = band if band else (None, None)
@@ -403,7 +403,7 @@ def band_claim(d: StudyData, b: Band, rs: list[Row], m: int) -> ev.Claim:
     widths = []
     for idx in rng.integers(0, len(done), size=(500, len(done))):
         pts = [done[i] for i in idx]
-        band = tolerance_band(pts, _best([v for _, v in pts], d.direction), d.direction)
+        band = tolerance_band(pts, best_value([v for _, v in pts], d.direction), d.direction)
         widths.append(math.log10(band[1] / band[0]) if band else 0.0)
     corrected, _ = ev.levels(m)
     lo_w, hi_w = ev.interval(np.asarray(widths), corrected)
@@ -491,7 +491,7 @@ def interaction_answers(d: StudyData, basis: Basis, sc: dict[int, float]) -> lis
         for r in d.judged:
             if a in r.flat and b in r.flat and r.number in sc:
                 cells[(r.flat[a], r.flat[b])].append(sc[r.number])
-        va, vb = _order({k[0] for k in cells}), _order({k[1] for k in cells})
+        va, vb = ordered({k[0] for k in cells}), ordered({k[1] for k in cells})
         if len(va) >= 2 and len(vb) >= 2:
             plans.append((a, b, title, cells, va, vb))
     m = sum(math.comb(len(va), 2) * (len(vb) + math.comb(len(vb), 2)) for *_, va, vb in plans)
@@ -559,7 +559,7 @@ def failure_answers(d: StudyData) -> list[Answer]:
         rows = [r for r in judged if key in r.flat]
         if not any(r.outcome == "diverged" for r in rows):
             continue
-        choices = _order({r.flat[key] for r in rows})
+        choices = ordered({r.flat[key] for r in rows})
         rate = lambda c: sum(r.outcome == "diverged" for r in rows if r.flat[key] == c) / max(1, sum(r.flat[key] == c for r in rows))  # noqa: E731
         if len(choices) == 2:  # "a vs the rest" and "b vs the rest" are one test: keep the more divergent side
             choices = [max(choices, key=rate)]

@@ -26,7 +26,7 @@ def median(values: list[float]) -> float | None:
 
 
 def best_of(values: list[float], d: StudyData) -> float | None:
-    return an._best(values, d.direction)
+    return an.best_value(values, d.direction)
 
 
 def searched_keys(d: StudyData) -> list[str]:
@@ -263,9 +263,9 @@ def interactions(d: StudyData) -> Section:
             shown = ", ".join(f"{k} = {fmt(next(iter(v)))}" for k, v in ((a, va), (b, vb)) if len(v) == 1)
             items.append(Text(f"**{title}**: not searched in this study ({shown or 'no trials'})."))
             continue
-        cols = an._order(vb)
+        cols = an.ordered(vb)
         rows = []
-        for x in an._order(va):
+        for x in an.ordered(va):
             row: list[Any] = [x]
             for y in cols:
                 cell = [r for r in d.judged if r.flat.get(a) == x and r.flat.get(b) == y]
