@@ -118,6 +118,14 @@ def resolve_lr(cfg: "OptimizerConfig") -> float:
     return OPTIMIZERS[cfg.name].default_lr if cfg.lr is None else cfg.lr
 
 
+def relative_lr(optimizer: str, lr: float | None) -> float:
+    """lr over the optimizer's default lr (1.0 when lr is None: the default is used), a unit-free
+    learning rate comparable across optimizers. The one place the ratio is computed: the worker's
+    `lr_rel` attr and the report's lr tables and importance read it."""
+    default = choose(OPTIMIZERS, optimizer, "optimizer.name").default_lr
+    return (default if lr is None else lr) / default
+
+
 def optimizer_kwargs(cfg: "OptimizerConfig", lr: float | None = None) -> dict[str, Any]:
     """The constructor arguments `build_optimizer` passes: lr, the entry's fixed arguments and the
     config's fields the optimizer reads, leaving out unset ones (betas/eps None: the optimizer's own)."""

@@ -60,6 +60,8 @@ import optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import FrozenTrial, TrialState
 
+from dlnn_core.optim import relative_lr
+
 from . import records
 from ..store.disk import CleanArtifactStore, no_space_reason
 from ..errors import UsageError
@@ -222,9 +224,7 @@ class Objective:
         from ..store.datasets import localize
 
         fit_config = localize(config, self.store, self.data_cache, log=self.log)  # the pinned bytes, fetched by hash
-        from dlnn_core.optim import OPTIMIZERS
-
-        trial.set_user_attr(records.LR_REL, config.optimizer.lr / OPTIMIZERS[config.optimizer.name].default_lr)
+        trial.set_user_attr(records.LR_REL, relative_lr(config.optimizer.name, config.optimizer.lr))
         single = len(spec.metrics) == 1
         # Baselines and re-seeded verification runs are references: the pruner never stops them.
         prunable = not any(k in trial.user_attrs for k in ("baseline", "verify_of"))
