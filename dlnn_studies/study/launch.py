@@ -218,7 +218,7 @@ def _data_change(storage, summary, stored: dict, spec: StudySpec, update: bool) 
     if not update:
         raise UsageError(f"study {name!r} was launched with {was}; the spec now gives {now}. A study's data never changes "
                          f"under it: {new_study}, or pass --update while no trial of {name!r} has started")
-    started = _started(storage, summary._study_id)
+    started = _started(storage, storage.get_study_id_from_name(name))
     if started:
         raise UsageError(f"--update cannot change the data of study {name!r}: {started} of its trials already ran on {was}, "
                          f"and trials on different data are not comparable. {new_study}")
