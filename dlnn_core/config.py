@@ -9,8 +9,8 @@ dotted dicts such as `{"optimizer.lr": 1e-3, "model.hidden": 64}` (the shape of 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field, fields, is_dataclass
+from typing import ClassVar
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -18,72 +18,13 @@ from .data import DataConfig, samples_per_trajectory
 from .device import parse_device
 from .dotted import flatten, lookup
 from .errors import ConfigError, collect, raise_all
+from .fields import Boolean, Integer, Number, OneOf, Rule, check_fields, check_value
 from .losses import LOSSES
 from .model_config import DEFAULT_METHOD, METHODS, ModelConfig
 from .optim import DEFAULT_GAMMA, OPTIMIZERS, SCHEDULERS, reads
 
 DTYPES = ("float32", "float64")
 INTERVALS = ("step", "epoch")
-
-
-# ----------------------------------------------------------------------------- field checks
-
-
-def _number(errors: list[ConfigError], owner: Any, name: str, prefix: str, *, low: float | None = None, low_open: bool = False,
-            high: float | None = None, high_open: bool = False, optional: bool = False) -> bool:
-    """Coerce a numeric field to a finite float (YAML reads "1e-3" as a string) and check its bounds.
-    Like every field check here, it adds a bad value to `errors` and says whether the field is good."""
-    value = getattr(owner, name)
-    if value is None and optional:
-        return True
-    what = "a finite number"
-    if low is not None:
-        what += f" {'>' if low_open else '>='} {low}"
-    if high is not None:
-        what += f"{' and' if low is not None else ''} {'<' if high_open else '<='} {high}"
-    if optional:
-        what += " (or null)"
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        number = float(value)
-    except (TypeError, ValueError):
-        errors.append(ConfigError(f"{prefix}{name}", value, what))
-        return False
-    too_low = low is not None and (number < low or (low_open and number == low))
-    too_high = high is not None and (number > high or (high_open and number == high))
-    if not math.isfinite(number) or too_low or too_high:
-        errors.append(ConfigError(f"{prefix}{name}", value, what))
-        return False
-    object.__setattr__(owner, name, number)
-    return True
-
-
-def _integer(errors: list[ConfigError], owner: Any, name: str, prefix: str, *, low: int = 1) -> bool:
-    """Integer fields accept ints and integral floats (2.0 from a float search space), nothing else."""
-    value = getattr(owner, name)
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        errors.append(ConfigError(f"{prefix}{name}", getattr(owner, name), f"an integer >= {low}"))
-        return False
-    object.__setattr__(owner, name, value)
-    return True
-
-
-def _boolean(errors: list[ConfigError], owner: Any, name: str, prefix: str) -> bool:
-    if not isinstance(getattr(owner, name), bool):
-        errors.append(ConfigError(f"{prefix}{name}", getattr(owner, name), "true or false"))
-        return False
-    return True
-
-
-def _one_of(errors: list[ConfigError], owner: Any, name: str, prefix: str, allowed) -> bool:
-    value = getattr(owner, name)
-    if not isinstance(value, str) or value not in allowed:  # every choice is a name; a list would not even hash
-        errors.append(ConfigError(f"{prefix}{name}", value, sorted(allowed)))
-        return False
-    return True
 
 
 # ----------------------------------------------------------------------------- configs
@@ -102,17 +43,20 @@ class OptimizerConfig:
     eps: float | None = None  # None: the optimizer's own
     d0: float = 1e-6  # D-Adaptation/Prodigy: initial estimate of the distance to the solution
 
+    RULES: ClassVar[dict[str, Rule]] = {  # betas: its own check, as many as the optimizer takes
+        "name": OneOf(OPTIMIZERS),
+        "lr": Number(low=0, low_open=True, optional=True),
+        "weight_decay": Number(low=0),
+        "momentum": Number(low=0, high=1, high_open=True),
+        "eps": Number(low=0, low_open=True, optional=True),
+        "d0": Number(low=0, low_open=True),
+    }
+
     def __post_init__(self) -> None:
         """Check every field and raise one ConfigError naming all the bad ones."""
         errors: list[ConfigError] = []
-        p = "optimizer."
-        name_ok = _one_of(errors, self, "name", p, OPTIMIZERS)
-        _number(errors, self, "lr", p, low=0, low_open=True, optional=True)
-        _number(errors, self, "weight_decay", p, low=0)
-        _number(errors, self, "momentum", p, low=0, high=1, high_open=True)
-        _number(errors, self, "eps", p, low=0, low_open=True, optional=True)
-        _number(errors, self, "d0", p, low=0, low_open=True)
-        if name_ok and self.betas is not None:  # how many betas, if any, depends on the optimizer
+        refused = check_fields(errors, self, "optimizer.", self.RULES)
+        if "name" not in refused and self.betas is not None:  # how many betas, if any, depends on the optimizer
             _betas(errors, self)
         raise_all(errors)
 
@@ -152,23 +96,26 @@ class SchedulerConfig:
     patience: int = 5  # plateau: epochs without improvement before a decay
     factor: float = 0.5  # plateau: decay factor
 
+    RULES: ClassVar[dict[str, Rule]] = {
+        "name": OneOf(SCHEDULERS),
+        "interval": OneOf(INTERVALS),
+        "warmup_t": Number(low=0),
+        "warmup_lr_init": Number(low=0),
+        "warmup_prefix": Boolean(),
+        "lr_min": Number(low=0),
+        "t_initial": Number(low=0, low_open=True, optional=True),
+        "cycle_limit": Integer(),
+        "cycle_decay": Number(low=0, low_open=True),
+        "step_size": Integer(),
+        "gamma": Number(low=0, low_open=True, high=1, optional=True),
+        "patience": Integer(low=0),
+        "factor": Number(low=0, low_open=True, high=1, high_open=True),
+    }
+
     def __post_init__(self) -> None:
         """Check every field and raise one ConfigError naming all the bad ones."""
         errors: list[ConfigError] = []
-        p = "scheduler."
-        _one_of(errors, self, "name", p, SCHEDULERS)
-        _one_of(errors, self, "interval", p, INTERVALS)
-        _number(errors, self, "warmup_t", p, low=0)
-        _number(errors, self, "warmup_lr_init", p, low=0)
-        _boolean(errors, self, "warmup_prefix", p)
-        _number(errors, self, "lr_min", p, low=0)
-        _number(errors, self, "t_initial", p, low=0, low_open=True, optional=True)
-        _integer(errors, self, "cycle_limit", p)
-        _number(errors, self, "cycle_decay", p, low=0, low_open=True)
-        _integer(errors, self, "step_size", p)
-        _number(errors, self, "gamma", p, low=0, low_open=True, high=1, optional=True)
-        _integer(errors, self, "patience", p, low=0)
-        _number(errors, self, "factor", p, low=0, low_open=True, high=1, high_open=True)
+        check_fields(errors, self, "scheduler.", self.RULES)
         raise_all(errors)
 
     def resolved_gamma(self) -> float:
@@ -274,20 +221,25 @@ class TrainConfig:
 
 # ----------------------------------------------------------------------------- TrainConfig checks
 
+# TrainConfig's own settings (device: parse_device, the one device parser).
+TRAIN_RULES: dict[str, Rule] = {
+    "loss": OneOf(LOSSES),
+    "batch_size": Integer(),
+    "epochs": Integer(),
+    "grad_clip": Number(low=0, low_open=True, optional=True),
+    "rollout_horizon": Integer(low=0),
+    "rollout_weight": Number(low=0),
+    "method": OneOf(METHODS),
+    "dtype": OneOf(DTYPES),
+    "seed": Integer(low=0),
+    "data_seed": Integer(low=0),
+}
+
 
 def _check_settings(errors: list[ConfigError], cfg: Any) -> None:
     """TrainConfig's own settings, each on its own, then the LIMITS bound of every good one (`cfg`:
     a TrainConfig being built, or a stand-in with its attributes while a section failed)."""
-    _one_of(errors, cfg, "loss", "", LOSSES)
-    _integer(errors, cfg, "batch_size", "")
-    _integer(errors, cfg, "epochs", "")
-    _number(errors, cfg, "grad_clip", "", low=0, low_open=True, optional=True)
-    _integer(errors, cfg, "rollout_horizon", "", low=0)
-    _number(errors, cfg, "rollout_weight", "", low=0)
-    _one_of(errors, cfg, "method", "", METHODS)
-    _one_of(errors, cfg, "dtype", "", DTYPES)
-    _integer(errors, cfg, "seed", "", low=0)
-    _integer(errors, cfg, "data_seed", "", low=0)
+    check_fields(errors, cfg, "", TRAIN_RULES)
     collect(errors, parse_device, cfg.device)
     check_limits(errors, cfg)
 
@@ -408,13 +360,34 @@ def check_limits(errors: list[ConfigError], cfg: Any) -> None:
         section = key.split(".")[0]
         if limit.high is None or key in bad or (section in _SECTIONS and not isinstance(getattr(cfg, section), _SECTIONS[section])):
             continue
-        value = lookup(cfg, key)
-        if isinstance(value, (int, float)) and value > limit.high:
-            bound = f"{limit.high:,}" if isinstance(limit.high, int) else f"{limit.high:g}"
-            errors.append(ConfigError(key, value, f"at most {bound} ({limit.why})"))
+        _limit(errors, key, lookup(cfg, key))
+
+
+def _limit(errors: list[ConfigError], key: str, value: Any) -> None:
+    """Refuse `value` above the LIMITS bound of `key` (if it has one)."""
+    limit = LIMITS.get(key)
+    if limit is not None and limit.high is not None and isinstance(value, (int, float)) and value > limit.high:
+        bound = f"{limit.high:,}" if isinstance(limit.high, int) else f"{limit.high:g}"
+        errors.append(ConfigError(key, value, f"at most {bound} ({limit.why})"))
 
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "optimizer": OptimizerConfig, "scheduler": SchedulerConfig}
+# Every field rule by its dotted name: the one table the configs are built with and a spec's search
+# values are checked against (check_setting).
+FIELD_RULES: dict[str, Rule] = {**TRAIN_RULES, **{f"{section}.{name}": rule for section, cls in _SECTIONS.items()
+                                                  for name, rule in cls.RULES.items()}}
+
+
+def check_setting(key: str, value: Any) -> ConfigError | None:
+    """The problem with `value` for the setting `key` on its own (its field rule, then its LIMITS
+    bound), or None, without building a config. Settings checked together with others (the batch
+    against the training set, the betas against the optimizer) need a whole config as well."""
+    value, error = check_value(FIELD_RULES[key], key, value)
+    if error is None:
+        errors: list[ConfigError] = []
+        _limit(errors, key, value)
+        error = errors[0] if errors else None
+    return error
 _DICT_FIELDS = {"data.params"}
 
 

@@ -17,13 +17,14 @@ import re
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from .atomic import write_atomic
 from .datafiles import DEFAULT_SPLIT, check_file_fields, check_file_pins
 from .errors import ConfigError, collect, raise_all
+from .fields import Integer, Number, OneOf, Rule, check_fields
 from .systems import DECLARED, System, make_system
 
 if TYPE_CHECKING:
@@ -34,14 +35,6 @@ DERIVATIVES = ("exact", "savgol")
 SPLITS = ("train", "val", "test", "ood")
 CACHE_VERSION = 2  # bump when generation changes, so old cache files are not reused
 HASH_KEY = "meta.sha256"  # the cache file's own array holding the hash of every other array
-
-
-def _holds(test: Callable[[], Any]) -> bool:
-    """test(), or False where the value's type does not compare (a string where a number belongs)."""
-    try:
-        return bool(test())
-    except TypeError:
-        return False
 
 
 @dataclass(frozen=True)
@@ -70,6 +63,17 @@ class DataConfig:
     file_sha256: str = ""  # the file's content hash; "" = not pinned (launch pins it), else a changed file is refused
     file_split: tuple[float, ...] = DEFAULT_SPLIT  # fractions of the file's trajectories: train, val, test, ood (0: none)
 
+    RULES: ClassVar[dict[str, Rule]] = {  # system, params, declared and the file: their own checks below
+        "kind": OneOf(DATA_KINDS),
+        "derivatives": OneOf(DERIVATIVES),
+        **dict.fromkeys(("n_train", "n_val", "n_test", "n_rollout", "rollout_steps"), Integer(what="a positive integer")),
+        **dict.fromkeys(("duration", "rate_hz"), Number(low=0, low_open=True, what="a positive number")),
+        "noise": Number(low=0, what="a non-negative standard deviation"),
+        "savgol_window": Integer(),
+        "savgol_order": Integer(),
+        "ood_scale": Number(low=1, low_open=True, what="a number > 1 (ood states lie beyond the training box)"),
+    }
+
     def __post_init__(self) -> None:
         """Check every field and raise one ConfigError naming all the bad ones."""
         errors: list[ConfigError] = []
@@ -78,22 +82,8 @@ class DataConfig:
         elif collect(errors, self._canonical_declaration):
             collect(errors, self.make_system)  # validates the system (name, entry point or declaration), its parameter names and values
         collect(errors, check_file_pins, self)
-        if self.kind not in DATA_KINDS:
-            errors.append(ConfigError("data.kind", self.kind, DATA_KINDS))
-        if self.derivatives not in DERIVATIVES:
-            errors.append(ConfigError("data.derivatives", self.derivatives, DERIVATIVES))
-        for name in ("n_train", "n_val", "n_test", "n_rollout", "rollout_steps"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                errors.append(ConfigError(f"data.{name}", value, "a positive integer"))
-        for name in ("duration", "rate_hz"):
-            if not _holds(lambda: getattr(self, name) > 0):
-                errors.append(ConfigError(f"data.{name}", getattr(self, name), "a positive number"))
-        if not _holds(lambda: self.noise >= 0):
-            errors.append(ConfigError("data.noise", self.noise, "a non-negative standard deviation"))
-        if not _holds(lambda: self.ood_scale > 1):
-            errors.append(ConfigError("data.ood_scale", self.ood_scale, "a number > 1 (ood states lie beyond the training box)"))
-        if not _holds(lambda: self.savgol_window % 2 != 0 and 0 < self.savgol_order < self.savgol_window):
+        refused = check_fields(errors, self, "data.", self.RULES)
+        if not {"savgol_window", "savgol_order"} & refused and not (self.savgol_window % 2 != 0 and self.savgol_order < self.savgol_window):
             errors.append(ConfigError("data.savgol_window", (self.savgol_window, self.savgol_order), "an odd window larger than the order"))
         raise_all(errors)
 
