@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import ClassVar
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -18,108 +17,15 @@ from .data import DataConfig, samples_per_trajectory
 from .device import parse_device
 from .dotted import flatten, lookup
 from .errors import ConfigError, collect, raise_all
-from .fields import Boolean, Integer, Number, OneOf, Rule, check_fields, check_value
+from .fields import Integer, Number, OneOf, Rule, check_fields, check_value
 from .losses import LOSSES
 from .model_config import DEFAULT_METHOD, METHODS, ModelConfig
-from .optim import DEFAULT_GAMMA, OPTIMIZERS, SCHEDULERS, reads
+from .optim import OptimizerConfig, SchedulerConfig  # noqa: F401  (configs live beside their registries)
 
 DTYPES = ("float32", "float64")
-INTERVALS = ("step", "epoch")
 
 
 # ----------------------------------------------------------------------------- configs
-
-
-@dataclass(frozen=True)
-class OptimizerConfig:
-    """Optimizer name and settings. `lr=None` takes the optimizer's default from the registry;
-    for D-Adaptation and Prodigy `lr` is the multiplier of the adapted step (about 1.0)."""
-
-    name: str = "adam"
-    lr: float | None = None
-    weight_decay: float = 0.0
-    momentum: float = 0.9  # momentum, nesterov, dadaptsgd
-    betas: tuple[float, ...] | None = None  # None: the optimizer's own; 2 values (3 for adan)
-    eps: float | None = None  # None: the optimizer's own
-    d0: float = 1e-6  # D-Adaptation/Prodigy: initial estimate of the distance to the solution
-
-    RULES: ClassVar[dict[str, Rule]] = {  # betas: its own check, as many as the optimizer takes
-        "name": OneOf(OPTIMIZERS),
-        "lr": Number(low=0, low_open=True, optional=True),
-        "weight_decay": Number(low=0),
-        "momentum": Number(low=0, high=1, high_open=True),
-        "eps": Number(low=0, low_open=True, optional=True),
-        "d0": Number(low=0, low_open=True),
-    }
-
-    def __post_init__(self) -> None:
-        """Check every field and raise one ConfigError naming all the bad ones."""
-        errors: list[ConfigError] = []
-        refused = check_fields(errors, self, "optimizer.", self.RULES)
-        if "name" not in refused and self.betas is not None:  # how many betas, if any, depends on the optimizer
-            _betas(errors, self)
-        raise_all(errors)
-
-    @property
-    def info(self):
-        return OPTIMIZERS[self.name]
-
-
-def _betas(errors: list[ConfigError], cfg: OptimizerConfig) -> None:
-    """`betas`: as many numbers in [0, 1) as the optimizer takes, or null for one without betas."""
-    betas, n = cfg.betas, OPTIMIZERS[cfg.name].n_betas
-    ok = reads(cfg.name, "betas") and isinstance(betas, (list, tuple)) and len(betas) == n and all(
-        isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)
-    if not ok:
-        allowed = f"{n} numbers in [0, 1) for {cfg.name}" if reads(cfg.name, "betas") else f"null ({cfg.name} has no betas)"
-        errors.append(ConfigError("optimizer.betas", betas, allowed))
-        return
-    object.__setattr__(cfg, "betas", tuple(float(b) for b in betas))
-
-
-@dataclass(frozen=True)
-class SchedulerConfig:
-    """Learning-rate schedule. Durations (warmup_t, t_initial, step_size) are in epochs; for
-    `cosine`, interval="step" moves the lr every update, "epoch" once per epoch."""
-
-    name: str = "none"
-    interval: str = "step"  # cosine: step the timm scheduler per update or per epoch
-    warmup_t: float = 0.0  # cosine: warm-up length, epochs
-    warmup_lr_init: float = 0.0  # cosine: lr (multiplier for D-Adaptation) at the start of warm-up
-    warmup_prefix: bool = False  # cosine: cycles start after the warm-up instead of including it
-    lr_min: float = 0.0  # cosine: floor of each cycle and value after the last one
-    t_initial: float | None = None  # cosine: cycle length in epochs; None: epochs / cycle_limit
-    cycle_limit: int = 1  # cosine: number of cycles (restarts = cycle_limit − 1)
-    cycle_decay: float = 1.0  # cosine: each restart's peak is the previous one × cycle_decay
-    step_size: int = 10  # step: epochs between decays
-    gamma: float | None = None  # step/exponential: decay factor; None: 0.5 (step), 0.95 (exponential)
-    patience: int = 5  # plateau: epochs without improvement before a decay
-    factor: float = 0.5  # plateau: decay factor
-
-    RULES: ClassVar[dict[str, Rule]] = {
-        "name": OneOf(SCHEDULERS),
-        "interval": OneOf(INTERVALS),
-        "warmup_t": Number(low=0),
-        "warmup_lr_init": Number(low=0),
-        "warmup_prefix": Boolean(),
-        "lr_min": Number(low=0),
-        "t_initial": Number(low=0, low_open=True, optional=True),
-        "cycle_limit": Integer(),
-        "cycle_decay": Number(low=0, low_open=True),
-        "step_size": Integer(),
-        "gamma": Number(low=0, low_open=True, high=1, optional=True),
-        "patience": Integer(low=0),
-        "factor": Number(low=0, low_open=True, high=1, high_open=True),
-    }
-
-    def __post_init__(self) -> None:
-        """Check every field and raise one ConfigError naming all the bad ones."""
-        errors: list[ConfigError] = []
-        check_fields(errors, self, "scheduler.", self.RULES)
-        raise_all(errors)
-
-    def resolved_gamma(self) -> float:
-        return self.gamma if self.gamma is not None else DEFAULT_GAMMA.get(self.name, 0.5)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """The layout is the architecture: imports run one way (cli -> study -> spec -> store, cli -> ops -> store),
-dlnn_core never imports the service or Optuna, and the service's modules import no cycle.
+dlnn_core never imports the service or Optuna, neither the service's modules nor the core's import a
+cycle, and no module but the adapter names a private Optuna attribute.
 
 Every import counts, those inside functions too: an import deferred to a function is still a dependency
 (and the usual way a cycle hides)."""
@@ -48,6 +49,11 @@ def test_imports_run_one_way():
 
 def test_the_service_modules_import_no_cycle():
     assert cycles(import_graph((SERVICE,))) == []
+
+
+def test_the_core_modules_import_no_cycle():
+    """dlnn_core too: every import counts, those inside functions and under TYPE_CHECKING as well."""
+    assert cycles(import_graph(("dlnn_core",))) == []
 
 
 # Modules allowed, for now, to name a private Optuna attribute outside the adapter (report.py is
