@@ -9,7 +9,6 @@ dotted dicts such as `{"optimizer.lr": 1e-3, "model.hidden": 64}` (the shape of 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -18,161 +17,15 @@ from .data import DataConfig, samples_per_trajectory
 from .device import parse_device
 from .dotted import flatten, lookup
 from .errors import ConfigError, collect, raise_all
+from .fields import Integer, Number, OneOf, Rule, check_fields, check_value
 from .losses import LOSSES
 from .model_config import DEFAULT_METHOD, METHODS, ModelConfig
-from .optim import DEFAULT_GAMMA, OPTIMIZERS, SCHEDULERS, reads
+from .optim import OptimizerConfig, SchedulerConfig  # noqa: F401  (configs live beside their registries)
 
 DTYPES = ("float32", "float64")
-INTERVALS = ("step", "epoch")
-
-
-# ----------------------------------------------------------------------------- field checks
-
-
-def _number(errors: list[ConfigError], owner: Any, name: str, prefix: str, *, low: float | None = None, low_open: bool = False,
-            high: float | None = None, high_open: bool = False, optional: bool = False) -> bool:
-    """Coerce a numeric field to a finite float (YAML reads "1e-3" as a string) and check its bounds.
-    Like every field check here, it adds a bad value to `errors` and says whether the field is good."""
-    value = getattr(owner, name)
-    if value is None and optional:
-        return True
-    what = "a finite number"
-    if low is not None:
-        what += f" {'>' if low_open else '>='} {low}"
-    if high is not None:
-        what += f"{' and' if low is not None else ''} {'<' if high_open else '<='} {high}"
-    if optional:
-        what += " (or null)"
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        number = float(value)
-    except (TypeError, ValueError):
-        errors.append(ConfigError(f"{prefix}{name}", value, what))
-        return False
-    too_low = low is not None and (number < low or (low_open and number == low))
-    too_high = high is not None and (number > high or (high_open and number == high))
-    if not math.isfinite(number) or too_low or too_high:
-        errors.append(ConfigError(f"{prefix}{name}", value, what))
-        return False
-    object.__setattr__(owner, name, number)
-    return True
-
-
-def _integer(errors: list[ConfigError], owner: Any, name: str, prefix: str, *, low: int = 1) -> bool:
-    """Integer fields accept ints and integral floats (2.0 from a float search space), nothing else."""
-    value = getattr(owner, name)
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        errors.append(ConfigError(f"{prefix}{name}", getattr(owner, name), f"an integer >= {low}"))
-        return False
-    object.__setattr__(owner, name, value)
-    return True
-
-
-def _boolean(errors: list[ConfigError], owner: Any, name: str, prefix: str) -> bool:
-    if not isinstance(getattr(owner, name), bool):
-        errors.append(ConfigError(f"{prefix}{name}", getattr(owner, name), "true or false"))
-        return False
-    return True
-
-
-def _one_of(errors: list[ConfigError], owner: Any, name: str, prefix: str, allowed) -> bool:
-    value = getattr(owner, name)
-    if not isinstance(value, str) or value not in allowed:  # every choice is a name; a list would not even hash
-        errors.append(ConfigError(f"{prefix}{name}", value, sorted(allowed)))
-        return False
-    return True
 
 
 # ----------------------------------------------------------------------------- configs
-
-
-@dataclass(frozen=True)
-class OptimizerConfig:
-    """Optimizer name and settings. `lr=None` takes the optimizer's default from the registry;
-    for D-Adaptation and Prodigy `lr` is the multiplier of the adapted step (about 1.0)."""
-
-    name: str = "adam"
-    lr: float | None = None
-    weight_decay: float = 0.0
-    momentum: float = 0.9  # momentum, nesterov, dadaptsgd
-    betas: tuple[float, ...] | None = None  # None: the optimizer's own; 2 values (3 for adan)
-    eps: float | None = None  # None: the optimizer's own
-    d0: float = 1e-6  # D-Adaptation/Prodigy: initial estimate of the distance to the solution
-
-    def __post_init__(self) -> None:
-        """Check every field and raise one ConfigError naming all the bad ones."""
-        errors: list[ConfigError] = []
-        p = "optimizer."
-        name_ok = _one_of(errors, self, "name", p, OPTIMIZERS)
-        _number(errors, self, "lr", p, low=0, low_open=True, optional=True)
-        _number(errors, self, "weight_decay", p, low=0)
-        _number(errors, self, "momentum", p, low=0, high=1, high_open=True)
-        _number(errors, self, "eps", p, low=0, low_open=True, optional=True)
-        _number(errors, self, "d0", p, low=0, low_open=True)
-        if name_ok and self.betas is not None:  # how many betas, if any, depends on the optimizer
-            _betas(errors, self)
-        raise_all(errors)
-
-    @property
-    def info(self):
-        return OPTIMIZERS[self.name]
-
-
-def _betas(errors: list[ConfigError], cfg: OptimizerConfig) -> None:
-    """`betas`: as many numbers in [0, 1) as the optimizer takes, or null for one without betas."""
-    betas, n = cfg.betas, OPTIMIZERS[cfg.name].n_betas
-    ok = reads(cfg.name, "betas") and isinstance(betas, (list, tuple)) and len(betas) == n and all(
-        isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)
-    if not ok:
-        allowed = f"{n} numbers in [0, 1) for {cfg.name}" if reads(cfg.name, "betas") else f"null ({cfg.name} has no betas)"
-        errors.append(ConfigError("optimizer.betas", betas, allowed))
-        return
-    object.__setattr__(cfg, "betas", tuple(float(b) for b in betas))
-
-
-@dataclass(frozen=True)
-class SchedulerConfig:
-    """Learning-rate schedule. Durations (warmup_t, t_initial, step_size) are in epochs; for
-    `cosine`, interval="step" moves the lr every update, "epoch" once per epoch."""
-
-    name: str = "none"
-    interval: str = "step"  # cosine: step the timm scheduler per update or per epoch
-    warmup_t: float = 0.0  # cosine: warm-up length, epochs
-    warmup_lr_init: float = 0.0  # cosine: lr (multiplier for D-Adaptation) at the start of warm-up
-    warmup_prefix: bool = False  # cosine: cycles start after the warm-up instead of including it
-    lr_min: float = 0.0  # cosine: floor of each cycle and value after the last one
-    t_initial: float | None = None  # cosine: cycle length in epochs; None: epochs / cycle_limit
-    cycle_limit: int = 1  # cosine: number of cycles (restarts = cycle_limit − 1)
-    cycle_decay: float = 1.0  # cosine: each restart's peak is the previous one × cycle_decay
-    step_size: int = 10  # step: epochs between decays
-    gamma: float | None = None  # step/exponential: decay factor; None: 0.5 (step), 0.95 (exponential)
-    patience: int = 5  # plateau: epochs without improvement before a decay
-    factor: float = 0.5  # plateau: decay factor
-
-    def __post_init__(self) -> None:
-        """Check every field and raise one ConfigError naming all the bad ones."""
-        errors: list[ConfigError] = []
-        p = "scheduler."
-        _one_of(errors, self, "name", p, SCHEDULERS)
-        _one_of(errors, self, "interval", p, INTERVALS)
-        _number(errors, self, "warmup_t", p, low=0)
-        _number(errors, self, "warmup_lr_init", p, low=0)
-        _boolean(errors, self, "warmup_prefix", p)
-        _number(errors, self, "lr_min", p, low=0)
-        _number(errors, self, "t_initial", p, low=0, low_open=True, optional=True)
-        _integer(errors, self, "cycle_limit", p)
-        _number(errors, self, "cycle_decay", p, low=0, low_open=True)
-        _integer(errors, self, "step_size", p)
-        _number(errors, self, "gamma", p, low=0, low_open=True, high=1, optional=True)
-        _integer(errors, self, "patience", p, low=0)
-        _number(errors, self, "factor", p, low=0, low_open=True, high=1, high_open=True)
-        raise_all(errors)
-
-    def resolved_gamma(self) -> float:
-        return self.gamma if self.gamma is not None else DEFAULT_GAMMA.get(self.name, 0.5)
 
 
 @dataclass(frozen=True)
@@ -274,20 +127,25 @@ class TrainConfig:
 
 # ----------------------------------------------------------------------------- TrainConfig checks
 
+# TrainConfig's own settings (device: parse_device, the one device parser).
+TRAIN_RULES: dict[str, Rule] = {
+    "loss": OneOf(LOSSES),
+    "batch_size": Integer(),
+    "epochs": Integer(),
+    "grad_clip": Number(low=0, low_open=True, optional=True),
+    "rollout_horizon": Integer(low=0),
+    "rollout_weight": Number(low=0),
+    "method": OneOf(METHODS),
+    "dtype": OneOf(DTYPES),
+    "seed": Integer(low=0),
+    "data_seed": Integer(low=0),
+}
+
 
 def _check_settings(errors: list[ConfigError], cfg: Any) -> None:
     """TrainConfig's own settings, each on its own, then the LIMITS bound of every good one (`cfg`:
     a TrainConfig being built, or a stand-in with its attributes while a section failed)."""
-    _one_of(errors, cfg, "loss", "", LOSSES)
-    _integer(errors, cfg, "batch_size", "")
-    _integer(errors, cfg, "epochs", "")
-    _number(errors, cfg, "grad_clip", "", low=0, low_open=True, optional=True)
-    _integer(errors, cfg, "rollout_horizon", "", low=0)
-    _number(errors, cfg, "rollout_weight", "", low=0)
-    _one_of(errors, cfg, "method", "", METHODS)
-    _one_of(errors, cfg, "dtype", "", DTYPES)
-    _integer(errors, cfg, "seed", "", low=0)
-    _integer(errors, cfg, "data_seed", "", low=0)
+    check_fields(errors, cfg, "", TRAIN_RULES)
     collect(errors, parse_device, cfg.device)
     check_limits(errors, cfg)
 
@@ -408,13 +266,34 @@ def check_limits(errors: list[ConfigError], cfg: Any) -> None:
         section = key.split(".")[0]
         if limit.high is None or key in bad or (section in _SECTIONS and not isinstance(getattr(cfg, section), _SECTIONS[section])):
             continue
-        value = lookup(cfg, key)
-        if isinstance(value, (int, float)) and value > limit.high:
-            bound = f"{limit.high:,}" if isinstance(limit.high, int) else f"{limit.high:g}"
-            errors.append(ConfigError(key, value, f"at most {bound} ({limit.why})"))
+        _limit(errors, key, lookup(cfg, key))
+
+
+def _limit(errors: list[ConfigError], key: str, value: Any) -> None:
+    """Refuse `value` above the LIMITS bound of `key` (if it has one)."""
+    limit = LIMITS.get(key)
+    if limit is not None and limit.high is not None and isinstance(value, (int, float)) and value > limit.high:
+        bound = f"{limit.high:,}" if isinstance(limit.high, int) else f"{limit.high:g}"
+        errors.append(ConfigError(key, value, f"at most {bound} ({limit.why})"))
 
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "optimizer": OptimizerConfig, "scheduler": SchedulerConfig}
+# Every field rule by its dotted name: the one table the configs are built with and a spec's search
+# values are checked against (check_setting).
+FIELD_RULES: dict[str, Rule] = {**TRAIN_RULES, **{f"{section}.{name}": rule for section, cls in _SECTIONS.items()
+                                                  for name, rule in cls.RULES.items()}}
+
+
+def check_setting(key: str, value: Any) -> ConfigError | None:
+    """The problem with `value` for the setting `key` on its own (its field rule, then its LIMITS
+    bound), or None, without building a config. Settings checked together with others (the batch
+    against the training set, the betas against the optimizer) need a whole config as well."""
+    value, error = check_value(FIELD_RULES[key], key, value)
+    if error is None:
+        errors: list[ConfigError] = []
+        _limit(errors, key, value)
+        error = errors[0] if errors else None
+    return error
 _DICT_FIELDS = {"data.params"}
 
 

@@ -17,17 +17,16 @@ import re
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
 from .atomic import write_atomic
-from .datafiles import DEFAULT_SPLIT, check_file_fields, check_file_pins
+from .datafiles import DEFAULT_SPLIT, check_data, check_file_fields, check_file_pins, file_splits, file_system
 from .errors import ConfigError, collect, raise_all
-from .systems import DECLARED, System, make_system
-
-if TYPE_CHECKING:
-    import torch
+from .fields import Integer, Number, OneOf, Rule, check_fields
+from .splits import Splits, StateSet, Trajectories, wrap_angles  # noqa: F401  (their home before splits.py)
+from .systems import DECLARED, SYSTEMS, System
 
 DATA_KINDS = ("states", "trajectories")
 DERIVATIVES = ("exact", "savgol")
@@ -36,12 +35,22 @@ CACHE_VERSION = 2  # bump when generation changes, so old cache files are not re
 HASH_KEY = "meta.sha256"  # the cache file's own array holding the hash of every other array
 
 
-def _holds(test: Callable[[], Any]) -> bool:
-    """test(), or False where the value's type does not compare (a string where a number belongs)."""
-    try:
-        return bool(test())
-    except TypeError:
-        return False
+def make_system(system: str, params: Mapping[str, Any], declared: Mapping[str, Any] | None) -> System:
+    """The system `data.system` names: a built-in (SYSTEMS), "declared" (from `declared`, a
+    canonical declaration) or "package.module:factory". declared.py builds the last two; it
+    compiles and checks them with torch, so it is imported only for them."""
+    if system == DECLARED:
+        from .declared import declared_system
+
+        return declared_system(declared, params)
+    if isinstance(system, str) and ":" in system:
+        from .declared import entry_point_system
+
+        return entry_point_system(system, params)
+    if not isinstance(system, str) or system not in SYSTEMS:
+        raise ConfigError("data.system", system, f"a built-in system ({', '.join(sorted(SYSTEMS))}), "
+                          f'"{DECLARED}" with a data.declared table, or an entry point "package.module:factory"')
+    return SYSTEMS[system](**params)
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,17 @@ class DataConfig:
     file_sha256: str = ""  # the file's content hash; "" = not pinned (launch pins it), else a changed file is refused
     file_split: tuple[float, ...] = DEFAULT_SPLIT  # fractions of the file's trajectories: train, val, test, ood (0: none)
 
+    RULES: ClassVar[dict[str, Rule]] = {  # system, params, declared and the file: their own checks below
+        "kind": OneOf(DATA_KINDS),
+        "derivatives": OneOf(DERIVATIVES),
+        **dict.fromkeys(("n_train", "n_val", "n_test", "n_rollout", "rollout_steps"), Integer(what="a positive integer")),
+        **dict.fromkeys(("duration", "rate_hz"), Number(low=0, low_open=True, what="a positive number")),
+        "noise": Number(low=0, what="a non-negative standard deviation"),
+        "savgol_window": Integer(),
+        "savgol_order": Integer(),
+        "ood_scale": Number(low=1, low_open=True, what="a number > 1 (ood states lie beyond the training box)"),
+    }
+
     def __post_init__(self) -> None:
         """Check every field and raise one ConfigError naming all the bad ones."""
         errors: list[ConfigError] = []
@@ -78,22 +98,8 @@ class DataConfig:
         elif collect(errors, self._canonical_declaration):
             collect(errors, self.make_system)  # validates the system (name, entry point or declaration), its parameter names and values
         collect(errors, check_file_pins, self)
-        if self.kind not in DATA_KINDS:
-            errors.append(ConfigError("data.kind", self.kind, DATA_KINDS))
-        if self.derivatives not in DERIVATIVES:
-            errors.append(ConfigError("data.derivatives", self.derivatives, DERIVATIVES))
-        for name in ("n_train", "n_val", "n_test", "n_rollout", "rollout_steps"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                errors.append(ConfigError(f"data.{name}", value, "a positive integer"))
-        for name in ("duration", "rate_hz"):
-            if not _holds(lambda: getattr(self, name) > 0):
-                errors.append(ConfigError(f"data.{name}", getattr(self, name), "a positive number"))
-        if not _holds(lambda: self.noise >= 0):
-            errors.append(ConfigError("data.noise", self.noise, "a non-negative standard deviation"))
-        if not _holds(lambda: self.ood_scale > 1):
-            errors.append(ConfigError("data.ood_scale", self.ood_scale, "a number > 1 (ood states lie beyond the training box)"))
-        if not _holds(lambda: self.savgol_window % 2 != 0 and 0 < self.savgol_order < self.savgol_window):
+        refused = check_fields(errors, self, "data.", self.RULES)
+        if not {"savgol_window", "savgol_order"} & refused and not (self.savgol_window % 2 != 0 and self.savgol_order < self.savgol_window):
             errors.append(ConfigError("data.savgol_window", (self.savgol_window, self.savgol_order), "an odd window larger than the order"))
         raise_all(errors)
 
@@ -108,47 +114,8 @@ class DataConfig:
 
     def make_system(self) -> System:
         if self.file:  # n, angles and ranges from the file; no equations of motion
-            from .datafiles import check_data, file_system
-
             return file_system(check_data(self))
         return make_system(self.system, self.params, self.declared)
-
-
-@dataclass(frozen=True)
-class StateSet:
-    """Samples (q, q̇) -> q̈, float64 arrays [N, n]."""
-
-    q: np.ndarray
-    qdot: np.ndarray
-    qddot: np.ndarray
-
-    def to_torch(self, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> tuple[torch.Tensor, ...]:
-        """(q, q̇, q̈) as tensors of `dtype` (default float32) on `device`."""
-        import torch
-
-        return tuple(torch.as_tensor(a, dtype=dtype or torch.float32, device=device) for a in (self.q, self.qdot, self.qddot))
-
-
-@dataclass(frozen=True)
-class Trajectories:
-    """True trajectories (angles unwrapped) for rollout metrics: t [T], q and q̇ [N, T, n].
-    With `lengths` [N] (file data), trajectory i ends at sample lengths[i]; the rest is NaN padding."""
-
-    t: np.ndarray
-    q: np.ndarray
-    qdot: np.ndarray
-    lengths: np.ndarray | None = None
-
-
-@dataclass(frozen=True)
-class Splits:
-    system: System  # for file data: n, angles and ranges only (no lagrangian, dissipation, energy)
-    train: StateSet
-    val: StateSet
-    test: StateSet
-    ood: StateSet | None  # None: no ood split (file data with an ood fraction of 0)
-    rollouts: dict[str, Trajectories]  # "val", "test", "ood" (when there is one)
-    data_metrics: dict[str, Any] = field(default_factory=dict)  # stated with the metrics (file data: the ood rule)
 
 
 def _box(ranges: tuple[tuple[float, float], ...], scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
@@ -223,11 +190,6 @@ def integrate(system: System, q0: np.ndarray, v0: np.ndarray, duration: float, r
     q = y[:, : count * n].reshape(len(t), count, n).transpose(1, 0, 2)
     v = y[:, count * n :].reshape(len(t), count, n).transpose(1, 0, 2)
     return Trajectories(t, q, v)
-
-
-def wrap_angles(q: np.ndarray, angles: tuple[bool, ...]) -> np.ndarray:
-    """Map rotational coordinates into [−π, π); others unchanged."""
-    return np.where(np.array(angles), (q + np.pi) % (2 * np.pi) - np.pi, q)
 
 
 def _observed_states(cfg: DataConfig, system: System, traj: Trajectories, rng: np.random.Generator, noisy: bool) -> StateSet:
@@ -306,8 +268,6 @@ def load_data(cfg: DataConfig, seed: int, cache_dir: str | Path | None = None) -
     (cfg.file) is read instead, remembered per process and checked against its pinned sha256;
     it is cheap to split again, so it never enters the cache."""
     if cfg.file:  # measured trajectories: read (remembered per process, hash-checked) and split in memory
-        from .datafiles import file_splits
-
         return file_splits(cfg, seed)
     path = cache_path(cfg, seed, cache_dir)
     expected = _expected_shapes(cfg)

@@ -46,6 +46,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import ConfigError, Problem, raise_all, shorten
+from .splits import Splits, StateSet, Trajectories, wrap_angles
 from .systems import System
 
 FORMATS = (".npz", ".csv")
@@ -562,8 +563,6 @@ def file_splits(cfg: Any, seed: int):
     """`Splits` of a file: StateSets of each split's samples and its trajectories for rollouts at
     the file's own step (NaN-padded, with `lengths`), plus what the metrics should state of the
     ood split (`data_metrics`)."""
-    from .data import Splits, StateSet, Trajectories, wrap_angles
-
     tf = check_data(cfg)
     states = observed(cfg, tf)
     idx = split_indices(tf, cfg, seed, states)

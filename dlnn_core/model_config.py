@@ -6,9 +6,11 @@ loads it; models.py builds the networks and lagrangian.py implements the methods
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 from .activations import check_activation
 from .errors import ConfigError, collect, raise_all
+from .fields import Boolean, Integer, Number, OneOf, Rule, check_fields
 
 MODEL_KINDS = ("dlnn", "lnn", "mlp")
 MODEL_FORMS = ("free", "structured")
@@ -34,21 +36,22 @@ class ModelConfig:
     mass_eps: float = 1e-3  # structured form: M = LLᵀ + εI keeps ∂²L/∂q̇² invertible
     init: str = "auto"  # auto, default (PyTorch), lnn (Cranmer et al. unit-scale), orthogonal (published DLNN)
 
+    RULES: ClassVar[dict[str, Rule]] = {  # activation: check_activation (which ones have curvature)
+        "kind": OneOf(MODEL_KINDS),
+        "form": OneOf(MODEL_FORMS),
+        "hidden": Integer(what="a positive integer"),
+        "depth": Integer(what="a positive integer"),
+        "shared_trunk": Boolean(),
+        "nonneg_dissipation": Boolean(),
+        "angle_features": Boolean(),
+        "init": OneOf(INIT_CHOICES),
+        "mass_eps": Number(low=0, low_open=True, what="a positive number"),
+    }
+
     def __post_init__(self) -> None:
         """Check every field and raise one ConfigError naming all the bad ones."""
         errors: list[ConfigError] = []
-        if self.kind not in MODEL_KINDS:
-            errors.append(ConfigError("model.kind", self.kind, MODEL_KINDS))
-        if self.form not in MODEL_FORMS:
-            errors.append(ConfigError("model.form", self.form, MODEL_FORMS))
-        for name in ("hidden", "depth"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                errors.append(ConfigError(f"model.{name}", value, "a positive integer"))
-        if self.init not in INIT_CHOICES:
-            errors.append(ConfigError("model.init", self.init, INIT_CHOICES))
-        if not (isinstance(self.mass_eps, (int, float)) and self.mass_eps > 0):
-            errors.append(ConfigError("model.mass_eps", self.mass_eps, "a positive number"))
+        check_fields(errors, self, "model.", self.RULES)
         collect(errors, check_activation, self.activation, for_lagrangian=self.kind != "mlp")
         raise_all(errors)
 

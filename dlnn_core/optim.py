@@ -23,14 +23,13 @@ from __future__ import annotations
 import importlib
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping
 
-from .errors import choose
+from .errors import ConfigError, choose, raise_all
+from .fields import Boolean, Integer, Number, OneOf, Rule, check_fields
 
-if TYPE_CHECKING:  # only the types: config imports this module, and torch is imported when something is built
+if TYPE_CHECKING:  # torch is imported when something is built
     import torch
-
-    from .config import OptimizerConfig, SchedulerConfig
 
 # The OptimizerConfig settings an optimizer may take besides lr (which every optimizer takes).
 SETTINGS = ("weight_decay", "momentum", "betas", "eps", "d0")
@@ -116,6 +115,14 @@ def reads(optimizer: str, setting: str) -> bool:
 def resolve_lr(cfg: "OptimizerConfig") -> float:
     """The configured lr, or the optimizer's default when the config leaves it at None."""
     return OPTIMIZERS[cfg.name].default_lr if cfg.lr is None else cfg.lr
+
+
+def relative_lr(optimizer: str, lr: float | None) -> float:
+    """lr over the optimizer's default lr (1.0 when lr is None: the default is used), a unit-free
+    learning rate comparable across optimizers. The one place the ratio is computed: the worker's
+    `lr_rel` attr and the report's lr tables and importance read it."""
+    default = choose(OPTIMIZERS, optimizer, "optimizer.name").default_lr
+    return (default if lr is None else lr) / default
 
 
 def optimizer_kwargs(cfg: "OptimizerConfig", lr: float | None = None) -> dict[str, Any]:
@@ -235,3 +242,100 @@ def build_scheduler(cfg: "SchedulerConfig", optimizer: torch.optim.Optimizer, ep
     if info.timm:
         return Schedule(info.name, scheduler, scheduler.step_update, lambda epoch, metric: scheduler.step(epoch, metric))
     return Schedule(info.name, scheduler, _noop, lambda epoch, metric: scheduler.step(metric if math.isfinite(metric) else float("inf")))
+
+
+# ----------------------------------------------------------------------------- configs (beside their registries)
+
+INTERVALS = ("step", "epoch")
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """Optimizer name and settings. `lr=None` takes the optimizer's default from the registry;
+    for D-Adaptation and Prodigy `lr` is the multiplier of the adapted step (about 1.0)."""
+
+    name: str = "adam"
+    lr: float | None = None
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # momentum, nesterov, dadaptsgd
+    betas: tuple[float, ...] | None = None  # None: the optimizer's own; 2 values (3 for adan)
+    eps: float | None = None  # None: the optimizer's own
+    d0: float = 1e-6  # D-Adaptation/Prodigy: initial estimate of the distance to the solution
+
+    RULES: ClassVar[dict[str, Rule]] = {  # betas: its own check, as many as the optimizer takes
+        "name": OneOf(OPTIMIZERS),
+        "lr": Number(low=0, low_open=True, optional=True),
+        "weight_decay": Number(low=0),
+        "momentum": Number(low=0, high=1, high_open=True),
+        "eps": Number(low=0, low_open=True, optional=True),
+        "d0": Number(low=0, low_open=True),
+    }
+
+    def __post_init__(self) -> None:
+        """Check every field and raise one ConfigError naming all the bad ones."""
+        errors: list[ConfigError] = []
+        refused = check_fields(errors, self, "optimizer.", self.RULES)
+        if "name" not in refused and self.betas is not None:  # how many betas, if any, depends on the optimizer
+            _betas(errors, self)
+        raise_all(errors)
+
+    @property
+    def info(self):
+        return OPTIMIZERS[self.name]
+
+
+def _betas(errors: list[ConfigError], cfg: OptimizerConfig) -> None:
+    """`betas`: as many numbers in [0, 1) as the optimizer takes, or null for one without betas."""
+    betas, n = cfg.betas, OPTIMIZERS[cfg.name].n_betas
+    ok = reads(cfg.name, "betas") and isinstance(betas, (list, tuple)) and len(betas) == n and all(
+        isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)
+    if not ok:
+        allowed = f"{n} numbers in [0, 1) for {cfg.name}" if reads(cfg.name, "betas") else f"null ({cfg.name} has no betas)"
+        errors.append(ConfigError("optimizer.betas", betas, allowed))
+        return
+    object.__setattr__(cfg, "betas", tuple(float(b) for b in betas))
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Learning-rate schedule. Durations (warmup_t, t_initial, step_size) are in epochs; for
+    `cosine`, interval="step" moves the lr every update, "epoch" once per epoch."""
+
+    name: str = "none"
+    interval: str = "step"  # cosine: step the timm scheduler per update or per epoch
+    warmup_t: float = 0.0  # cosine: warm-up length, epochs
+    warmup_lr_init: float = 0.0  # cosine: lr (multiplier for D-Adaptation) at the start of warm-up
+    warmup_prefix: bool = False  # cosine: cycles start after the warm-up instead of including it
+    lr_min: float = 0.0  # cosine: floor of each cycle and value after the last one
+    t_initial: float | None = None  # cosine: cycle length in epochs; None: epochs / cycle_limit
+    cycle_limit: int = 1  # cosine: number of cycles (restarts = cycle_limit − 1)
+    cycle_decay: float = 1.0  # cosine: each restart's peak is the previous one × cycle_decay
+    step_size: int = 10  # step: epochs between decays
+    gamma: float | None = None  # step/exponential: decay factor; None: 0.5 (step), 0.95 (exponential)
+    patience: int = 5  # plateau: epochs without improvement before a decay
+    factor: float = 0.5  # plateau: decay factor
+
+    RULES: ClassVar[dict[str, Rule]] = {
+        "name": OneOf(SCHEDULERS),
+        "interval": OneOf(INTERVALS),
+        "warmup_t": Number(low=0),
+        "warmup_lr_init": Number(low=0),
+        "warmup_prefix": Boolean(),
+        "lr_min": Number(low=0),
+        "t_initial": Number(low=0, low_open=True, optional=True),
+        "cycle_limit": Integer(),
+        "cycle_decay": Number(low=0, low_open=True),
+        "step_size": Integer(),
+        "gamma": Number(low=0, low_open=True, high=1, optional=True),
+        "patience": Integer(low=0),
+        "factor": Number(low=0, low_open=True, high=1, high_open=True),
+    }
+
+    def __post_init__(self) -> None:
+        """Check every field and raise one ConfigError naming all the bad ones."""
+        errors: list[ConfigError] = []
+        check_fields(errors, self, "scheduler.", self.RULES)
+        raise_all(errors)
+
+    def resolved_gamma(self) -> float:
+        return self.gamma if self.gamma is not None else DEFAULT_GAMMA.get(self.name, 0.5)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import numpy as np
 
@@ -183,21 +183,3 @@ DECLARED = "declared"  # the data.system value of a system declared in the spec 
 def get_system(name: str, **params: float) -> System:
     """Build a registered system; unknown names fail with the list of known ones."""
     return choose(SYSTEMS, name, "data.system")(**params)
-
-
-def make_system(system: str, params: Mapping[str, Any], declared: Mapping[str, Any] | None) -> System:
-    """The system `data.system` names: a built-in (SYSTEMS), "declared" (from `declared`, a
-    canonical declaration) or "package.module:factory". declared.py builds the last two; it
-    compiles and checks them with torch, so it is imported only for them."""
-    if system == DECLARED:
-        from .declared import declared_system
-
-        return declared_system(declared, params)
-    if isinstance(system, str) and ":" in system:
-        from .declared import entry_point_system
-
-        return entry_point_system(system, params)
-    if not isinstance(system, str) or system not in SYSTEMS:
-        raise ConfigError("data.system", system, f"a built-in system ({', '.join(sorted(SYSTEMS))}), "
-                          f'"{DECLARED}" with a data.declared table, or an entry point "package.module:factory"')
-    return SYSTEMS[system](**params)

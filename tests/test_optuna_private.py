@@ -118,3 +118,67 @@ def test_the_constraint_attr_key_is_where_optuna_keeps_and_reads_a_constraint():
     other = study.ask()
     study._storage.set_trial_system_attr(other._trial_id, private.constraint_key("diverged"), 2.0)
     assert study._storage.get_trial(other._trial_id).constraints == {"diverged": 2.0}
+
+
+def test_the_ids_are_the_ones_the_storage_takes():
+    """study_id and trial_id give what the storage's public calls know a study and a trial by, on a
+    Study, a FrozenStudy, a Trial and a FrozenTrial; set_trial_system_attr writes where Optuna reads."""
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(study_name="ids", storage=storage)
+    study.ask()
+    trial = study.ask()
+    assert private.study_id(study) == storage.get_study_id_from_name("ids")
+    assert private.study_id(storage.get_all_studies()[0]) == storage.get_study_id_from_name("ids")
+    expected = storage.get_trial_id_from_study_id_trial_number(private.study_id(study), trial.number)
+    assert private.trial_id(trial) == expected == private.trial_id(study.get_trials()[1])
+    private.set_trial_system_attr(trial, "dlnn:probe", [1, 2])
+    assert storage.get_trial(expected).system_attrs["dlnn:probe"] == [1, 2]
+
+
+def test_the_retry_history_is_what_the_retry_callback_writes_and_reads(tmp_path):
+    """A trial failed as stale and retried by Optuna's retry callback carries RETRY_HISTORY_KEY, and
+    retry_history reads it (the budget's SQL query counts retries by that key)."""
+    import time
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # experimental callback; heartbeat outside optimize
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)  # what the worker uses
+        storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'r.db'}", heartbeat_interval=1, grace_period=1,
+                                             heartbeat_stale_trial_callback=retry)
+        study = optuna.create_study(storage=storage)
+        first = study.ask()
+        storage.record_heartbeat(private.trial_id(first))
+        time.sleep(2.1)
+        optuna.storages.fail_stale_trials(study)
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["FAIL", "WAITING"]
+    assert private.retry_history(trials[0]) == []
+    assert private.retry_history(trials[1]) == [0] == trials[1].system_attrs[private.RETRY_HISTORY_KEY]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert [optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(t) for t in trials] == [[], [0]]
+
+
+def test_the_artifact_path_is_where_the_file_store_puts_an_artifact(tmp_path):
+    store = optuna.artifacts.FileSystemArtifactStore(tmp_path)
+    import io
+
+    store.write("abc", io.BytesIO(b"x"))
+    assert private.artifact_path(store, "abc") == tmp_path / "abc" and (tmp_path / "abc").read_bytes() == b"x"
+    with pytest.raises(ValueError):
+        private.artifact_path(store, "../outside")
+
+
+def test_the_trial_start_column_is_the_one_optuna_fills(tmp_path):
+    """The budget's query reads the first start from trial_start_column: it must be the column behind
+    FrozenTrial.datetime_start (naive UTC in the database, local time in Optuna's objects)."""
+    from dlnn_studies.store.storage import budget_counts
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.create_study(storage=storage)
+    study.ask()
+    with storage.engine.connect() as conn:
+        used, waiting, first = budget_counts(conn, private.study_id(study))
+    assert (used, waiting) == (1, 0)
+    assert abs((first - study.get_trials()[0].datetime_start).total_seconds()) < 1e-3

@@ -149,7 +149,7 @@ def _list_studies(url: str, as_json: bool) -> int:
     try:
         rows = []
         for s in storage.get_all_studies():
-            trials = storage.get_all_trials(s._study_id, deepcopy=False)
+            trials = storage.get_all_trials(storage.get_study_id_from_name(s.study_name), deepcopy=False)
             done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
             running = sum(t.state == TrialState.RUNNING for t in trials)
             rows.append({"study": s.study_name, "trials": len(trials), "finished": done, "running": running})

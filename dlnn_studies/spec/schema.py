@@ -39,7 +39,7 @@ from typing import Any, Mapping
 
 from dlnn_core import ACTIVATIONS, METHODS, MODEL_FORMS, MODEL_KINDS, SYSTEMS, ConfigError, datafiles
 from dlnn_core.activations import ZERO_CURVATURE
-from dlnn_core.config import LIMITS, PRESETS, TrainConfig
+from dlnn_core.config import FIELD_RULES, LIMITS, PRESETS, TrainConfig, check_setting
 from dlnn_core.dotted import flatten
 from dlnn_core.losses import LOSSES
 from dlnn_core.metrics import METRICS as EVAL_METRICS
@@ -88,6 +88,12 @@ TABLES = {
     "space": None,
     "baseline": None,
 }
+# Settings whose values are checked by their field rule alone (config.check_setting); the others are
+# checked with the rest of a config: the data's settings (system, file, sizes), the batch and the
+# rollout horizon (against the training set), the optimizer and scheduler names (their settings),
+# and the model kind (the activation's curvature).
+TOGETHER = frozenset({"batch_size", "rollout_horizon", "optimizer.name", "scheduler.name", "model.kind"})
+ALONE = frozenset(k for k in FIELD_RULES if k not in TOGETHER and not k.startswith("data."))
 # Settings checked together in space() (largest batch vs smallest training set), so each alone is
 # checked with its partner at its most permissive value.
 PAIRED = {"batch_size": {"data.n_train": LIMITS["data.n_train"].high}, "data.n_train": {"batch_size": 1}}
@@ -475,6 +481,11 @@ def _check_value(base: TrainConfig, key: str, value: Any, where: str, problems: 
             return False
     if key == "model.activation" and value in ZERO_CURVATURE:
         return True  # allowed only for an MLP baseline: decided in _space(), which knows the model kinds
+    if key in ALONE:  # its field rule and LIMITS bound say it all: no config is built
+        error = check_setting(key, value)
+        if error is not None:
+            problems.append(f"{where}: {_config_message(error)}")
+        return error is None
     try:
         base.with_flat({**context, key: value})
     except ConfigError as exc:

@@ -30,6 +30,7 @@ import optuna
 from dlnn_core.atomic import write_atomic
 
 from ..errors import UsageError
+from .optuna_private import artifact_path
 from .urls import ENDPOINT_ENVS, StoreURL, parse_artifacts
 
 # ------------------------------------------------------------------------------------ stores
@@ -46,10 +47,10 @@ class DirectoryStore(optuna.artifacts.FileSystemArtifactStore):
         self.location = str(base_path)
 
     def write(self, artifact_id: str, content_body: BinaryIO) -> None:
-        write_atomic(self._get_filepath(artifact_id), lambda f: shutil.copyfileobj(content_body, f, 1 << 20), suffix=".partial")
+        write_atomic(artifact_path(self, artifact_id), lambda f: shutil.copyfileobj(content_body, f, 1 << 20), suffix=".partial")
 
     def exists(self, artifact_id: str) -> bool:
-        return self._get_filepath(artifact_id).is_file()
+        return artifact_path(self, artifact_id).is_file()
 
     def __repr__(self) -> str:
         return f"DirectoryStore({self.location!r})"

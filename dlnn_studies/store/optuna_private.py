@@ -1,15 +1,58 @@
-"""The only module that imports Optuna's private names. Each one is used where Optuna's public
-API has no equivalent; tests/test_optuna_private.py fails loudly when an Optuna upgrade moves or
+"""The only module that names Optuna's private parts: its private modules and classes, the private
+attributes of its objects (`_trial_id`, `_study_id`, `_get_filepath`, ...) and the system attr keys
+it writes (`retry_history`); tests/test_layout.py checks that no other module does. Each one is used
+where Optuna's public API has no equivalent; tests/test_optuna_private.py fails loudly when an Optuna upgrade moves or
 changes one of them (and pyproject pins optuna below its next minor version for the same reason)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from optuna.artifacts import FileSystemArtifactStore
 from optuna.storages import _CachedStorage
 from optuna.study._constrained_optimization import _CONSTRAINTS_KEY as CONSTRAINTS_KEY
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages._rdb import models as rdb_models
+
+
+# The system attr RetryHeartbeatStaleTrialCallback writes on a retry: the trial numbers it retries, oldest
+# first. Named here for the budget's SQL query (storage.budget_counts), which reads it in the database.
+RETRY_HISTORY_KEY = "retry_history"
+
+
+def study_id(study: Any) -> int:
+    """The storage's id of an `optuna.Study` or a `FrozenStudy` (Optuna keeps it only as `_study_id`;
+    the public route, `storage.get_study_id_from_name`, costs a query)."""
+    return study._study_id
+
+
+def trial_id(trial: Any) -> int:
+    """The storage's id of an `optuna.Trial` or a `FrozenTrial` (only `_trial_id` in Optuna 5): what the
+    storage's own calls (set_trial_system_attr, get_trial, ...) take."""
+    return trial._trial_id
+
+
+def set_trial_system_attr(trial: Any, key: str, value: Any) -> None:
+    """A system attr on a running trial: Optuna 5's Trial has no public setter, its storage call needs the id."""
+    trial.storage.set_trial_system_attr(trial_id(trial), key, value)
+
+
+def retry_history(trial: Any) -> list[int]:
+    """The numbers of the trials a retried trial repeats (empty for a first run): what Optuna's
+    experimental `RetryHeartbeatStaleTrialCallback.retry_history` reads (a canary test compares
+    them), read directly since that one warns on every call and `catch_warnings` is not thread-safe."""
+    return trial.system_attrs.get(RETRY_HISTORY_KEY, [])
+
+
+def artifact_path(store: FileSystemArtifactStore, artifact_id: str) -> Path:
+    """The file an artifact id names in Optuna's file-system store (its checks against `..` and absolute ids kept)."""
+    return store._get_filepath(artifact_id)
+
+
+def trial_start_column() -> Any:
+    """The RDB column of a trial's start time (naive UTC in Optuna 5), for the budget's SQL query."""
+    return rdb_models.TrialModel._datetime_start_utc
 
 
 def constraint_key(name: str) -> str:
@@ -91,5 +134,6 @@ CACHED_STORAGE_METHODS = ("_read_trials_from_remote_storage", "_add_trials_to_ca
 CACHED_STORAGE_ATTRS = ("_backend", "_studies", "_trial_id_to_study_id_and_number", "_lock")
 
 __all__ = ["BaseHeartbeat", "CachedStorageBase", "StaleTrialsHook", "backend_of", "CONSTRAINTS_KEY", "constraint_key", "rdb_models", "grpc_make_server",
+           "RETRY_HISTORY_KEY", "study_id", "trial_id", "set_trial_system_attr", "retry_history", "artifact_path", "trial_start_column",
            "STALE_TRIAL_IDS",
            "CACHED_STORAGE_METHODS", "CACHED_STORAGE_ATTRS"]

@@ -19,8 +19,9 @@ from collections.abc import Callable
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import GrpcStorageProxy
-from .optuna_private import BaseHeartbeat, StaleTrialsHook
 from optuna.trial import FrozenTrial, TrialState
+
+from .optuna_private import BaseHeartbeat, StaleTrialsHook, trial_id
 
 from .urls import DEFAULT_PROXY_PORT, parse_proxy_url
 
@@ -60,8 +61,8 @@ class HeartbeatGrpcStorageProxy(StaleTrialsHook, GrpcStorageProxy, BaseHeartbeat
         stale = []
         for trial in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
             beat = trial.system_attrs.get(HEARTBEAT_KEY)
-            if isinstance(beat, list) and len(beat) == 2 and beat[0] == trial._trial_id and now - beat[1] > self.grace_period:
-                stale.append(trial._trial_id)
+            if isinstance(beat, list) and len(beat) == 2 and beat[0] == trial_id(trial) and now - beat[1] > self.grace_period:
+                stale.append(trial_id(trial))
         return stale
 
     def get_heartbeat_interval(self) -> int | None:

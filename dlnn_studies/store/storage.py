@@ -399,14 +399,15 @@ def study_lock(storage: optuna.storages.BaseStorage, study_id: int) -> Iterator[
 def budget_counts(conn: sqlalchemy.engine.Connection, study_id: int) -> tuple[int, int, datetime.datetime | None]:
     """(trials that use budget, queued trials, first start) in one query: a retry of a failed
     trial (it carries Optuna's `retry_history` system attr) takes its original's slot."""
+    from .optuna_private import RETRY_HISTORY_KEY, trial_start_column
     from .optuna_private import rdb_models as models
 
     trial, attr = models.TrialModel, models.TrialSystemAttributeModel
-    retry = sqlalchemy.exists().where(attr.trial_id == trial.trial_id, attr.key == "retry_history")
+    retry = sqlalchemy.exists().where(attr.trial_id == trial.trial_id, attr.key == RETRY_HISTORY_KEY)
     query = sqlalchemy.select(
         sqlalchemy.func.coalesce(sqlalchemy.func.sum(sqlalchemy.case((retry, 0), else_=1)), 0),
         sqlalchemy.func.coalesce(sqlalchemy.func.sum(sqlalchemy.case((trial.state == optuna.trial.TrialState.WAITING, 1), else_=0)), 0),
-        sqlalchemy.func.min(trial._datetime_start_utc),  # Optuna 5 stores naive UTC
+        sqlalchemy.func.min(trial_start_column()),  # Optuna 5 stores naive UTC
     ).where(trial.study_id == study_id)
     counted, waiting, first = conn.execute(query).one()
     if isinstance(first, str):  # SQLite returns min() of a DATETIME column as text

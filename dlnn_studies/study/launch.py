@@ -26,7 +26,8 @@ from ..spec.schema import StudySpec, make_baseline, recipe, spec_digest
 from ..store.optuna_private import constraint_key
 from ..store.storage import close_storage, open_storage
 from ..store.urls import redact
-from .service import CONSTRAINT, DIGEST_ATTR, SPEC_ATTR, find_study, ranked_trials
+from ..spec import definition
+from .service import CONSTRAINT, DEFINITION_ATTR, DIGEST_ATTR, SPEC_ATTR, find_study, ranked_trials
 
 @dataclass(frozen=True)
 class Launched:
@@ -169,6 +170,7 @@ def _launch(storage, spec: StudySpec, url: str, update: bool, from_study: str | 
     except optuna.exceptions.DuplicatedStudyError:  # another launch won the race
         return _relaunch(storage, find_study(storage, name), spec, update, from_study, log, pin, artifacts)
     study.set_user_attr(SPEC_ATTR, spec.raw)
+    study.set_user_attr(DEFINITION_ATTR, definition.to_record(spec))
     study.set_user_attr(DIGEST_ATTR, spec.digest)
     if spec.description:
         study.set_user_attr("description", spec.description)
@@ -218,7 +220,7 @@ def _data_change(storage, summary, stored: dict, spec: StudySpec, update: bool) 
     if not update:
         raise UsageError(f"study {name!r} was launched with {was}; the spec now gives {now}. A study's data never changes "
                          f"under it: {new_study}, or pass --update while no trial of {name!r} has started")
-    started = _started(storage, summary._study_id)
+    started = _started(storage, storage.get_study_id_from_name(name))
     if started:
         raise UsageError(f"--update cannot change the data of study {name!r}: {started} of its trials already ran on {was}, "
                          f"and trials on different data are not comparable. {new_study}")
@@ -249,6 +251,7 @@ def _relaunch(storage, summary, spec: StudySpec, update: bool, from_study: str |
     _publish(pin, log)
     study = optuna.load_study(study_name=name, storage=storage)
     study.set_user_attr(SPEC_ATTR, spec.raw)
+    study.set_user_attr(DEFINITION_ATTR, definition.to_record(spec))
     study.set_user_attr(DIGEST_ATTR, spec.digest)
     message = f"updated the stored spec of study {name!r} (changed: {', '.join(changed)})" + (f"; {data_change}" if data_change else "")
     log(message)

@@ -22,6 +22,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
+from ..store.optuna_private import set_trial_system_attr
+
 CONFIG = "dlnn:config"
 METRICS = "dlnn:metrics"
 WORKER = "dlnn:worker"
@@ -46,8 +48,8 @@ def set_verdict(trial: optuna.Trial, status: str, reason: str | None) -> None:
 
 
 def set_system_attr(trial: optuna.Trial, key: str, value: Any) -> None:
-    """Optuna 5's Trial has no public system-attr setter; the storage call is the documented route."""
-    trial.storage.set_trial_system_attr(trial._trial_id, key, value)
+    """Optuna 5's Trial has no public system-attr setter; the adapter makes the storage call."""
+    set_trial_system_attr(trial, key, value)
 
 
 def json_finite(x: Any) -> Any:

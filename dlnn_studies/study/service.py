@@ -20,13 +20,15 @@ from dlnn_core.errors import shorten
 from ..errors import UsageError
 from ..spec.samplers import build_pruner, build_sampler
 from ..spec.space import grid_space
+from ..spec import definition
 from ..spec.schema import StudySpec, parse_spec
+from ..store.optuna_private import retry_history, study_id
 from ..store.storage import TrialView, budget_counts, study_lock
 
-SPEC_ATTR = "dlnn:spec"  # study user attr: the validated spec (parsed TOML), so every worker builds the same sampler/pruner
+SPEC_ATTR = "dlnn:spec"  # study user attr: the validated spec as written (parsed TOML): what export and --update compare
+DEFINITION_ATTR = "dlnn:definition"  # study user attr: the spec compiled at launch (spec/definition.py), what every reader loads
 DIGEST_ATTR = "dlnn:spec_digest"
 CONSTRAINT = "diverged"  # trial constraint: > 0 marks a diverged / out-of-memory trial infeasible
-RETRY_KEY = "retry_history"  # system attr Optuna's retry callback puts on a retried trial
 
 
 class BudgetReached(Exception):
@@ -46,22 +48,28 @@ def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
 
 
 def stored_spec(storage: optuna.storages.BaseStorage, name: str) -> StudySpec:
-    """The spec kept on a study by `launch`; a UsageError if the study does not exist or was not launched by dlnn."""
+    """The definition `launch` compiled and kept on a study (spec/definition.py), loaded, not compiled
+    again; a study launched before definitions were stored is compiled from its raw spec. A UsageError
+    if the study does not exist, was not launched by dlnn, or holds a definition of another format."""
     try:
         study_id = storage.get_study_id_from_name(name)
     except KeyError:
         known = study_names(storage)
         hint = f"; studies here: {', '.join(known)}" if known else "; this storage has no studies (run `dlnn launch SPEC`)"
         raise UsageError(f"no study named {shorten(repr(name))}{hint}") from None
-    raw = storage.get_study_user_attrs(study_id).get(SPEC_ATTR)
+    attrs = storage.get_study_user_attrs(study_id)
+    raw = attrs.get(SPEC_ATTR)
     if raw is None:
         raise UsageError(f"study {shorten(repr(name))} was not created by `dlnn launch` (it has no stored spec)")
-    return parse_spec(raw, source=f"stored spec of study {shorten(repr(name))}", check_files=False)  # checked at launch
+    source = f"stored spec of study {shorten(repr(name))}"
+    if DEFINITION_ATTR in attrs:
+        return definition.from_record(attrs[DEFINITION_ATTR], raw, source)
+    return parse_spec(raw, source=source, check_files=False)  # launched before definitions were stored; checked at launch
 
 
 def counted(trials: list[FrozenTrial]) -> int:
     """Trials that use budget: all but the retries of failed trials (a retry takes its original's slot)."""
-    return sum(1 for t in trials if RETRY_KEY not in t.system_attrs)
+    return sum(1 for t in trials if not retry_history(t))
 
 
 def first_start(trials: list[FrozenTrial]) -> datetime.datetime | None:
@@ -78,15 +86,16 @@ class ServiceStudy(optuna.Study):
             storage = TrialView(storage)
         super().__init__(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
         self.budget, self.timeout_s = budget, timeout_s
+        self.storage, self.study_id = storage, study_id(self)  # what Study keeps privately, under public names
 
     def ask(self, fixed_distributions=None) -> optuna.Trial:
-        if isinstance(self._storage, TrialView):
-            self._storage.refresh(self._study_id)  # queued trials and new peers seen fresh
-        with study_lock(self._storage, self._study_id) as conn:
+        if isinstance(self.storage, TrialView):
+            self.storage.refresh(self.study_id)  # queued trials and new peers seen fresh
+        with study_lock(self.storage, self.study_id) as conn:
             if conn is not None:
-                used, waiting, start = budget_counts(conn, self._study_id)
+                used, waiting, start = budget_counts(conn, self.study_id)
             else:
-                trials = self._storage.get_all_trials(self._study_id, deepcopy=False)
+                trials = self.storage.get_all_trials(self.study_id, deepcopy=False)
                 used, start = counted(trials), first_start(trials)
                 waiting = sum(t.state == TrialState.WAITING for t in trials)
             if self.timeout_s is not None and start is not None:

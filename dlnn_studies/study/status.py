@@ -12,7 +12,8 @@ from optuna.trial import TrialState
 from . import records
 from ..spec.schema import StudySpec
 from ..store.storage import close_storage, open_storage
-from .service import RETRY_KEY, counted, feasible, ranked_trials, stored_spec
+from ..store.optuna_private import retry_history
+from .service import counted, feasible, ranked_trials, stored_spec
 
 def status(url: str, name: str, now: datetime.datetime | None = None) -> dict[str, Any]:
     """Trials by state, budget use, best value and config, running trials with worker and age,
@@ -32,8 +33,8 @@ def status(url: str, name: str, now: datetime.datetime | None = None) -> dict[st
         states[t.state.name] = states.get(t.state.name, 0) + 1
     retried = {}
     for t in trials:
-        if RETRY_KEY in t.system_attrs:
-            retried[t.system_attrs[RETRY_KEY][-1]] = t.number
+        if retry_history(t):
+            retried[retry_history(t)[-1]] = t.number
     best = None
     if ranked:
         b = ranked[0]

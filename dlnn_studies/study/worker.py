@@ -60,13 +60,15 @@ import optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import FrozenTrial, TrialState
 
+from dlnn_core.optim import relative_lr
+
 from . import records
 from ..store.disk import CleanArtifactStore, no_space_reason
 from ..errors import UsageError
-from .service import CONSTRAINT, RETRY_KEY, BudgetReached, build_study, stored_spec
+from .service import CONSTRAINT, BudgetReached, build_study, stored_spec
 from ..spec.space import suggest
 from ..spec.schema import PRUNING_METRIC, StudySpec
-from ..store.optuna_private import constraint_key
+from ..store.optuna_private import constraint_key, retry_history, trial_id
 from ..store.storage import artifact_store, close_storage, is_connection_error, open_storage
 from ..store.urls import redact
 
@@ -183,14 +185,14 @@ class Objective:
         self.evaluate = evaluate_fn  # evaluate(checkpoint, device, metrics=names): at least those (None: fit's are all there is)
 
     def __call__(self, trial: optuna.Trial):
-        self.unfinished.add(trial._trial_id)
+        self.unfinished.add(trial_id(trial))
         try:
             return self._run(trial)
         except (optuna.TrialPruned, GracefulStop):
             raise
         except Exception as exc:
             if is_connection_error(exc):
-                if trial._trial_id not in self.lost:
+                if trial_id(trial) not in self.lost:
                     self._connection_lost(trial, exc)
             elif trial.user_attrs.get(records.STATUS) in (None, records.RUNNING):  # a bug outside fit: still say what happened
                 with contextlib.suppress(Exception):
@@ -222,9 +224,7 @@ class Objective:
         from ..store.datasets import localize
 
         fit_config = localize(config, self.store, self.data_cache, log=self.log)  # the pinned bytes, fetched by hash
-        from dlnn_core.optim import OPTIMIZERS
-
-        trial.set_user_attr(records.LR_REL, config.optimizer.lr / OPTIMIZERS[config.optimizer.name].default_lr)
+        trial.set_user_attr(records.LR_REL, relative_lr(config.optimizer.name, config.optimizer.lr))
         single = len(spec.metrics) == 1
         # Baselines and re-seeded verification runs are references: the pruner never stops them.
         prunable = not any(k in trial.user_attrs for k in ("baseline", "verify_of"))
@@ -312,7 +312,7 @@ class Objective:
     def _connection_lost(self, trial: optuna.Trial, exc: BaseException):
         """The database went away mid-trial: not the trial's fault, so it is re-queued like a
         stopped one (remembered here, since writing to the trial may fail too)."""
-        self.lost.add(trial._trial_id)
+        self.lost.add(trial_id(trial))
         with contextlib.suppress(Exception):
             records.set_verdict(trial, records.INTERRUPTED, f"storage connection lost ({type(exc).__name__}); re-queued")
         raise exc
@@ -417,20 +417,20 @@ class Requeues:
         RUNNING and re-queue it, before any heartbeat check fails it against max_retry; then write
         the re-queues that waited."""
         storage, unfinished = self.storage, self.objective.unfinished
-        for trial_id in sorted(unfinished):
-            frozen = storage.get_trial(trial_id)
+        for stored_id in sorted(unfinished):
+            frozen = storage.get_trial(stored_id)
             if frozen.state == TrialState.RUNNING:
                 with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-                    storage.set_trial_user_attr(trial_id, records.STATUS, records.INTERRUPTED)
-                    storage.set_trial_user_attr(trial_id, records.REASON, "storage connection lost while the trial ended; re-queued")
-                    storage.set_trial_state_values(trial_id, TrialState.FAIL)
-                frozen = storage.get_trial(trial_id)
-            retried = any((t.system_attrs.get(RETRY_KEY) or [None])[-1] == frozen.number
-                          for t in storage.get_all_trials(study._study_id, deepcopy=False))
-            if frozen.state == TrialState.FAIL and not retried and all(t._trial_id != trial_id for t in self.waiting):
+                    storage.set_trial_user_attr(stored_id, records.STATUS, records.INTERRUPTED)
+                    storage.set_trial_user_attr(stored_id, records.REASON, "storage connection lost while the trial ended; re-queued")
+                    storage.set_trial_state_values(stored_id, TrialState.FAIL)
+                frozen = storage.get_trial(stored_id)
+            retried = any((retry_history(t) or [None])[-1] == frozen.number
+                          for t in storage.get_all_trials(study.study_id, deepcopy=False))
+            if frozen.state == TrialState.FAIL and not retried and all(t.number != frozen.number for t in self.waiting):
                 self.log(f"trial {frozen.number}: cut by the lost database; re-queued")
                 self.waiting.append(frozen)
-            unfinished.discard(trial_id)
+            unfinished.discard(stored_id)
         self.flush(study)
 
 
@@ -469,10 +469,10 @@ def run_worker(url: str, name: str, *, n_trials: int | None = None, timeout: flo
     requeues = Requeues(storage, objective, log)
 
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
-        objective.unfinished.discard(trial._trial_id)
+        objective.unfinished.discard(trial_id(trial))
         counter["done"] += 1
         log(_describe(trial, spec))
-        interrupted = trial.user_attrs.get(records.STATUS) == records.INTERRUPTED or trial._trial_id in objective.lost
+        interrupted = trial.user_attrs.get(records.STATUS) == records.INTERRUPTED or trial_id(trial) in objective.lost
         if trial.state == TrialState.FAIL and interrupted:
             requeues.add(study, trial)
         stop.release()
@@ -547,5 +547,5 @@ def _pending(study: optuna.Study) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
-    trials = study._storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+    trials = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
     return len(trials)

@@ -17,7 +17,7 @@ import numpy as np
 
 from dlnn_core.data import integrate
 from dlnn_core.datafiles import write_trajectory_file
-from dlnn_core.systems import make_system
+from dlnn_core.data import make_system
 
 HERE = Path(__file__).resolve().parent
 RATE_HZ, NOISE, SHORTEST_S, LONGEST_S = 30.0, 0.01, 4.0, 10.0
