@@ -56,9 +56,7 @@ def test_the_core_modules_import_no_cycle():
     assert cycles(import_graph(("dlnn_core",))) == []
 
 
-# Modules allowed, for now, to name a private Optuna attribute outside the adapter (report.py is
-# being rewritten on main: its `study._study_id` becomes optuna_private.study_id(study) there).
-PRIVATE_ALLOWED = {f"{SERVICE}.study.report"}
+PRIVATE_ALLOWED: set[str] = set()  # modules allowed to name a private Optuna attribute outside the adapter: none
 
 
 def test_no_module_but_the_adapter_names_a_private_optuna_attribute():

@@ -350,6 +350,17 @@ def lr_rows(d: StudyData) -> dict[str, list[Row]]:
     return dict(sorted(by.items()))
 
 
+def searched_lr_range(d: StudyData, opt: str) -> tuple[float, float] | None:
+    """The lr range the study searched for `opt`, as launched (its definition), or None when lr was not searched."""
+    q = next((q for q in d.spec.space if q.key == "optimizer.lr" and q.kind != "fixed"), None)
+    if q is None:
+        return None
+    if q.per_optimizer:
+        r = q.per_choice.get(opt)
+        return (float(r[0]), float(r[1])) if r else None
+    return (float(q.low), float(q.high)) if q.low is not None and q.high is not None else None
+
+
 def band_of(d: StudyData, opt: str, rs: list[Row]) -> Band:
     from dlnn_core.optim import OPTIMIZERS
 
@@ -373,7 +384,7 @@ def band_of(d: StudyData, opt: str, rs: list[Row]) -> Band:
     return Band(opt, len(rs), len(done), len(bad), best, ok, lo, hi,
                 lo is not None and not any(outside(r) and r.flat["optimizer.lr"] < lo for r in rs),
                 hi is not None and not any(outside(r) and r.flat["optimizer.lr"] > hi for r in rs),
-                info.default_lr if info else None, tuple(info.lr_range) if info else None,
+                info.default_lr if info else None, searched_lr_range(d, opt),
                 tuple(sorted(r.flat["optimizer.lr"] for r in bad if lo is not None and lo <= r.flat["optimizer.lr"] <= hi)),
                 (min(lrs), max(lrs)) if lrs else None)
 
@@ -544,10 +555,11 @@ def _interaction_summary(a: str, b: str, claims: list[ev.Claim]) -> str:
 
 
 def lr_rel(flat: dict[str, Any]) -> float | None:
-    from dlnn_core.optim import OPTIMIZERS
+    """The trial's lr over its optimizer's default (dlnn_core.optim.relative_lr); None without an optimizer the registry knows."""
+    from dlnn_core.optim import OPTIMIZERS, relative_lr
 
-    name, lr = flat.get("optimizer.name"), flat.get("optimizer.lr")
-    return lr / OPTIMIZERS[name].default_lr if name in OPTIMIZERS and lr else None
+    name = flat.get("optimizer.name")
+    return relative_lr(name, flat.get("optimizer.lr")) if name in OPTIMIZERS else None
 
 
 def failure_answers(d: StudyData) -> list[Answer]:
