@@ -9,6 +9,7 @@ import json
 import math
 import threading
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -178,6 +179,28 @@ def test_status_and_export_agree_with_the_storage(storage_url, tmp_path, capsys)
     per = export(storage_url, "tiny", top=1, out=tmp_path / "per", per="optimizer.name")
     names = [yaml.safe_load(e.config_path.read_text())["optimizer"]["name"] for e in per.items]
     assert len(names) == len(set(names)) >= 1
+
+
+def test_the_exported_retrain_line_runs_from_where_export_ran(tmp_path, monkeypatch):
+    """Each config's header names `dlnn train PATH` with PATH as export wrote it: from the directory
+    `dlnn export` ran in (here the repository root stand-in), PATH is that config file, and `dlnn train`'s
+    own loader reads it; the terminal's retrain line is the same command."""
+    import shlex
+
+    from dlnn_studies.cli.train import load_train_config
+
+    url = f"sqlite:///{tmp_path / 'dlnn.db'}"
+    _launch(url, tmp_path, tiny_spec(trials=2))
+    _work(url, "tiny", tmp_path, fake_fit())
+    monkeypatch.chdir(tmp_path)
+    result = export(url, "tiny", top=2, out="exports")
+    for item in result.items:
+        line = next(x for x in item.config_path.read_text().splitlines() if x.startswith("# retrain"))
+        command = shlex.split(line.split(": ", 1)[1])
+        assert command[:2] == ["dlnn", "train"] and command[2:] == [f"exports/tiny/{item.config_path.name}"], line
+        assert Path(command[2]).resolve() == (tmp_path / "exports" / "tiny" / item.config_path.name).resolve()
+        assert load_train_config(command[2]).to_dict() == yaml.safe_load(item.config_path.read_text())
+        assert result.retrain(item) == shlex.join(command)
 
 
 def test_refine_grids_around_the_best_and_is_seeded(storage_url, tmp_path):
