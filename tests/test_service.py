@@ -181,6 +181,36 @@ def test_status_and_export_agree_with_the_storage(storage_url, tmp_path, capsys)
     assert len(names) == len(set(names)) >= 1
 
 
+def test_the_pruner_never_cuts_a_trial_at_its_final_epoch(tmp_path):
+    """A median pruner that judges from the first epoch on (a trial's best value so far against its peers'
+    median at that epoch): trials 1 and 2 fall behind trial 0 only at their last epoch, where the pruner
+    would cut them, and complete with all 3 epochs reported; trial 3 is behind at epoch 1 and is pruned there."""
+    from dlnn_core.train import FitResult
+
+    curves = {1: [10.0, 10.0, 1.0], 2: [10.0, 10.0, 2.0], 3: [10.0, 10.0, 3.0], 4: [20.0, 20.0, 20.0]}  # by call
+    calls = []
+
+    def fit(config, report=None, out_dir=None, metrics=None):
+        calls.append(None)
+        curve = curves[len(calls)]
+        for epoch, value in enumerate(curve, start=1):
+            report(epoch, value)
+        result = {m: curve[-1] for m in ("val_rel_mse", "val_rel_mse_median", "test_rel_mse", "ood_rel_mse", "rollout_error",
+                                          "energy_error", "test_rollout_error", "test_energy_error")}
+        return FitResult("ok", None, None, 3, 3, {**result, "wall_time_s": 0.01, "epochs": 3.0}, [], None, 0.01, "cpu (fake)",
+                         config.to_dict())
+
+    url = f"sqlite:///{tmp_path / 'dlnn.db'}"
+    pruner = 'name = "median"\nn_startup_trials = 1\nn_warmup_steps = 0\nn_min_trials = 1'
+    _launch(url, tmp_path, tiny_spec(trials=4, epochs=3, pruner=pruner, sampler='name = "random"'))
+    _work(url, "tiny", tmp_path, fit)
+    trials = _trials(url, "tiny")
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3 + [TrialState.PRUNED]
+    assert [sorted(t.intermediate_values) for t in trials] == [[1, 2, 3]] * 3 + [[1]]
+    assert [10 ** t.value for t in trials[:3]] == pytest.approx([1.0, 2.0, 3.0])
+    assert trials[3].user_attrs["reason"].startswith("pruned at epoch 1")
+
+
 def test_the_exported_retrain_line_runs_from_where_export_ran(tmp_path, monkeypatch):
     """Each config's header names `dlnn train PATH` with PATH as export wrote it: from the directory
     `dlnn export` ran in (here the repository root stand-in), PATH is that config file, and `dlnn train`'s
