@@ -80,3 +80,21 @@ def test_a_reader_that_leaves_early_ends_the_command_quietly(tmp_path):
         run = subprocess.run(["bash", "-c", 'set -o pipefail; "$@" | head -1', "-", *dlnn, "status", "--json", "--storage", url],
                              capture_output=True, text=True, env=plain, cwd=tmp_path, timeout=120)
         assert run.returncode in (0, 141) and run.stderr == "" and run.stdout.count("\n") == 1, (run.returncode, run.stderr)
+
+
+# What the README's commands leave in the working directory by default (`dlnn run` on the SQLite default
+# with its WAL and lock files, artifacts, exports and reports; `dlnn train`; `dlnn lr-find`'s plot).
+LEFT_BY_THE_DEMO = ("dlnn.db", "dlnn.db-wal", "dlnn.db-shm", "dlnn.db.dlnn-lock", "dlnn_artifacts/x", "exports/quick/x.yaml",
+                    "reports/quick/report.html", "runs/x/model.pt", "lr-find-adamw.png")
+
+
+@pytest.mark.skipif(not (REPO / ".git").exists(), reason="not a git checkout")
+def test_git_ignores_what_the_commands_leave_and_nothing_tracked():
+    def ignored(paths) -> set[str]:
+        run = subprocess.run(["git", "check-ignore", "--no-index", "--stdin"], cwd=REPO, input="\n".join(paths) + "\n",
+                             capture_output=True, text=True, timeout=60)
+        return set(run.stdout.splitlines())
+
+    assert set(LEFT_BY_THE_DEMO) - ignored(LEFT_BY_THE_DEMO) == set()
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True, timeout=60).stdout.splitlines()
+    assert ignored(tracked) == set()
