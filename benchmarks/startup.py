@@ -2,7 +2,7 @@
 command runs as a fresh process, all of them interleaved for several rounds; the median wall time
 and CPU time (user + sys) of each is printed as a Markdown table.
 
-    python benchmarks/startup.py                 # a 32-trial SQLite study made here, 7 rounds
+    python benchmarks/startup.py                 # a 32-trial SQLite study made here, 5 rounds
 
 The floor rows import what Optuna's RDBStorage needs (SQLAlchemy, and alembic, which RDBStorage
 always loads to read the schema's revision) and open the same database the way `dlnn status` does,
@@ -49,6 +49,7 @@ def commands(url: str, folder: Path) -> dict[str, list[str]]:
         "python -c pass": [py, "-c", "pass"],
         "import optuna, sqlalchemy.orm": [py, "-c", "import optuna, sqlalchemy.orm"],
         "... + alembic.migration": [py, "-c", "import optuna, sqlalchemy.orm, alembic.migration"],
+        "import optuna, grpc (a proxy client's floor)": [py, "-c", "import optuna, grpc"],
         "RDBStorage open + read, checked": [py, "-c", open_db.format(url=url, skip="")],
         "RDBStorage open + read, check skipped": [py, "-c", open_db.format(url=url, skip=", skip_compatibility_check=True")],
         "dlnn --version": [*dlnn, "--version"],
@@ -62,7 +63,7 @@ def commands(url: str, folder: Path) -> dict[str, list[str]]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     with tempfile.TemporaryDirectory(prefix="dlnn-startup-") as tmp:
