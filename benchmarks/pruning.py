@@ -9,7 +9,7 @@ the judged trials would have run unpruned which the pruner spared. Diverged tria
 themselves under any pruner and are left out of both counts. The replay feeds every trial's
 full curve, in trial order, to each candidate pruner in a fresh in-memory study (one trial at a
 time: what parallel workers change, it does not model); baselines and verification runs are never
-pruned, as in the service.
+pruned, and no trial is cut at its final epoch, as in the service.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def replay(curves: list[Curve], make_pruner: Callable[[], optuna.pruners.BasePru
             if value is None:
                 continue
             trial.report(math.log10(value) if log_values else value, epoch)
-            if c.prunable and trial.should_prune():
+            if c.prunable and epoch < epochs and trial.should_prune():  # as the worker: never at the final epoch
                 stopped[c.number] = epoch
                 break
         if c.number in stopped:

@@ -9,6 +9,7 @@ import json
 import math
 import threading
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -178,6 +179,58 @@ def test_status_and_export_agree_with_the_storage(storage_url, tmp_path, capsys)
     per = export(storage_url, "tiny", top=1, out=tmp_path / "per", per="optimizer.name")
     names = [yaml.safe_load(e.config_path.read_text())["optimizer"]["name"] for e in per.items]
     assert len(names) == len(set(names)) >= 1
+
+
+def test_the_pruner_never_cuts_a_trial_at_its_final_epoch(tmp_path):
+    """A median pruner that judges from the first epoch on (a trial's best value so far against its peers'
+    median at that epoch): trials 1 and 2 fall behind trial 0 only at their last epoch, where the pruner
+    would cut them, and complete with all 3 epochs reported; trial 3 is behind at epoch 1 and is pruned there."""
+    from dlnn_core.train import FitResult
+
+    curves = {1: [10.0, 10.0, 1.0], 2: [10.0, 10.0, 2.0], 3: [10.0, 10.0, 3.0], 4: [20.0, 20.0, 20.0]}  # by call
+    calls = []
+
+    def fit(config, report=None, out_dir=None, metrics=None):
+        calls.append(None)
+        curve = curves[len(calls)]
+        for epoch, value in enumerate(curve, start=1):
+            report(epoch, value)
+        result = {m: curve[-1] for m in ("val_rel_mse", "val_rel_mse_median", "test_rel_mse", "ood_rel_mse", "rollout_error",
+                                          "energy_error", "test_rollout_error", "test_energy_error")}
+        return FitResult("ok", None, None, 3, 3, {**result, "wall_time_s": 0.01, "epochs": 3.0}, [], None, 0.01, "cpu (fake)",
+                         config.to_dict())
+
+    url = f"sqlite:///{tmp_path / 'dlnn.db'}"
+    pruner = 'name = "median"\nn_startup_trials = 1\nn_warmup_steps = 0\nn_min_trials = 1'
+    _launch(url, tmp_path, tiny_spec(trials=4, epochs=3, pruner=pruner, sampler='name = "random"'))
+    _work(url, "tiny", tmp_path, fit)
+    trials = _trials(url, "tiny")
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3 + [TrialState.PRUNED]
+    assert [sorted(t.intermediate_values) for t in trials] == [[1, 2, 3]] * 3 + [[1]]
+    assert [10 ** t.value for t in trials[:3]] == pytest.approx([1.0, 2.0, 3.0])
+    assert trials[3].user_attrs["reason"].startswith("pruned at epoch 1")
+
+
+def test_the_exported_retrain_line_runs_from_where_export_ran(tmp_path, monkeypatch):
+    """Each config's header names `dlnn train PATH` with PATH as export wrote it: from the directory
+    `dlnn export` ran in (here the repository root stand-in), PATH is that config file, and `dlnn train`'s
+    own loader reads it; the terminal's retrain line is the same command."""
+    import shlex
+
+    from dlnn_studies.cli.train import load_train_config
+
+    url = f"sqlite:///{tmp_path / 'dlnn.db'}"
+    _launch(url, tmp_path, tiny_spec(trials=2))
+    _work(url, "tiny", tmp_path, fake_fit())
+    monkeypatch.chdir(tmp_path)
+    result = export(url, "tiny", top=2, out="exports")
+    for item in result.items:
+        line = next(x for x in item.config_path.read_text().splitlines() if x.startswith("# retrain"))
+        command = shlex.split(line.split(": ", 1)[1])
+        assert command[:2] == ["dlnn", "train"] and command[2:] == [f"exports/tiny/{item.config_path.name}"], line
+        assert Path(command[2]).resolve() == (tmp_path / "exports" / "tiny" / item.config_path.name).resolve()
+        assert load_train_config(command[2]).to_dict() == yaml.safe_load(item.config_path.read_text())
+        assert result.retrain(item) == shlex.join(command)
 
 
 def test_refine_grids_around_the_best_and_is_seeded(storage_url, tmp_path):

@@ -209,6 +209,19 @@ def test_train_command_writes_a_run_and_prints_metrics(tmp_path, capsys):
     assert (tmp_path / "run" / "model.pt").exists()
 
 
+def test_train_command_sets_the_torch_threads(tmp_path, capsys):
+    """`--threads N` sets torch's CPU threads for the run; without it, DEFAULT_THREADS (from
+    benchmarks/results/train_threads.md)."""
+    from dlnn_studies.cli.train import DEFAULT_THREADS
+
+    path = save_config(tiny(epochs=1), tmp_path / "tiny.json")
+    torch.set_num_threads(3)
+    assert _run("train", [str(path), "--out", str(tmp_path / "default"), "--no-progress"]) == 0
+    assert f"device: cpu ({DEFAULT_THREADS} threads)" in capsys.readouterr().out
+    assert _run("train", [str(path), "--out", str(tmp_path / "two"), "--threads", "2", "--no-progress"]) == 0
+    assert "device: cpu (2 threads)" in capsys.readouterr().out and torch.get_num_threads() == 2
+
+
 def test_train_command_shows_the_evaluation_on_its_progress_bar(tmp_path, capsys):
     path = save_config(tiny(epochs=1), tmp_path / "tiny.json")
     assert _run("train", [str(path), "--out", str(tmp_path / "run")]) == 0

@@ -1,10 +1,13 @@
 """`dlnn`: a table of commands. Each module contributes `COMMANDS` = {name: (configure(parser),
 run(args) -> exit code)}. A user error (UsageError, ConfigError) prints one clear message and
-exits 1; the traceback is shown only with --debug."""
+exits 1; the traceback is shown only with --debug. Output piped into a reader that leaves early
+(`dlnn status --json | head -1`) ends quietly."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 import warnings
 
@@ -32,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks and library warnings")
     parser = _Parser(prog="dlnn", parents=[debug],
                      description="Hyperparameter studies for dissipative Lagrangian neural networks.")
+    parser.add_argument("--version", action=_Version, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (configure, run) in commands().items():
         doc = (run.__doc__ or "").strip()
@@ -41,7 +45,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Version(argparse.Action):
+    """`dlnn --version`; the installed metadata is read only when asked (it costs every other command's start)."""
+
+    def __init__(self, option_strings, dest, **kw):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog} {version()}")
+        parser.exit()
+
+
+def version() -> str:
+    """The installed package's version (pyproject.toml's), or "unknown" when it runs uninstalled from a checkout."""
+    from importlib.metadata import PackageNotFoundError, version as installed
+
+    try:
+        return installed("dlnn-studies")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a closed stdout (the reader of a pipe left) ends it quietly with the exit status
+    of a program killed by SIGPIPE (141), as `cat`'s would be, instead of a BrokenPipeError traceback."""
+    try:
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()  # buffered output meets the closed pipe here, where it can still be caught
+    except BrokenPipeError:
+        # Python's recipe (docs: signal, "Note on SIGPIPE"): point stdout at devnull so the flush at exit is silent.
+        # Restoring SIGPIPE's default instead would also kill a worker or server that writes to a closed socket.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

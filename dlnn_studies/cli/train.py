@@ -17,6 +17,10 @@ from dlnn_core.errors import ConfigError, shorten
 from ..errors import UsageError
 
 EXIT_OK, EXIT_DIVERGED = 0, 2
+# One config's training on a CPU: faster with one torch thread than with two on a 2-core machine
+# (benchmarks/results/train_threads.md); the models are small MLPs, whose per-op work is too
+# little to share between threads.
+DEFAULT_THREADS = 1
 
 
 def _configure_config(parser: argparse.ArgumentParser) -> None:
@@ -29,6 +33,24 @@ def _configure_config(parser: argparse.ArgumentParser) -> None:
                         help="artifact store to fetch the config's data file from by its sha256 (data.file_sha256): a directory or "
                              "s3://BUCKET/PREFIX; default $DLNN_ARTIFACTS, else none: a file already cached here, or the named "
                              "file if its hash matches")
+    parser.add_argument("--threads", type=_positive, default=DEFAULT_THREADS,
+                        help=f"torch CPU threads (default {DEFAULT_THREADS}; see benchmarks/results/train_threads.md)")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{shorten(repr(text))} is not a positive integer")
+    return value
+
+
+def set_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
 
 
 _EXPONENT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
@@ -117,6 +139,7 @@ def run_train(args: argparse.Namespace) -> int:
     from dlnn_core.train import fit
 
     config = local_data(load_train_config(args.config, args.overrides), args.artifacts)
+    set_threads(args.threads)
     out = args.out or Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     bar = tqdm(total=config.epochs, desc="train", unit="epoch", file=sys.stderr, disable=args.no_progress, dynamic_ncols=True)
 
@@ -181,6 +204,7 @@ def run_lr_find(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     config = local_data(load_train_config(args.config, args.overrides), args.artifacts)
+    set_threads(args.threads)
     plot = args.out or Path(f"lr-find-{config.optimizer.name}.png")
     bar = tqdm(total=args.steps, desc="lr-find", unit="step", file=sys.stderr, disable=getattr(args, "no_progress", False), dynamic_ncols=True)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import datetime
 import json
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,9 +58,14 @@ class ExportResult:
     notes: tuple[str, ...] = ()
 
     def retrain(self, item: Exported) -> str:
-        """The command that retrains an exported config anywhere: with the store that holds its dataset."""
-        flag = f" --artifacts {self.store}" if self.datasets and self.store else ""
-        return f"dlnn train {item.config_path}{flag}"
+        return retrain_command(item.config_path, item.data_sha, self.store)
+
+
+def retrain_command(config_path: Path, data_sha: str | None, store: str | None) -> str:
+    """The command that retrains an exported config, run where `dlnn export` ran (the path as export wrote
+    it, relative to that directory unless --out was absolute), with the store that holds its dataset."""
+    flag = f" --artifacts {shlex.quote(store)}" if data_sha and store else ""
+    return f"dlnn train {shlex.quote(str(config_path))}{flag}"
 
 
 def export(url: str, name: str, *, top: int = 5, out: str | Path = "exports", fmt: str = "yaml", per: str | None = None,
@@ -141,11 +147,11 @@ def _write_trial(folder: Path, about: StudyFacts, rank: int, t: FrozenTrial) -> 
     values = dict(zip(spec.metrics, records.raw_values(about.scales, t)))
     metrics = records.trial_metrics(t)
     data_file, data_sha = ds.config_file(config)
-    retrain = f"dlnn train {config_path.name}" + (f" --artifacts {about.artifacts}" if data_sha and about.artifacts else "")
+    retrain = retrain_command(config_path, data_sha, about.artifacts)
     header = (f"# {name} trial {t.number} (rank {rank}): " + ", ".join(f"{m} = {v:.4g}" for m, v in values.items())
               + (f"\n# dataset: {data_file} (sha256 {data_sha}); `dlnn train` fetches it by hash with --artifacts STORE, "
                  "or uses that file only if its hash matches" if data_sha else "")
-              + f"\n# retrain: {retrain}\n")
+              + f"\n# retrain (from where `dlnn export` ran): {retrain}\n")
     _dump(config.to_dict(), config_path, about.fmt, header)
     worker = records.trial_worker(t)
     meta = {

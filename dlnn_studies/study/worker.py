@@ -15,7 +15,9 @@ How a worker behaves:
   A trial cut by a lost database connection is re-queued the same way once the database is back.
   Neither counts against the spec's max_retry, which bounds only the retries of dead workers' trials.
 - Each epoch reports the validation error for pruning (fit's report callback raises
-  optuna.TrialPruned). A trial that diverges or runs out of GPU memory is recorded as PRUNED with
+  optuna.TrialPruned); the last epoch is reported but never pruned: a trial that trained every epoch
+  completes with its checkpoint instead of being lost to every completed-trial table. A trial that
+  diverges or runs out of GPU memory is recorded as PRUNED with
   its reason and the constraint `diverged` = 1: a pruned trial keeps its learning curve, and
   TPE ranks infeasible trials below every feasible one, so the sampler learns to avoid that
   region instead of ignoring it (a FAIL is invisible to samplers). Other trials carry no
@@ -237,7 +239,7 @@ class Objective:
                 raise GracefulStop(f"stopped by {self.stop.signal} at epoch {epoch}")
             if single and math.isfinite(value):  # a diverging epoch is judged by fit, not the pruner
                 trial.report(records.to_stored(PRUNING_METRIC, value), step=epoch)
-                if prunable and trial.should_prune():
+                if prunable and epoch < fit_config.epochs and trial.should_prune():  # never at the final epoch
                     raise optuna.TrialPruned(f"pruned at epoch {epoch}: {PRUNING_METRIC} {value:.4g} ({spec.pruner} pruner)")
             if deadline is not None and time.time() > deadline:
                 raise StudyTimeout(f"study timeout reached at epoch {epoch} (budget.timeout_s = {spec.timeout_s:g} s)")
