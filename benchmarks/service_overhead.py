@@ -183,7 +183,8 @@ def plain_objective(space, base, store=None):
 
     import optuna
 
-    from dlnn_core.optim import OPTIMIZERS
+    from dlnn_core.optim import relative_lr
+    from dlnn_studies.store.optuna_private import set_trial_system_attr
     from dlnn_studies.spec.space import suggest
     from dlnn_studies.study.worker import worker_identity
 
@@ -203,9 +204,9 @@ def plain_objective(space, base, store=None):
         flat = suggest(trial, space, base_flat)  # noop_fit marks the cycle (same period, another phase)
         config = base.with_flat(flat)
         trial.set_user_attr("worker", worker["id"])  # who ran it, as the service keeps it
-        trial.storage.set_trial_system_attr(trial._trial_id, "worker", worker)
-        trial.storage.set_trial_system_attr(trial._trial_id, "config", config.to_dict())
-        trial.set_user_attr("lr_rel", config.optimizer.lr / OPTIMIZERS[config.optimizer.name].default_lr)
+        set_trial_system_attr(trial, "worker", worker)
+        set_trial_system_attr(trial, "config", config.to_dict())
+        trial.set_user_attr("lr_rel", relative_lr(config.optimizer.name, config.optimizer.lr))
 
         def report(epoch, value):
             trial.report(value, epoch)
@@ -215,7 +216,7 @@ def plain_objective(space, base, store=None):
         with tempfile.TemporaryDirectory() as out:
             result = noop_fit(config, report, out)
             trial.set_user_attr("device", result.device)
-            trial.storage.set_trial_system_attr(trial._trial_id, "metrics", result.metrics)
+            set_trial_system_attr(trial, "metrics", result.metrics)
             for name, value in result.metrics.items():
                 trial.set_user_attr(name, value)
             optuna.artifacts.upload_artifact(artifact_store=store, file_path=result.checkpoint, study_or_trial=trial)

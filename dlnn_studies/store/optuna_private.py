@@ -7,13 +7,15 @@ changes one of them (and pyproject pins optuna below its next minor version for 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from optuna.artifacts import FileSystemArtifactStore
 from optuna.storages import _CachedStorage
 from optuna.study._constrained_optimization import _CONSTRAINTS_KEY as CONSTRAINTS_KEY
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages._rdb import models as rdb_models
+
+if TYPE_CHECKING:  # optuna.artifacts imports boto3: not at the start of every command
+    from optuna.artifacts import FileSystemArtifactStore
 
 
 # The system attr RetryHeartbeatStaleTrialCallback writes on a retry: the trial numbers it retries, oldest
