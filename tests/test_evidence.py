@@ -175,3 +175,19 @@ def test_verify_per_retrains_each_choices_best_and_the_seeds_decide(tmp_path):
     assert "ranks first (adam, rmsprop)" in record.sections[0].items[2].text
     with pytest.raises(Exception, match="not a categorical setting"):
         verify_per(url, "tiny", "model.hidden", seeds=3, log=lambda m: None)
+
+
+def test_what_contradicts_what():
+    """Opposite graded effects contradict; an undetermined claim asserts nothing; a band whose edge is open
+    (width a lower bound) contradicts only a band narrower than that bound."""
+    def c(kind, grade, effect, low, high, bound=None):
+        return ev.Claim("x", "q", kind, "", grade, effect, low, high, bound=bound)
+
+    assert ev.contradicts(c("comparison", ev.ESTABLISHED, -1.0, -1.5, -0.5), c("comparison", ev.SUGGESTIVE, 0.4, 0.1, 0.7))
+    assert not ev.contradicts(c("comparison", ev.ESTABLISHED, -1.0, -1.5, -0.5), c("comparison", ev.UNDETERMINED, 0.4, -0.3, 1.1))
+    assert ev.contradicts(c("comparison", ev.ESTABLISHED, -1.0, -1.5, -0.6), c("comparison", ev.NO_EFFECT, 0.0, -0.3, 0.3, bound=0.3))
+    closed = c("band", ev.ESTABLISHED, 0.7, 0.35, 0.69)
+    assert not ev.contradicts(closed, c("band", ev.UNDETERMINED, 0.2, 0.0, 0.24))  # undetermined: no claim
+    assert not ev.contradicts(closed, c("band", ev.SUGGESTIVE, 0.3, 0.2, None))  # ≥ 0.2 decades is consistent with 0.35–0.69
+    assert ev.contradicts(closed, c("band", ev.SUGGESTIVE, 1.5, 1.2, None))  # ≥ 1.2 decades is not
+    assert ev.contradicts(closed, c("band", ev.SUGGESTIVE, 0.2, 0.1, 0.25))

@@ -441,7 +441,7 @@ def band_claim(d: StudyData, b: Band, rs: list[Row], m: int) -> ev.Claim:
         g = ev.UNDETERMINED
     settle = "" if g == ev.ESTABLISHED else (f"trials of {b.optimizer} beyond the open edge(s): widen its lr range in the spec"
                                               if opened else f"about {2 * ev.MIN_N - b.complete} more completed trials of {b.optimizer}")
-    return ev.Claim(cid, q, "band", text, g, b.decades, lo_w, hi_w, "decades", n, settle)
+    return ev.Claim(cid, q, "band", text, g, b.decades, lo_w, None if opened else hi_w, "decades", n, settle)
 
 
 def lr_answers(d: StudyData) -> tuple[list[Band], list[Answer]]:

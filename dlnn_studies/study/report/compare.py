@@ -67,8 +67,9 @@ def to_markdown(c: Comparison) -> str:
              f"- Matched by claim: {agree} agree, {sum(r[4] == DIFFERS for r in c.rows)} differ in grade without contradicting, "
              f"{c.contradictions} contradict ({c.established_contradicted} of them involve an established claim), "
              f"{sum(r[4] in (ONLY_A, ONLY_B) for r in c.rows)} appear in one run only.", "",
-             "A contradiction is an established or suggestive effect of the opposite sign, or a bound of \"no effect larger than X\" "
-             "that an established effect exceeds. \"Grade differs\" is one run sure and the other not: no contradiction.", "",
+             "A contradiction is an established or suggestive effect of the opposite sign, a bound of \"no effect larger than X\" "
+             "that an established effect exceeds, or two graded learning-rate bands whose widths cannot both hold. \"Grade differs\" "
+             "is one run sure and the other not (an undetermined claim asserts nothing): no contradiction.", "",
              f"| claim | question | {c.a} | {c.b} | verdict |", "|---|---|---|---|---|"]
     for r in c.rows:
         lines.append("| " + " | ".join(x.replace("|", "\\|") for x in r) + " |")

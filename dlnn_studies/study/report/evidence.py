@@ -36,7 +36,9 @@ GRADE_RULES = (
     f"**No effect larger than X**: the corrected interval contains no effect and rules out anything beyond X (X ≤ 3×); "
     "X is the smallest effect this study could have seen, not a proof of none. **Undetermined**: too few trials or too wide an "
     "interval; the claim says what would settle it. Where seeded retrains exist they decide: a controlled comparison "
-    "(each choice's best config, fresh seeds) outranks a comparison across a search's draws. No median, quartile or band is "
+    "(each choice's best config, fresh seeds) outranks a comparison across a search's draws. A learning-rate band is "
+    f"established when trials close both its edges and it rests on at least {2 * MIN_N} completed trials, suggestive from {MIN_N} "
+    "with one edge closed; an open edge makes its width a lower bound. No median, quartile or band is "
     f"computed from fewer than {MIN_STAT} values."
 )
 
@@ -220,7 +222,8 @@ def more_trials(e: Effect, n: int, bound_max: float = NO_EFFECT_MAX) -> int:
 def contradicts(a: Claim, b: Claim) -> bool:
     """Whether claim b (a rerun's) contradicts claim a. Established or suggestive effects of opposite
     sign contradict; a "no effect larger than X" contradicts an established effect whose interval lies
-    beyond X; two intervals of one band or trend that do not overlap contradict when either is graded."""
+    beyond X; two graded bands contradict when their width intervals do not overlap (one established), an
+    open-edged band's width counting as a lower bound. An undetermined claim asserts nothing, so contradicts nothing."""
     graded = (ESTABLISHED, SUGGESTIVE)
     if a.effect is None or b.effect is None:
         return False
@@ -232,8 +235,12 @@ def contradicts(a: Claim, b: Claim) -> bool:
                 if min(abs(x.low), abs(x.high)) > y.bound and (x.low > 0 or x.high < 0):
                     return True
         return False
-    if a.kind == "band" and (a.grade == ESTABLISHED or b.grade == ESTABLISHED) and None not in (a.low, a.high, b.low, b.high):
-        return a.high < b.low or b.high < a.low
+    if a.kind == "band" and b.kind == "band" and a.grade in graded and b.grade in graded and (a.grade == ESTABLISHED or b.grade == ESTABLISHED):
+        if None in (a.low, b.low):
+            return False
+        a_high = math.inf if a.high is None else a.high  # an open-edged band's width is a lower bound: no upper end
+        b_high = math.inf if b.high is None else b.high
+        return a_high < b.low or b_high < a.low
     return False
 
 
