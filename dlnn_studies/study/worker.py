@@ -462,7 +462,7 @@ def run_worker(url: str, name: str, *, n_trials: int | None = None, timeout: flo
     stop = StopFlag(log=log)
     if install_signals:
         stop.install()
-    from dlnn_core.train import versions
+    from dlnn_core.provenance import versions  # not dlnn_core.train: a worker with an injected fit imports no torch
 
     objective = Objective(spec, stop, worker_identity(seed, device, versions()), device, store, fit_fn, log, plots, data_cache, evaluate_fn)
     counter = {"done": 0}
