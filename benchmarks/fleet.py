@@ -156,7 +156,7 @@ def child() -> int:
         except service.BudgetReached:
             note("budget", s=time.perf_counter() - t)
             raise
-        note("ask", s=time.perf_counter() - t, n=trial.number)
+        note("ask", s=time.perf_counter() - t, n=trial.number, retry="retry_history" in self._storage.get_trial_system_attrs(trial._trial_id))
         return trial
 
     def call(self, trial):
@@ -342,6 +342,7 @@ def _launch(url: str, trials: int, epochs: int, heartbeat: int, grace: int, samp
     from dlnn_studies.store.storage import close_storage, open_storage
     from dlnn_studies.study.launch import launch
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(url, create_schema=True)
     try:
         with contextlib.suppress(KeyError):
@@ -389,19 +390,23 @@ class Fleet:
         return [i for i, p in enumerate(self.procs) if p.poll() is None]
 
     def training(self, i: int) -> int | None:
-        """The trial worker i has asked for and not yet told, from its event file."""
+        """The first attempt of a trial (not a retry) that worker i has asked for and not yet told,
+        from its event file: a retry killed again would count against the spec's max_retry."""
         current = None
         with contextlib.suppress(OSError):
             for line in open(self.folder / f"events-{i}.jsonl"):
-                event = json.loads(line)
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError:  # a line being written
+                    continue
                 if event["e"] == "ask":
-                    current = event["n"]
+                    current = None if event["retry"] else event["n"]
                 elif event["e"] == "tell" and event["n"] == current:
                     current = None
         return current
 
     def kill_one(self) -> bool:
-        """SIGKILL one worker that is training a trial, and start another in its place."""
+        """SIGKILL one worker that is training a first attempt, and start another in its place."""
         busy = [(i, n) for i in self.alive() if (n := self.training(i)) is not None]
         if not busy:
             return False
