@@ -433,7 +433,7 @@ class Fleet:
 
 def run_fleet(url: str, workers: int, trials: int, *, proxy: bool = False, epochs: int = 4, epoch_s: float = 0.75,
               heartbeat: int = 2, grace: int = 10, sampler: str = "random", restart: OwnPostgres | None = None,
-              restart_at: float | None = None, kill_every: float | None = None, time_limit_s: float = 600.0,
+              restart_at: float | None = None, kill_every: float | None = None, max_kills: int | None = None, time_limit_s: float = 600.0,
               keep: Path | None = None) -> dict[str, Any]:
     """Run the fleet and return its figures and checks (see `summarize`)."""
     folder = keep or Path(tempfile.mkdtemp(prefix="dlnn-fleet-"))
@@ -467,7 +467,8 @@ def run_fleet(url: str, workers: int, trials: int, *, proxy: bool = False, epoch
             if restart is not None and restarted is None and watcher.complete() >= restart_at * trials:
                 restarted = {"at_complete": watcher.complete(), "t": time.time()}
                 restarted["took_s"] = restart.restart()
-            if kill_every and time.monotonic() >= next_kill and watcher.complete() < trials:
+            kills_left = max_kills is None or len(fleet.killed) < max_kills
+            if kill_every and kills_left and time.monotonic() >= next_kill and watcher.complete() < trials:
                 if fleet.kill_one():
                     next_kill = time.monotonic() + kill_every
     finally:
