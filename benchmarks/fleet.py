@@ -181,7 +181,20 @@ def child() -> int:
             state["ended"] = None
         print(f"{prefix} {message}", file=sys.stderr, flush=True)
 
+    real_lock = service.study_lock
+
+    @contextlib.contextmanager
+    def lock(storage, study_id):
+        t = time.perf_counter()
+        with real_lock(storage, study_id) as conn:
+            got = time.perf_counter()
+            try:
+                yield conn
+            finally:
+                note("lock", wait=got - t, hold=time.perf_counter() - got)
+
     service.ServiceStudy.ask, worker.Objective.__call__, optuna.storages.fail_stale_trials = ask, call, stale
+    service.study_lock = lock
     epochs, epoch_s = os.environ[STUB_ENV].split(",")
     worker.run_worker = functools.partial(worker.run_worker, fit_fn=stub_fit(int(epochs), float(epoch_s), note), log=log)
     code = main(["work", STUDY, "--no-plots", "--seed", os.environ.get("DLNN_FLEET_SEED", "0")])
@@ -226,6 +239,10 @@ class OwnPostgres:
         subprocess.run(_as_postgres([str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "server.log"),
                                      "-w", "-t", "60", *args]), check=True, capture_output=True)
 
+    def pid(self) -> int:
+        """The postmaster's pid (it changes with a restart)."""
+        return int((self.data / "postmaster.pid").read_text().split()[0])
+
     def restart(self) -> float:
         """Restart the server (fast shutdown: every connection is cut); returns the seconds it took."""
         t = time.monotonic()
@@ -255,6 +272,22 @@ def _available_gib() -> float:
     return int(next(line for line in open("/proc/meminfo") if line.startswith("MemAvailable:")).split()[1]) / 2**20
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _process_cpu() -> dict[int, tuple[str, int, float]]:
+    """{pid: (command, parent pid, CPU seconds so far)} of every process."""
+    out = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            raw = open(f"/proc/{entry.name}/stat").read()
+            comm, rest = raw[raw.index("(") + 1:raw.rindex(")")], raw[raw.rindex(")") + 2:].split()
+            out[int(entry.name)] = (comm, int(rest[1]), (int(rest[11]) + int(rest[12])) / TICK)
+    return out
+
+
 def _cpu_busy() -> tuple[float, float]:
     fields = [float(x) for x in open("/proc/stat").readline().split()[1:]]
     idle = fields[3] + fields[4]
@@ -266,8 +299,11 @@ class Watcher(threading.Thread):
     and trials by state every `every_s`, the machine's CPU, and the workers' memory every few seconds;
     survives a restarting server (a failed sample is counted, not fatal)."""
 
-    def __init__(self, admin_dsn: str, database: str, every_s: float = 0.25):
+    def __init__(self, admin_dsn: str, database: str, every_s: float = 0.25, server_pid: int | None = None):
         super().__init__(daemon=True)
+        self.server_pid = server_pid  # the postmaster of a server of our own: its backends are the fleet's
+        self.cpu: list[dict[str, float]] = []  # per memory sample: cores used by the workers, the server, the rest
+        self._last_cpu: tuple[float, dict] | None = None
         self.admin_dsn, self.database, self.every_s = admin_dsn, database, every_s
         self.samples: list[dict[str, Any]] = []
         self.failed = 0
@@ -314,7 +350,27 @@ class Watcher(threading.Thread):
         with contextlib.suppress(Exception):
             conn.close()
 
+    def _sample_cpu(self) -> None:
+        """Cores used since the last sample by the workers (and proxy), the PostgreSQL server (all its
+        processes; on the shared server others' too) and everything else; a process born and gone
+        between two samples is not seen."""
+        now, procs = time.monotonic(), _process_cpu()
+        if self._last_cpu is not None:
+            then, before = self._last_cpu
+            used = {"workers": 0.0, "postgres": 0.0, "other": 0.0}
+            for pid, (comm, ppid, cpu) in procs.items():
+                delta = cpu - before[pid][2] if pid in before else 0.0
+                if pid in self.pids:
+                    used["workers"] += delta
+                elif comm == "postgres" and (self.server_pid is None or pid == self.server_pid or ppid == self.server_pid):
+                    used["postgres"] += delta
+                else:
+                    used["other"] += delta
+            self.cpu.append({"t": time.time(), **{k: v / max(1e-9, now - then) for k, v in used.items()}})
+        self._last_cpu = (now, procs)
+
     def _sample_memory(self) -> None:
+        self._sample_cpu()
         total = 0
         for pid in list(self.pids):
             mem = _memory_kib(pid)
@@ -432,7 +488,7 @@ class Fleet:
 
 
 def run_fleet(url: str, workers: int, trials: int, *, proxy: bool = False, epochs: int = 4, epoch_s: float = 0.75,
-              heartbeat: int = 2, grace: int = 10, sampler: str = "random", restart: OwnPostgres | None = None,
+              heartbeat: int = 2, grace: int = 10, sampler: str = "random", server: OwnPostgres | None = None,
               restart_at: float | None = None, kill_every: float | None = None, max_kills: int | None = None, time_limit_s: float = 600.0,
               keep: Path | None = None) -> dict[str, Any]:
     """Run the fleet and return its figures and checks (see `summarize`)."""
@@ -440,7 +496,7 @@ def run_fleet(url: str, workers: int, trials: int, *, proxy: bool = False, epoch
     folder.mkdir(parents=True, exist_ok=True)
     _launch(url, trials, epochs, heartbeat, grace, sampler, folder)
     dsn, database = _admin_dsn(url)
-    watcher = Watcher(dsn, database)
+    watcher = Watcher(dsn, database, server_pid=server.pid() if server else None)
     watcher.start()
     proxy_proc, worker_url = None, url
     if proxy:
@@ -464,9 +520,10 @@ def run_fleet(url: str, workers: int, trials: int, *, proxy: bool = False, epoch
             if time.monotonic() > deadline:
                 stopped_by = f"time limit of {time_limit_s:g} s"
                 break
-            if restart is not None and restarted is None and watcher.complete() >= restart_at * trials:
+            if server is not None and restart_at is not None and restarted is None and watcher.complete() >= restart_at * trials:
                 restarted = {"at_complete": watcher.complete(), "t": time.time()}
-                restarted["took_s"] = restart.restart()
+                restarted["took_s"] = server.restart()
+                watcher.server_pid = server.pid()
             kills_left = max_kills is None or len(fleet.killed) < max_kills
             if kill_every and kills_left and time.monotonic() >= next_kill and watcher.complete() < trials:
                 if fleet.kill_one():
@@ -562,6 +619,7 @@ def summarize(url: str, folder: Path, fleet: Fleet, watcher: Watcher, *, workers
         bins[int((t - started) // 5)] = bins.get(int((t - started) // 5), 0) + 1
     samples = watcher.samples
     steady = [s for s in samples if done_times and done_times[len(done_times) // 10] <= s["t"] <= done_times[(9 * len(done_times)) // 10]]
+    cpu_steady = [c for c in watcher.cpu if steady and steady[0]["t"] <= c["t"] <= steady[-1]["t"]]
     first_ask = min((e["t"] for e in events if e["e"] == "ask"), default=None)
     logs = "\n".join(p.read_text(errors="replace") for p in sorted(folder.glob("worker-*.log")))
     exits = [e for e in events if e["e"] == "exit"]
@@ -575,6 +633,9 @@ def summarize(url: str, folder: Path, fleet: Fleet, watcher: Watcher, *, workers
         "ask_s": _percentiles([e["s"] for e in events if e["e"] == "ask"]),
         "tell_s": _percentiles([e["s"] for e in events if e["e"] == "tell"]),
         "stale_check_s": _percentiles([e["s"] for e in events if e["e"] == "stale"]),
+        "budget_lock_wait_s": _percentiles([e["wait"] for e in events if e["e"] == "lock"]),
+        "budget_lock_hold_s": _percentiles([e["hold"] for e in events if e["e"] == "lock"]),
+        "cores_used_steady": {k: statistics.mean([c[k] for c in cpu_steady]) for k in ("workers", "postgres", "other")} if cpu_steady else None,
         "reports_per_trial_s": _percentiles([e["s"] for e in events if e["e"] == "reports"]),
         "trials_per_s_sustained": sustained,
         "trials_per_s_ideal": workers / trial_s,
@@ -631,7 +692,7 @@ def main(argv: list[str] | None = None) -> int:
         url = server.url if server else args.storage
         result = run_fleet(url, args.workers, args.trials or 5 * args.workers, proxy=args.proxy, epochs=args.epochs,
                            epoch_s=args.epoch_s, heartbeat=args.heartbeat, grace=args.grace, sampler=args.sampler,
-                           restart=server if args.restart_at is not None else None, restart_at=args.restart_at,
+                           server=server, restart_at=args.restart_at,
                            kill_every=args.kill_every, time_limit_s=args.time_limit, keep=args.keep)
     finally:
         if server:

@@ -486,7 +486,7 @@ def run_worker(url: str, name: str, *, n_trials: int | None = None, timeout: flo
     lost_since = None
     reason = "done"
     try:
-        study = build_study(storage, name, spec, seed)
+        study = None
         while not stop.signal:
             left_trials = None if n_trials is None else n_trials - counter["done"]
             left_time = None if deadline is None else deadline - time.monotonic()
@@ -494,6 +494,8 @@ def run_worker(url: str, name: str, *, n_trials: int | None = None, timeout: flo
                 reason = "this worker's own limit (--n-trials/--timeout) reached"
                 break
             try:
+                if study is None:  # inside the retry: a full or restarting server at start is an outage, not a crash
+                    study = build_study(storage, name, spec, seed)
                 requeues.recover(study)
                 try:
                     study.optimize(objective, n_trials=left_trials, timeout=left_time, n_jobs=jobs, catch=(Exception,),
@@ -521,7 +523,8 @@ def run_worker(url: str, name: str, *, n_trials: int | None = None, timeout: flo
         if stop.signal:
             reason = f"stopped by {stop.signal}"
             with contextlib.suppress(Exception):
-                requeues.recover(study)
+                if study is not None:
+                    requeues.recover(study)
     finally:
         close_storage(storage)
         stop.release()
