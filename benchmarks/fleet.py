@@ -659,9 +659,36 @@ def summarize(url: str, folder: Path, fleet: Fleet, watcher: Watcher, *, workers
     }
 
 
+def _ms(p: dict) -> str:
+    return "–" if not p or p.get("p50") is None else f"{1000 * p['p50']:.0f} / {1000 * p['p99']:.0f}"
+
+
+def render(named: list[tuple[str, dict[str, Any]]]) -> str:
+    """A Markdown table of runs (name, run_fleet's result), one row each."""
+    rows = ["| run | workers | max_connections | budget | done once | lost / twice / left running | killed (retried) "
+            "| peak connections | ask p50 / p99 ms | tell p50 / p99 ms | lock wait p50 / p99 ms | lock hold p50 / p99 ms "
+            "| trials/s sustained (N / trial length) | cores: workers / server / rest | memory: PSS total, RSS per worker | wall s |",
+            "|" + " --- |" * 16]
+    for name, r in named:
+        c = r["checks"]
+        killed = f"{c['killed_trials']} ({c['killed_trials'] - len(c['killed_trials_not_retried'])})" if c["killed_trials"] else "–"
+        cores = r.get("cores_used_steady")
+        cores = f"{cores['workers']:.2f} / {cores['postgres']:.2f} / {cores['other']:.2f}" if cores else "–"
+        rss = r.get("worker_rss_mib") or {}
+        rows.append(
+            f"| {name} | {r['workers']}{' via proxy' if r['proxy'] else ''} | {r.get('max_connections') or '–'} | {r['trials']} "
+            f"| {c['slots_done_once']}/{c['budget_slots']} | {len(c['told_complete_then_lost'])} / {c['slots_done_twice_or_more']} / "
+            f"{c['left_running_or_waiting']} | {killed} | {r['connections_peak']} | {_ms(r['ask_s'])} | {_ms(r['tell_s'])} "
+            f"| {_ms(r.get('budget_lock_wait_s'))} | {_ms(r.get('budget_lock_hold_s'))} "
+            f"| {r['trials_per_s_sustained']:.1f} ({r['trials_per_s_ideal']:.0f}) | {cores} "
+            f"| {r['total_pss_gib_peak']:.1f} GiB, {rss.get('median', 0):.0f} MiB | {r['wall_s']:.0f} |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--table", nargs="+", type=Path, metavar="RESULT.json", help="print earlier runs' --out files as a table")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--storage", help="PostgreSQL URL of the database that gets the study `fleet`")
     where.add_argument("--own-postgres", type=int, metavar="MAX_CONNECTIONS", help="start a throwaway server with this max_connections")
@@ -683,6 +710,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.child:
         return child()
+    if args.table:
+        print(render([(path.stem, json.loads(path.read_text())) for path in args.table]))
+        return 0
     if args.restart_at is not None and args.own_postgres is None:
         parser.error("--restart-at restarts only a server of its own: use --own-postgres")
     if args.storage is None and args.own_postgres is None:
