@@ -12,10 +12,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import time
 from dataclasses import dataclass, field, replace
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Collection
 
@@ -33,13 +31,13 @@ from .metrics import relative_mse, relative_se_per_sample
 from .models import build_model
 from .rollout import rollout_loss
 from .optim import adapted_d, build_optimizer, build_scheduler
+from .provenance import versions
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 CHECKPOINT_FORMAT = "dlnn-checkpoint/1"
 LOSS_EXPLOSION_FACTOR = 1e4  # an epoch's training loss this far above the best so far counts as divergence
 D_LIMIT = 1e3  # a D-Adaptation/Prodigy step-size estimate above this has run away
 EVAL_BATCH = 4096
-_PACKAGES = ("dlnn-studies", "torch", "numpy", "scipy", "dadaptation", "lion-pytorch", "prodigyopt", "timm")
 
 Report = Callable[[int, float], None]
 Progress = Callable[[dict[str, Any]], None]
@@ -87,17 +85,6 @@ def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return f"cpu ({torch.get_num_threads()} threads)"
-
-
-def versions() -> dict[str, str]:
-    """Versions of Python and of the packages a result depends on."""
-    out = {"python": platform.python_version(), "platform": platform.platform()}
-    for name in _PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
 
 
 def build_seeded_model(config: TrainConfig, splits: Splits, device: torch.device) -> nn.Module:

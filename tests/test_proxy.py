@@ -40,11 +40,12 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 @pytest.fixture
 def served():
     """A fresh database with one study, served by `dlnn proxy`; yields (db url, proxy url, name)."""
-    name, db_url = create_pg_database()
-    db_url = normalize_url(db_url)
+    name, plain_url = create_pg_database()
+    db_url = normalize_url(plain_url)
     optuna.create_study(study_name="s", storage=db_url)  # the launcher's job, directly on PostgreSQL
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "dlnn_studies.cli.main", "proxy", "--storage", db_url, "--host", "127.0.0.1",
+    # The proxy gets the URL as a user writes it (postgresql://, no driver), as every other command does.
+    proc = subprocess.Popen([sys.executable, "-m", "dlnn_studies.cli.main", "proxy", "--storage", plain_url, "--host", "127.0.0.1",
                              "--port", str(port), "--threads", "4"], cwd=REPO, stderr=subprocess.PIPE, text=True)
     try:
         yield db_url, f"grpc://127.0.0.1:{port}", proc

@@ -15,13 +15,14 @@ import threading
 import optuna
 
 from ..store.proxy_client import require_grpc
-from ..store.urls import DEFAULT_PROXY_PORT, ProxyAddress, is_grpc, is_sqlite, redact
+from ..store.urls import DEFAULT_PROXY_PORT, ProxyAddress, is_grpc, is_sqlite, normalize_url, redact
 
 
 def backend_storage(storage_url: str, pool_size: int = 16) -> optuna.storages.BaseStorage:
     """The proxy's own storage: PostgreSQL with a bounded, pre-pinged pool behind Optuna's trial cache."""
     if is_grpc(storage_url):
         raise ValueError(f"storage: {storage_url!r} is a proxy; the proxy needs the database URL itself")
+    storage_url = normalize_url(storage_url)  # a plain postgresql:// gets the installed driver, as every other command's
     engine_kwargs = {}
     if not is_sqlite(storage_url):
         engine_kwargs = {"pool_size": pool_size, "max_overflow": 0, "pool_pre_ping": True, "pool_recycle": 1800}

@@ -373,8 +373,14 @@ def study_lock(storage: optuna.storages.BaseStorage, study_id: int) -> Iterator[
         dialect = rdb.engine.dialect.name
         lock_engine = getattr(rdb, "lock_engine", None) or rdb.engine
         if dialect == "postgresql":
+            key = {"ns": LOCK_NAMESPACE, "id": study_id}
             with lock_engine.connect() as conn, conn.begin():
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:ns, :id)"), {"ns": LOCK_NAMESPACE, "id": study_id})
+                if not conn.execute(sqlalchemy.text("SELECT pg_try_advisory_xact_lock(:ns, :id)"), key).scalar():
+                    # Taken: while it waits, this worker holds the lock's connection only (its idle pooled one is
+                    # closed and reopened after), so a queue of waiting workers never fills the server.
+                    if lock_engine is not rdb.engine:
+                        _close_idle_connection(rdb.engine)
+                    conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:ns, :id)"), key)
                 yield conn
         elif dialect == "mysql":
             name = f"dlnn-study-{study_id}"
@@ -394,6 +400,15 @@ def study_lock(storage: optuna.storages.BaseStorage, study_id: int) -> Iterator[
         else:
             with rdb.engine.connect() as conn:
                 yield conn
+
+
+def _close_idle_connection(engine: sqlalchemy.engine.Engine) -> None:
+    """Close one idle connection of the pool, if it has one; the pool opens a new one when next needed."""
+    if engine.pool.checkedin() == 0:
+        return
+    connection = engine.raw_connection()
+    connection.invalidate()
+    connection.close()
 
 
 def budget_counts(conn: sqlalchemy.engine.Connection, study_id: int) -> tuple[int, int, datetime.datetime | None]:

@@ -464,7 +464,7 @@ def run_worker(url: str, name: str, *, n_trials: int | None = None, timeout: flo
     stop = StopFlag(log=log)
     if install_signals:
         stop.install()
-    from dlnn_core.train import versions
+    from dlnn_core.provenance import versions  # not dlnn_core.train: a worker with an injected fit imports no torch
 
     objective = Objective(spec, stop, worker_identity(seed, device, versions()), device, store, fit_fn, log, plots, data_cache, evaluate_fn)
     counter = {"done": 0}
@@ -488,7 +488,7 @@ def run_worker(url: str, name: str, *, n_trials: int | None = None, timeout: flo
     lost_since = None
     reason = "done"
     try:
-        study = build_study(storage, name, spec, seed)
+        study = None
         while not stop.signal:
             left_trials = None if n_trials is None else n_trials - counter["done"]
             left_time = None if deadline is None else deadline - time.monotonic()
@@ -496,6 +496,8 @@ def run_worker(url: str, name: str, *, n_trials: int | None = None, timeout: flo
                 reason = "this worker's own limit (--n-trials/--timeout) reached"
                 break
             try:
+                if study is None:  # inside the retry: a full or restarting server at start is an outage, not a crash
+                    study = build_study(storage, name, spec, seed)
                 requeues.recover(study)
                 try:
                     study.optimize(objective, n_trials=left_trials, timeout=left_time, n_jobs=jobs, catch=(Exception,),
@@ -523,7 +525,8 @@ def run_worker(url: str, name: str, *, n_trials: int | None = None, timeout: flo
         if stop.signal:
             reason = f"stopped by {stop.signal}"
             with contextlib.suppress(Exception):
-                requeues.recover(study)
+                if study is not None:
+                    requeues.recover(study)
     finally:
         close_storage(storage)
         stop.release()
