@@ -103,6 +103,15 @@ class _Member:
     best_loss: float = math.inf
 
 
+def member(index: int, config: TrainConfig, splits, device: torch.device, steps: int) -> _Member:
+    """Trial `index`'s model, optimizer (sync-free form), schedule and data-order generator, each as `fit` builds them."""
+    model = build_seeded_model(config, splits, device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(params, config.optimizer, sync_free=True)
+    return _Member(index, config, model, params, optimizer, build_scheduler(config.scheduler, optimizer, config.epochs, steps),
+                   torch.Generator(device=device).manual_seed(config.seed))
+
+
 def _check_pack(configs: Sequence[TrainConfig]) -> None:
     if not configs:
         raise ConfigError("configs", "[]", "at least one TrainConfig")
@@ -125,6 +134,24 @@ def _losses(members: Sequence[_Member], pred: torch.Tensor, true: torch.Tensor) 
         for i, value in zip(rows, torch.vmap(LOSSES[name])(pred[index], true[index])):
             out[i] = value
     return torch.stack(out)  # type: ignore[arg-type]
+
+
+def train_step(shell: nn.Module, members: Sequence[_Member], q: torch.Tensor, v: torch.Tensor, a: torch.Tensor, idx: torch.Tensor,
+               updates: int) -> torch.Tensor:
+    """One update of every member on its own minibatch (row k of idx [K, B]), as `fit` does one:
+    forward, loss, backward, clipping, optimizer step, schedule. Returns the losses [K], detached."""
+    k, b = idx.shape
+    pred = shell(q[idx].view(k * b, -1), v[idx].view(k * b, -1)).view(k, b, -1)
+    losses = _losses(members, pred, a[idx])
+    for m in members:
+        m.optimizer.zero_grad(set_to_none=True)
+    losses.sum().backward()
+    for m in members:
+        if m.config.grad_clip is not None:
+            nn.utils.clip_grad_norm_(m.params, m.config.grad_clip)
+        m.optimizer.step()
+        m.schedule.after_update(updates)
+    return losses.detach()
 
 
 def _validate(shell: nn.Module, k: int, q: torch.Tensor, v: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
@@ -173,13 +200,7 @@ def fit_pack(
     count, batch = q.shape[0], min(first.batch_size, q.shape[0])
     steps = math.ceil(count / batch)
 
-    members: list[_Member] = []
-    for i, config in enumerate(configs):
-        model = build_seeded_model(config, splits, device)
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = build_optimizer(params, config.optimizer, sync_free=True)
-        members.append(_Member(i, config, model, params, optimizer, build_scheduler(config.scheduler, optimizer, config.epochs, steps),
-                               torch.Generator(device=device).manual_seed(config.seed)))
+    members = [member(i, config, splits, device, steps) for i, config in enumerate(configs)]
     outcomes: list[FitResult | Exception | None] = [None] * count_k
     histories: list[list[dict[str, Any]]] = [[] for _ in configs]
 
@@ -203,19 +224,8 @@ def fit_pack(
         loss_sum = torch.zeros(len(active), dtype=dtype, device=device)
         for i in range(steps):
             idx = torch.stack([m.perm[i * batch : (i + 1) * batch] for m in active])  # type: ignore[index]
-            k, b = idx.shape
-            pred = shell(q[idx].view(k * b, -1), v[idx].view(k * b, -1)).view(k, b, -1)
-            losses = _losses(active, pred, a[idx])
-            for m in active:
-                m.optimizer.zero_grad(set_to_none=True)
-            losses.sum().backward()
             updates += 1
-            for m in active:
-                if m.config.grad_clip is not None:
-                    nn.utils.clip_grad_norm_(m.params, m.config.grad_clip)
-                m.optimizer.step()
-                m.schedule.after_update(updates)
-            loss_sum += losses.detach()
+            loss_sum += train_step(shell, active, q, v, a, idx, updates)
         # One read-back per epoch for the whole pack: losses, validation errors, parameter health.
         validation = _validate(shell, len(active), *val)
         finite = torch.stack([torch.stack([torch.isfinite(p).all() for p in m.params]).all() for m in active]).to(dtype)
