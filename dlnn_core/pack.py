@@ -179,7 +179,8 @@ def fit_pack(
     sequence is trial k's. Returns, per trial, its `FitResult` (ok or diverged, as `fit` would), or
     the Exception its `report` raised (pruning, a timeout), which removed it from the pack at that
     epoch with nothing written. A BaseException that is not an Exception (KeyboardInterrupt,
-    SystemExit from SIGTERM) stops the whole pack and propagates."""
+    SystemExit from SIGTERM) stops the whole pack and propagates. A trial's `wall_time_s` is the
+    pack's time from its start to that trial's end, evaluations of the trials before it included."""
     _check_pack(configs)
     count_k = len(configs)
     reports = list(reports) if reports is not None else [None] * count_k

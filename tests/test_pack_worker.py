@@ -117,6 +117,19 @@ def test_packed_fit_groups_by_structure_and_returns_each_outcome():
     assert results[0] == "packed 0" and results[2] == "alone 2" and str(results[1]) == "pruned"
 
 
+def test_a_study_that_optimizes_wall_time_never_packs():
+    """A packed trial's wall time would be its pack's: such studies train every trial alone."""
+    packs = []
+    packed = PackedFit(2, gather_s=5.0, fit_fn=lambda config, **_: "alone", fit_pack_fn=lambda *a, **k: packs.append(a))
+    threads = [threading.Thread(target=packed, args=(_config(seed=s),), kwargs={"metrics": ["rollout_error", "wall_time_s"]})
+               for s in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert packs == [] and packed.packs == [1, 1]
+
+
 def test_a_lone_call_runs_after_the_gather_window():
     packed = PackedFit(4, gather_s=0.2, fit_fn=lambda config, **_: "alone", fit_pack_fn=None)
     assert packed(_config()) == "alone" and packed.packs == [1]

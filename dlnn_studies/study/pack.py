@@ -77,7 +77,8 @@ class PackedFit:
 
         groups: dict[Any, list[_Call]] = {}
         for i, call in enumerate(batch):
-            key = pack_key(call.config)
+            # A packed trial's wall time is its pack's: a study that optimizes wall_time_s trains alone.
+            key = pack_key(call.config) if "wall_time_s" not in (call.metrics or ()) else None
             groups.setdefault((key, call.metrics) if key is not None else ("alone", i), []).append(call)
         for calls in groups.values():
             self.packs.append(len(calls))
