@@ -11,7 +11,7 @@ import threading
 import optuna
 import pytest
 from optuna.trial import TrialState
-from service_support import pg_url, spawn, storage_url, tiny_spec, wait_until, write_spec  # noqa: F401
+from service_support import TINY_SPACE, pg_url, spawn, storage_url, tiny_spec, wait_until, write_spec  # noqa: F401
 
 from dlnn_core.config import TrainConfig
 from dlnn_core.train import fit
@@ -19,7 +19,7 @@ from dlnn_studies.spec.schema import load_spec
 from dlnn_studies.store.urls import normalize_url
 from dlnn_studies.study import records
 from dlnn_studies.study.launch import launch
-from dlnn_studies.study.pack import PackedFit
+from dlnn_studies.study.pack import PackedFit, SharedStructure
 from dlnn_studies.study.worker import run_worker
 
 # One structure (hidden fixed by the base), optimizers and learning rates searched: every draw packs.
@@ -31,10 +31,10 @@ per_optimizer = true
 """
 
 
-def _launch(tmp_path, url, trials, epochs) -> str:
+def _launch(tmp_path, url, trials, epochs, space=ONE_STRUCTURE) -> str:
     from dlnn_core.data import load_data
 
-    spec = load_spec(write_spec(tmp_path, tiny_spec(trials=trials, epochs=epochs, space=ONE_STRUCTURE)))
+    spec = load_spec(write_spec(tmp_path, tiny_spec(trials=trials, epochs=epochs, space=space)))
     launch(spec, url, log=lambda m: None)
     load_data(spec.base.data, spec.base.data_seed)
     return spec.name
@@ -46,13 +46,14 @@ def _trials(url, name):
 
 @pytest.mark.slow
 def test_packed_worker_records_each_trial_as_fit_alone(storage_url, tmp_path):
+    """The width is searched too: trials asked together share their first one's (SharedStructure)."""
     import torch
 
-    name = _launch(tmp_path, storage_url, trials=4, epochs=2)
+    name = _launch(tmp_path, storage_url, trials=4, epochs=2, space=TINY_SPACE)
     logs: list[str] = []
     assert run_worker(storage_url, name, pack=2, threads=1, install_signals=False, artifacts=tmp_path / "art", log=logs.append,
                       plots=False) == 0
-    assert sum("training 2 trials as one pack" in line for line in logs) >= 1, logs
+    assert sum("training 2 trials as one pack" in line for line in logs) == 2, logs
     trials = _trials(storage_url, name)
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 4, [(t.number, t.state, t.user_attrs.get("reason")) for t in trials]
     torch.set_num_threads(1)
@@ -128,6 +129,21 @@ def test_a_study_that_optimizes_wall_time_never_packs():
     for t in threads:
         t.join(30)
     assert packs == [] and packed.packs == [1, 1]
+
+
+def test_trials_asked_together_share_their_first_trials_structure():
+    """Groups of `size` trials asked together take the first one's width and batch size; their
+    optimizer and lr are drawn for each; a later group draws its own structure."""
+    study = optuna.create_study(sampler=SharedStructure(optuna.samplers.RandomSampler(seed=0), 3, gather_s=60.0))
+    drawn = []
+    for _ in range(6):
+        trial = study.ask()
+        drawn.append((trial.suggest_int("model.hidden", 16, 512, step=16), trial.suggest_categorical("batch_size", [32, 64, 128, 256]),
+                      trial.suggest_float("optimizer.lr", 1e-5, 1e-1, log=True), trial.suggest_categorical("optimizer.name", ["adam", "lion"])))
+        study.tell(trial, 1.0)
+    first, second = drawn[:3], drawn[3:]
+    assert len({d[:2] for d in first}) == 1 and len({d[:2] for d in second}) == 1 and first[0][:2] != second[0][:2]
+    assert len({d[2] for d in drawn}) == 6
 
 
 def test_a_lone_call_runs_after_the_gather_window():

@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import optuna
+
 GATHER_S = 2.0  # how long the first trial waits for others to join its pack
 
 
@@ -102,3 +104,65 @@ class PackedFit:
             finally:
                 for c in calls:
                     c.done = True
+
+
+def structural(name: str) -> bool:
+    """Whether the search parameter `name` (a dotted TrainConfig key) decides a trial's pack: all but
+    the settings a trial of a pack sets for itself (`dlnn_core.pack.PER_TRIAL`)."""
+    from dlnn_core.pack import PER_TRIAL
+
+    return name.split(".")[0] not in PER_TRIAL
+
+
+class SharedStructure(optuna.samplers.BaseSampler):
+    """A sampler around the study's own: trials asked within `gather_s` of the first of a group, up
+    to `size` of them, take that first trial's structural parameters (width, depth, batch size, …)
+    and draw the rest from the study's sampler, so that a TPE search over many structures still
+    fills packs. The sampler sees every trial as it would with `size` parallel workers."""
+
+    def __init__(self, base, size: int, gather_s: float = GATHER_S):
+        self.base, self.size, self.gather_s = base, size, gather_s
+        self._lock = threading.Lock()
+        self._groups: dict[int, dict[str, Any]] = {}  # trial number -> its group
+        self._open: dict[str, Any] | None = None
+
+    def _group(self, number: int) -> dict[str, Any]:
+        with self._lock:
+            group = self._groups.get(number)
+            if group is None:
+                now = time.monotonic()
+                if self._open is None or self._open["members"] >= self.size or now > self._open["opened"] + self.gather_s:
+                    self._open = {"opened": now, "members": 0, "values": {}}
+                group = self._groups[number] = self._open
+                group["members"] += 1
+            return group
+
+    def _share(self, number: int, name: str, value: Any, distribution) -> Any:
+        """The group's value of `name` where the group's first draw of it had this same distribution; else `value`."""
+        group = self._group(number)
+        with self._lock:
+            shared, where = group["values"].setdefault(name, (value, distribution))
+        return shared if where == distribution else value
+
+    def infer_relative_search_space(self, study, trial):
+        return self.base.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        params = self.base.sample_relative(study, trial, search_space)
+        return {name: self._share(trial.number, name, value, search_space[name]) if structural(name) else value
+                for name, value in params.items()}
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        value = self.base.sample_independent(study, trial, param_name, param_distribution)
+        return self._share(trial.number, param_name, value, param_distribution) if structural(param_name) else value
+
+    def before_trial(self, study, trial):
+        return self.base.before_trial(study, trial)
+
+    def after_trial(self, study, trial, state, values):
+        with self._lock:
+            self._groups.pop(trial.number, None)
+        return self.base.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.base.reseed_rng()

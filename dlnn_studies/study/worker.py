@@ -498,6 +498,10 @@ def run_worker(url: str, name: str, *, n_trials: int | None = None, timeout: flo
     reason = "done"
     try:
         study = build_study(storage, name, spec, seed)
+        if pack > 1 and not isinstance(study.sampler, optuna.samplers.GridSampler):  # a grid's cells are its own
+            from .pack import SharedStructure
+
+            study.sampler = SharedStructure(study.sampler, pack)
         while not stop.signal:
             left_trials = None if n_trials is None else n_trials - counter["done"]
             left_time = None if deadline is None else deadline - time.monotonic()
