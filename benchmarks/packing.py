@@ -171,6 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--budget-s", type=float, default=480.0, help="wall-clock bound of part 2, split evenly between the specs")
     parser.add_argument("--end-to-end-k", type=int, default=8, help="0 skips part 3")
+    parser.add_argument("--parts", default="1,2,3", help="which parts to run")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=None, help="write the Markdown here as well")
@@ -181,50 +182,53 @@ def main(argv: list[str] | None = None) -> None:
     lines = [f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {platform.processor() or platform.machine()}, "
              f"torch {torch.__version__}, device {args.device}, {args.threads} thread(s); Adam, float32, swish.", ""]
 
-    print("## 1. Stacked weights against vmap, K = 8\n")
-    lines += ["## 1. Stacked weights (batched matmuls) against `stack_module_state` + `vmap`, K = 8", "",
-              "ms per forward + backward through q̈ of 8 models.", "", "| trial | stacked, autograd | vmap, autograd | stacked, jvp | vmap, jvp |",
-              "|---|---|---|---|---|"]
-    for spec in ("pendulum_answers", "damped_double_pendulum"):
-        flat = {**TYPICAL[spec], "batch_size": min(TYPICAL[spec]["batch_size"], 128)}
-        res = vmap_vs_stacked(flat, 8, args.steps, args.device)
-        cells = [f"{x * 1e3:.1f}" if isinstance(x, float) else x for x in
-                 (res["stacked, autograd"], res["vmap, autograd"], res["stacked, jvp"], res["vmap, jvp"])]
-        row = f"| {spec} ({flat['model.form']} {flat['model.hidden']}×{flat['model.depth']}, batch {flat['batch_size']}) | " + " | ".join(cells) + " |"
-        print(row)
-        lines.append(row)
-
-    print("\n## 2. Step time per trial against K\n")
-    lines += ["", "## 2. Training-step time per trial against K", "",
-              "ms per trial per step (all K trials' step divided by K): packed, and the same K stepped one after another; "
-              "speed-up = one after another / packed.", "",
-              "| spec (typical trial) | K | packed ms/trial | one after another ms/trial | speed-up |", "|---|---|---|---|---|"]
-    per_spec = args.budget_s / len(specs)
-    for spec in specs:
-        flat = TYPICAL[spec]
-        label = f"{spec} ({flat['model.form']} {flat['model.hidden']}×{flat['model.depth']}, batch {flat['batch_size']})"
-        spent, last_alone = 0.0, None
-        for k in ks:
-            if last_alone is not None and last_alone / max(ks[ks.index(k) - 1], 1) * k * 2 * (args.steps * args.reps + 1) > per_spec - spent:
-                row = f"| {label} | {k} | skipped: would not fit its {per_spec:.0f} s | | |"
-            else:
-                start = time.perf_counter()
-                packed, alone = step_times(flat, k, args.steps, args.reps, args.device)
-                spent += time.perf_counter() - start
-                last_alone = alone
-                row = f"| {label} | {k} | {packed / k * 1e3:.2f} | {alone / k * 1e3:.2f} | {alone / packed:.2f}× |"
+    parts = {int(p) for p in args.parts.split(",")}
+    if 1 in parts:
+        lines += ["## 1. Stacked weights (batched matmuls) against `stack_module_state` + `vmap`, K = 8", "",
+                  "ms per forward + backward through q̈ of 8 models.", "",
+                  "| trial | stacked, autograd | vmap, autograd | stacked, jvp | vmap, jvp |", "|---|---|---|---|---|"]
+        for spec in ("pendulum_answers", "damped_double_pendulum"):
+            flat = {**TYPICAL[spec], "batch_size": min(TYPICAL[spec]["batch_size"], 128)}
+            res = vmap_vs_stacked(flat, 8, args.steps, args.device)
+            cells = [f"{x * 1e3:.1f}" if isinstance(x, float) else x for x in
+                     (res["stacked, autograd"], res["vmap, autograd"], res["stacked, jvp"], res["vmap, jvp"])]
+            row = f"| {spec} ({flat['model.form']} {flat['model.hidden']}×{flat['model.depth']}, batch {flat['batch_size']}) | " + " | ".join(cells) + " |"
             print(row, flush=True)
             lines.append(row)
+        lines.append("")
 
-    if args.end_to_end_k:
+    if 2 in parts:
+        lines += ["## 2. Training-step time per trial against K", "",
+                  "ms per trial per step (all K trials' step divided by K): packed, and the same K stepped one after another; "
+                  "speed-up = one after another / packed.", "",
+                  "| spec (typical trial) | K | packed ms/trial | one after another ms/trial | speed-up |", "|---|---|---|---|---|"]
+        per_spec = args.budget_s / len(specs)
+        for spec in specs:
+            flat = TYPICAL[spec]
+            label = f"{spec} ({flat['model.form']} {flat['model.hidden']}×{flat['model.depth']}, batch {flat['batch_size']})"
+            spent, last_alone, last_k = 0.0, None, 1
+            for k in ks:
+                if last_alone is not None and last_alone / last_k * k * 2 * (args.steps * args.reps + 1) > per_spec - spent:
+                    row = f"| {label} | {k} | skipped: would not fit its {per_spec:.0f} s | | |"
+                else:
+                    start = time.perf_counter()
+                    packed, alone = step_times(flat, k, args.steps, args.reps, args.device)
+                    spent += time.perf_counter() - start
+                    last_alone, last_k = alone, k
+                    row = f"| {label} | {k} | {packed / k * 1e3:.2f} | {alone / k * 1e3:.2f} | {alone / packed:.2f}× |"
+                print(row, flush=True)
+                lines.append(row)
+        lines.append("")
+
+    if 3 in parts and args.end_to_end_k:
         k = args.end_to_end_k
         sequential, pack_s, diff = end_to_end(k, args.device)
-        lines += ["", f"## 3. End to end: {k} trials of pendulum_answers' baseline config (24 epochs, evaluation included)", "",
+        lines += [f"## 3. End to end: {k} trials of pendulum_answers' baseline config (24 epochs, evaluation included)", "",
                   "| | seconds | trials per hour |", "|---|---|---|",
                   f"| {k} × fit, one after another | {sequential:.1f} | {k * 3600 / sequential:.0f} |",
                   f"| fit_pack of {k} | {pack_s:.1f} | {k * 3600 / pack_s:.0f} |", "",
                   f"Speed-up {sequential / pack_s:.2f}×; largest relative difference of a trial's val_rel_mse, packed against alone: {diff:.1e}."]
-        print("\n".join(lines[-8:]))
+        print("\n".join(lines[-8:]), flush=True)
     if args.out:
         Path(args.out).write_text("\n".join(lines) + "\n")
 
