@@ -122,6 +122,9 @@ def _check_pack(configs: Sequence[TrainConfig]) -> None:
                           f"TrainConfigs equal in everything but {', '.join(PER_TRIAL)} and without a rollout loss")
 
 
+_ROWS: dict[tuple[tuple[int, ...], torch.device], torch.Tensor] = {}
+
+
 def _losses(members: Sequence[_Member], pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
     """Each member's loss [K] from pred, true [K, B, n]: one vmapped call per loss form."""
     names = [m.config.loss for m in members]
@@ -130,7 +133,10 @@ def _losses(members: Sequence[_Member], pred: torch.Tensor, true: torch.Tensor) 
     out: list[torch.Tensor | None] = [None] * len(members)
     for name in dict.fromkeys(names):
         rows = [i for i, n in enumerate(names) if n == name]
-        index = torch.tensor(rows, device=pred.device)
+        key = (tuple(rows), pred.device)
+        index = _ROWS.get(key)
+        if index is None:  # built once per membership, not copied to the device on every step
+            index = _ROWS[key] = torch.tensor(rows, device=pred.device)
         for i, value in zip(rows, torch.vmap(LOSSES[name])(pred[index], true[index])):
             out[i] = value
     return torch.stack(out)  # type: ignore[arg-type]
