@@ -24,6 +24,7 @@ _EXPORTS = {
     "METHODS": "model_config", "MODEL_FORMS": "model_config", "MODEL_KINDS": "model_config", "ModelConfig": "model_config",
     "build_model": "models",
     "OPTIMIZERS": "optim", "SCHEDULERS": "optim", "OptimInfo": "optim", "build_optimizer": "optim", "build_scheduler": "optim",
+    "fit_pack": "pack", "pack_key": "pack",
     "SYSTEMS": "systems", "System": "systems", "get_system": "systems",
     "FitResult": "train", "evaluate_checkpoint": "train", "fit": "train", "load_checkpoint": "train",
 }

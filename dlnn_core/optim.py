@@ -49,6 +49,7 @@ class OptimInfo:
     n_betas: int = 0  # how many betas `OptimizerConfig.betas` must hold: > 0 exactly when it reads betas
     fixed: Mapping[str, Any] = field(default_factory=dict, hash=False)  # constructor arguments of this entry (nesterov=True)
     description: str = ""
+    sync_free: str | None = None  # "module.Class" of the same update without host reads inside a step (packs use it); None: target has none
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "reads", frozenset(self.reads))
@@ -62,8 +63,9 @@ class OptimInfo:
         starts at d0; exactly the optimizers that read d0."""
         return "d0" in self.reads
 
-    def optimizer_class(self) -> type[torch.optim.Optimizer]:
-        return _load(self.target)
+    def optimizer_class(self, sync_free: bool = False) -> type[torch.optim.Optimizer]:
+        """The class to build; with `sync_free`, the sync-free form where the entry names one."""
+        return _load(self.sync_free if sync_free and self.sync_free else self.target)
 
 
 def _load(target: str) -> Any:
@@ -93,14 +95,15 @@ OPTIMIZERS: dict[str, OptimInfo] = {
         # at 1.0 (validation error rises) and trains at 0.3, while the AdaGrad variant's d grows
         # too slowly at 1.0 and trains at 3 (measured in tests/test_train.py's setting).
         OptimInfo("dadaptadam", "dadaptation.DAdaptAdam", _ADAM | {"d0"}, 0.3, (0.03, 3.0), "dadaptation", n_betas=2,
-                  description="D-Adaptation Adam: lr multiplies the estimated step size d (starts at d0)"),
+                  description="D-Adaptation Adam: lr multiplies the estimated step size d (starts at d0)",
+                  sync_free="dlnn_core.adaptive.DAdaptAdam"),
         OptimInfo("dadaptsgd", "dadaptation.DAdaptSGD", {"weight_decay", "momentum", "d0"}, 1.0, (0.1, 10.0), "dadaptation"),
         OptimInfo("dadaptadagrad", "dadaptation.DAdaptAdaGrad", _ADAPTIVE | {"d0"}, 3.0, (0.3, 30.0), "dadaptation"),
         OptimInfo("lion", "lion_pytorch.Lion", {"weight_decay", "betas"}, 1e-3, (1e-5, 3e-3), "lion_pytorch", n_betas=2,
                   description="sign update of fixed size lr per weight: keep lr at or below Adam's"),
         OptimInfo("adan", "timm.optim.Adan", _ADAM, 1e-3, (1e-5, 1e-2), "timm", n_betas=3),
         OptimInfo("prodigy", "prodigyopt.Prodigy", _ADAM | {"d0"}, 0.3, (0.03, 3.0), "prodigyopt", n_betas=2,
-                  description="successor of D-Adaptation Adam; overshoots like it at lr 1.0"),
+                  description="successor of D-Adaptation Adam; overshoots like it at lr 1.0", sync_free="dlnn_core.adaptive.Prodigy"),
     )
 }
 
@@ -136,10 +139,12 @@ def optimizer_kwargs(cfg: "OptimizerConfig", lr: float | None = None) -> dict[st
     return kwargs
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: "OptimizerConfig", lr: float | None = None) -> torch.optim.Optimizer:
-    """The optimizer named by `cfg` over `params`; `lr` overrides the config (the range test uses it)."""
+def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: "OptimizerConfig", lr: float | None = None, *,
+                    sync_free: bool = False) -> torch.optim.Optimizer:
+    """The optimizer named by `cfg` over `params`; `lr` overrides the config (the range test uses it).
+    `sync_free`: the entry's sync-free form of the same update where it has one (`OptimInfo.sync_free`)."""
     kwargs = optimizer_kwargs(cfg, lr)
-    return OPTIMIZERS[cfg.name].optimizer_class()(params, **kwargs)
+    return OPTIMIZERS[cfg.name].optimizer_class(sync_free)(params, **kwargs)
 
 
 def adapted_d(optimizer: torch.optim.Optimizer) -> float | None:

@@ -96,6 +96,8 @@ def configure_work(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=_seconds, default=None, help="stop starting trials after this many seconds")
     p.add_argument("--device", type=_device, default=None, help="auto, cpu or cuda:K (default: the spec's)")
     p.add_argument("--jobs", type=_positive, default=1, help="trials in parallel threads of this process (default 1)")
+    p.add_argument("--pack", type=_positive, default=1,
+                   help="ask for up to K trials at once and train those that share a structure as one batched program (default 1)")
     p.add_argument("--threads", type=_positive, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--seed", type=int, default=None, help="sampler seed of this worker (default: random, unique per worker)")
     p.add_argument("--no-plots", action="store_true", help="skip the rollout plot artifact")
@@ -116,7 +118,7 @@ def run_work(args: argparse.Namespace) -> int:
 
     return run_worker(url, args.study, n_trials=args.n_trials, timeout=args.timeout, device=args.device,
                       jobs=args.jobs, seed=args.seed, artifacts=artifacts_url(args.artifacts), threads=args.threads,
-                      plots=not args.no_plots)
+                      plots=not args.no_plots, pack=args.pack)
 
 
 # ------------------------------------------------------------------------------------ status

@@ -403,15 +403,18 @@ class Requeues:
             warnings.simplefilter("ignore", ExperimentalWarning)
             self.requeue = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=None)
         self.waiting: list[FrozenTrial] = []
+        self._lock = threading.RLock()  # trial threads (--jobs, --pack) end together: each trial is re-queued once
 
     def add(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self.waiting.append(trial)
-        self.flush(study)
+        with self._lock:
+            self.waiting.append(trial)
+            self.flush(study)
 
     def flush(self, study: optuna.Study) -> None:
-        while self.waiting:
-            self.requeue(study, self.waiting[0])
-            self.waiting.pop(0)
+        with self._lock:
+            while self.waiting:
+                self.requeue(study, self.waiting[0])
+                self.waiting.pop(0)
 
     def recover(self, study: optuna.Study) -> None:
         """Trials whose end Optuna could not record because the database was down (it then raises
@@ -439,11 +442,19 @@ class Requeues:
 def run_worker(url: str, name: str, *, n_trials: int | None = None, timeout: float | None = None, device: str | None = None,
                jobs: int = 1, seed: int | None = None, artifacts: str | Path | None = "dlnn_artifacts", threads: int | None = None,
                fit_fn: Callable | None = None, log: Callable[[str], None] | None = None, install_signals: bool = True,
-               plots: bool = True, data_cache: str | Path | None = None, evaluate_fn: Callable | None = None) -> int:
+               plots: bool = True, data_cache: str | Path | None = None, evaluate_fn: Callable | None = None, pack: int = 1) -> int:
     """Pull trials of study `name` until its budget is used, this worker's own limits hit, or a
-    signal arrives; returns the exit code (0)."""
+    signal arrives; returns the exit code (0). `pack` > 1: that many trial threads, whose trials
+    train as one batched program where they share a structure (study/pack.py)."""
     prefix = f"[{socket.gethostname()}:{os.getpid()}]"
     log = log or (lambda msg: print(f"{prefix} {msg}", file=sys.stderr, flush=True))
+    if pack > 1:
+        from dlnn_core.train import evaluate_checkpoint
+
+        from .pack import PackedFit
+
+        jobs, evaluate_fn = max(jobs, pack), evaluate_fn or (evaluate_checkpoint if fit_fn is None else None)
+        fit_fn = PackedFit(pack, fit_fn=fit_fn, log=log)
     if threads:
         import torch
 
@@ -498,6 +509,10 @@ def run_worker(url: str, name: str, *, n_trials: int | None = None, timeout: flo
             try:
                 if study is None:  # inside the retry: a full or restarting server at start is an outage, not a crash
                     study = build_study(storage, name, spec, seed)
+                    if pack > 1 and not isinstance(study.sampler, optuna.samplers.GridSampler):  # a grid's cells are its own
+                        from .pack import SharedStructure
+
+                        study.sampler = SharedStructure(study.sampler, pack)
                 requeues.recover(study)
                 try:
                     study.optimize(objective, n_trials=left_trials, timeout=left_time, n_jobs=jobs, catch=(Exception,),

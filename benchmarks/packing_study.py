@@ -1,0 +1,89 @@
+"""Trials per hour of a real study: W unpacked workers against W workers with `--pack K`, same cores,
+in one run. Each level launches a fresh copy of the spec (budget cut to `--trials`) on SQLite in a
+temporary folder and runs W `dlnn work` processes (one torch thread each, worker i seeded SEED + i),
+then reads the trials: wall time, trials per hour, outcomes and the best objective.
+
+    flock /tmp/heavy.lock python benchmarks/packing_study.py [--spec pendulum_answers] [--trials 32] [--workers 2] [--pack 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def level(spec: str, trials: int, workers: int, pack: int, seed: int, folder: Path, limit_s: float) -> dict:
+    import optuna
+
+    from dlnn_studies.spec.schema import parse_spec
+    from dlnn_studies.study.launch import launch
+
+    raw = tomllib.loads((ROOT / "studies" / f"{spec}.toml").read_text())
+    raw["budget"]["trials"] = trials
+    parsed = parse_spec(raw, source=spec)
+    url = f"sqlite:///{folder / 'study.db'}"
+    launch(parsed, url, log=lambda m: None)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "DLNN_CACHE_DIR": str(folder / "cache")}
+    cmd = [sys.executable, "-m", "dlnn_studies.cli.main", "work", parsed.name, "--storage", url, "--threads", "1", "--no-plots",
+           "--artifacts", str(folder / "artifacts")]
+    start = time.perf_counter()
+    procs = [subprocess.Popen(cmd + ["--seed", str(seed + i)] + (["--pack", str(pack)] if pack > 1 else []), env=env,
+                              stdout=subprocess.DEVNULL, stderr=open(folder / f"w{i}.log", "w")) for i in range(workers)]
+    try:
+        for p in procs:
+            p.wait(max(1.0, limit_s - (time.perf_counter() - start)))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    wall = time.perf_counter() - start
+    study = optuna.load_study(study_name=parsed.name, storage=url)
+    done = study.get_trials(deepcopy=False)
+    states = Counter(t.user_attrs.get("status") or t.state.name.lower() for t in done)
+    complete = [t for t in done if t.state == optuna.trial.TrialState.COMPLETE and t.values]
+    packs = sum(open(folder / f"w{i}.log").read().count("as one pack") for i in range(workers))
+    return {"pack": pack, "wall_s": wall, "finished": sum(t.state.is_finished() for t in done),
+            "trials_per_hour": sum(t.state.is_finished() for t in done) * 3600 / wall, "states": dict(states), "packs": packs,
+            "best": min((t.values[0] for t in complete), default=float("nan"))}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spec", default="pendulum_answers")
+    parser.add_argument("--trials", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--pack", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit-s", type=float, default=270.0, help="each level's bound; unfinished trials are not counted")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    rows = []
+    for pack in (1, args.pack):
+        with tempfile.TemporaryDirectory(prefix="dlnn-packing-study-") as folder:
+            rows.append(level(args.spec, args.trials, args.workers, pack, args.seed, Path(folder), args.limit_s))
+            print(rows[-1], flush=True)
+    lines = [f"{args.spec}, a fresh study of {args.trials} trials per level, {args.workers} workers, seeds {args.seed}+i; "
+             f"each level bounded at {args.limit_s:.0f} s.", "",
+             "| --pack | wall s | finished trials | trials / h | packs trained | best objective | outcomes |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        outcomes = ", ".join(f"{k} {v}" for k, v in sorted(r["states"].items()))
+        lines.append(f"| {r['pack']} | {r['wall_s']:.0f} | {r['finished']} | {r['trials_per_hour']:.0f} | {r['packs']} | {r['best']:.3g} | {outcomes} |")
+    lines += ["", f"Trials per hour, packed against unpacked: {rows[1]['trials_per_hour'] / rows[0]['trials_per_hour']:.2f}×."]
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write("\n" + text + "\n")
+
+
+if __name__ == "__main__":
+    main()

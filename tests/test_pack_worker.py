@@ -1,0 +1,151 @@
+"""`dlnn work --pack K`: trials that share a structure train as one pack, each recorded as if it had
+trained alone (same metrics as `fit`), on SQLite and PostgreSQL; SIGTERM re-queues every trial of a
+pack; PackedFit groups calls by structure and hands each thread its own outcome."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from service_support import TINY_SPACE, pg_url, spawn, storage_url, tiny_spec, wait_until, write_spec  # noqa: F401
+
+from dlnn_core.config import TrainConfig
+from dlnn_core.train import fit
+from dlnn_studies.spec.schema import load_spec
+from dlnn_studies.store.urls import normalize_url
+from dlnn_studies.study import records
+from dlnn_studies.study.launch import launch
+from dlnn_studies.study.pack import PackedFit, SharedStructure
+from dlnn_studies.study.worker import run_worker
+
+# One structure (hidden fixed by the base), optimizers and learning rates searched: every draw packs.
+ONE_STRUCTURE = """
+[space.optimizer]
+choices = ["adam", "rmsprop", "dadaptadam"]
+[space.optimizer.lr]
+per_optimizer = true
+"""
+
+
+def _launch(tmp_path, url, trials, epochs, space=ONE_STRUCTURE) -> str:
+    from dlnn_core.data import load_data
+
+    spec = load_spec(write_spec(tmp_path, tiny_spec(trials=trials, epochs=epochs, space=space)))
+    launch(spec, url, log=lambda m: None)
+    load_data(spec.base.data, spec.base.data_seed)
+    return spec.name
+
+
+def _trials(url, name):
+    return optuna.load_study(study_name=name, storage=normalize_url(url)).get_trials()
+
+
+@pytest.mark.slow
+def test_packed_worker_records_each_trial_as_fit_alone(storage_url, tmp_path):
+    """The width is searched too: trials asked together share their first one's (SharedStructure)."""
+    import torch
+
+    name = _launch(tmp_path, storage_url, trials=4, epochs=2, space=TINY_SPACE)
+    logs: list[str] = []
+    assert run_worker(storage_url, name, pack=2, threads=1, install_signals=False, artifacts=tmp_path / "art", log=logs.append,
+                      plots=False) == 0
+    assert sum("training 2 trials as one pack" in line for line in logs) == 2, logs
+    trials = _trials(storage_url, name)
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 4, [(t.number, t.state, t.user_attrs.get("reason")) for t in trials]
+    torch.set_num_threads(1)
+    for t in trials:
+        alone = fit(TrainConfig.from_dict(t.system_attrs[records.CONFIG]))
+        assert t.user_attrs["val_rel_mse"] == pytest.approx(alone.metrics["val_rel_mse"], rel=1e-4), t.number
+
+
+@pytest.mark.slow
+def test_sigterm_requeues_every_trial_of_the_pack(pg_url, tmp_path):
+    name = _launch(tmp_path, pg_url, trials=2, epochs=400)
+    w = spawn("work", name, "--storage", pg_url, "--pack", "2", "--threads", "1", "--no-plots", cwd=tmp_path, log=tmp_path / "w.log")
+    try:
+        wait_until(lambda: all(len(t.intermediate_values) >= 1 for t in _trials(pg_url, name) if t.state == TrialState.RUNNING)
+                   and sum(t.state == TrialState.RUNNING for t in _trials(pg_url, name)) == 2, 180, 0.2, "two packed trials mid-training")
+        os.kill(w.pid, signal.SIGTERM)
+        assert w.wait(60) == 0, (tmp_path / "w.log").read_text()
+    finally:
+        if w.poll() is None:
+            w.kill()
+    log = (tmp_path / "w.log").read_text()
+    assert "training 2 trials as one pack" in log
+    trials = _trials(pg_url, name)
+    stopped = [t for t in trials if t.state == TrialState.FAIL]
+    queued = [t for t in trials if t.state == TrialState.WAITING]
+    assert len(stopped) == 2 and all(t.user_attrs["status"] == records.INTERRUPTED for t in stopped), log
+    assert sorted(str(t.params) for t in queued) == sorted(str(t.params) for t in stopped), [(t.number, t.state, t.params, t.user_attrs.get("reason"), t.system_attrs.get("retry_history")) for t in trials]
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+
+
+def _config(**flat) -> TrainConfig:
+    return TrainConfig().with_flat({"data.system": "damped_oscillator", "model.hidden": 8, "device": "cpu", **flat})
+
+
+def test_packed_fit_groups_by_structure_and_returns_each_outcome():
+    packs, alone = [], []
+
+    def fake_pack(configs, reports, out_dirs, metrics=None):
+        packs.append([c.seed for c in configs])
+        return [RuntimeError("pruned") if c.seed == 1 else f"packed {c.seed}" for c in configs]
+
+    def fake_fit(config, report=None, out_dir=None, metrics=None):
+        alone.append(config.seed)
+        return f"alone {config.seed}"
+
+    packed = PackedFit(3, gather_s=5.0, fit_fn=fake_fit, fit_pack_fn=fake_pack)
+    configs = [_config(seed=0), _config(seed=1), _config(seed=2, **{"model.hidden": 16})]
+    results: dict[int, object] = {}
+
+    def run(config):
+        try:
+            results[config.seed] = packed(config, metrics=["val_rel_mse"])
+        except RuntimeError as exc:
+            results[config.seed] = exc
+
+    threads = [threading.Thread(target=run, args=(c,)) for c in configs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(map(sorted, packs)) == [[0, 1]] and alone == [2] and sorted(packed.packs) == [1, 2]
+    assert results[0] == "packed 0" and results[2] == "alone 2" and str(results[1]) == "pruned"
+
+
+def test_a_study_that_optimizes_wall_time_never_packs():
+    """A packed trial's wall time would be its pack's: such studies train every trial alone."""
+    packs = []
+    packed = PackedFit(2, gather_s=5.0, fit_fn=lambda config, **_: "alone", fit_pack_fn=lambda *a, **k: packs.append(a))
+    threads = [threading.Thread(target=packed, args=(_config(seed=s),), kwargs={"metrics": ["rollout_error", "wall_time_s"]})
+               for s in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert packs == [] and packed.packs == [1, 1]
+
+
+def test_trials_asked_together_share_their_first_trials_structure():
+    """Groups of `size` trials asked together take the first one's width and batch size; their
+    optimizer and lr are drawn for each; a later group draws its own structure."""
+    study = optuna.create_study(sampler=SharedStructure(optuna.samplers.RandomSampler(seed=0), 3, gather_s=60.0))
+    drawn = []
+    for _ in range(6):
+        trial = study.ask()
+        drawn.append((trial.suggest_int("model.hidden", 16, 512, step=16), trial.suggest_categorical("batch_size", [32, 64, 128, 256]),
+                      trial.suggest_float("optimizer.lr", 1e-5, 1e-1, log=True), trial.suggest_categorical("optimizer.name", ["adam", "lion"])))
+        study.tell(trial, 1.0)
+    first, second = drawn[:3], drawn[3:]
+    assert len({d[:2] for d in first}) == 1 and len({d[:2] for d in second}) == 1 and first[0][:2] != second[0][:2]
+    assert len({d[2] for d in drawn}) == 6
+
+
+def test_a_lone_call_runs_after_the_gather_window():
+    packed = PackedFit(4, gather_s=0.2, fit_fn=lambda config, **_: "alone", fit_pack_fn=None)
+    assert packed(_config()) == "alone" and packed.packs == [1]
