@@ -42,7 +42,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -144,6 +144,7 @@ def child() -> int:
     import optuna
 
     from dlnn_studies.cli.main import main
+    from dlnn_studies.store.optuna_private import retry_history
     from dlnn_studies.study import service, worker
 
     state = {"ended": None}
@@ -156,7 +157,7 @@ def child() -> int:
         except service.BudgetReached:
             note("budget", s=time.perf_counter() - t)
             raise
-        note("ask", s=time.perf_counter() - t, n=trial.number, retry="retry_history" in self._storage.get_trial_system_attrs(trial._trial_id))
+        note("ask", s=time.perf_counter() - t, n=trial.number, retry=bool(retry_history(trial)))
         return trial
 
     def call(self, trial):
@@ -573,7 +574,7 @@ def summarize(url: str, folder: Path, fleet: Fleet, watcher: Watcher, *, workers
     from optuna.trial import TrialState
 
     from dlnn_studies.store.storage import close_storage, open_storage
-    from dlnn_studies.study.service import RETRY_KEY
+    from dlnn_studies.store.optuna_private import retry_history
 
     storage = open_storage(url)
     try:
@@ -582,7 +583,7 @@ def summarize(url: str, folder: Path, fleet: Fleet, watcher: Watcher, *, workers
     finally:
         close_storage(storage)
     by_number = {t.number: t for t in all_trials}
-    root = {t.number: (t.system_attrs.get(RETRY_KEY) or [t.number])[0] for t in all_trials}
+    root = {t.number: (retry_history(t) or [t.number])[0] for t in all_trials}
     slots: dict[int, list] = {}
     for t in all_trials:
         slots.setdefault(root[t.number], []).append(t)

@@ -122,12 +122,12 @@ class SharedStructure(optuna.samplers.BaseSampler):
 
     def __init__(self, base, size: int, gather_s: float = GATHER_S):
         self.base, self.size, self.gather_s = base, size, gather_s
-        self._lock = threading.Lock()
+        self._guard = threading.Lock()
         self._groups: dict[int, dict[str, Any]] = {}  # trial number -> its group
         self._open: dict[str, Any] | None = None
 
     def _group(self, number: int) -> dict[str, Any]:
-        with self._lock:
+        with self._guard:
             group = self._groups.get(number)
             if group is None:
                 now = time.monotonic()
@@ -140,7 +140,7 @@ class SharedStructure(optuna.samplers.BaseSampler):
     def _share(self, number: int, name: str, value: Any, distribution) -> Any:
         """The group's value of `name` where the group's first draw of it had this same distribution; else `value`."""
         group = self._group(number)
-        with self._lock:
+        with self._guard:
             shared, where = group["values"].setdefault(name, (value, distribution))
         return shared if where == distribution else value
 
@@ -160,7 +160,7 @@ class SharedStructure(optuna.samplers.BaseSampler):
         return self.base.before_trial(study, trial)
 
     def after_trial(self, study, trial, state, values):
-        with self._lock:
+        with self._guard:
             self._groups.pop(trial.number, None)
         return self.base.after_trial(study, trial, state, values)
 

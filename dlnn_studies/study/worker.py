@@ -403,15 +403,15 @@ class Requeues:
             warnings.simplefilter("ignore", ExperimentalWarning)
             self.requeue = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=None)
         self.waiting: list[FrozenTrial] = []
-        self._lock = threading.RLock()  # trial threads (--jobs, --pack) end together: each trial is re-queued once
+        self._guard = threading.RLock()  # trial threads (--jobs, --pack) end together: each trial is re-queued once
 
     def add(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        with self._lock:
+        with self._guard:
             self.waiting.append(trial)
             self.flush(study)
 
     def flush(self, study: optuna.Study) -> None:
-        with self._lock:
+        with self._guard:
             while self.waiting:
                 self.requeue(study, self.waiting[0])
                 self.waiting.pop(0)
