@@ -232,9 +232,13 @@ def seed_claims(d: StudyData, key: str) -> list[ev.Claim]:
         lo, hi = e.corrected
         better, worse = (a, b) if e.estimate < 0 else (b, a)
         mean = "mean of log10" if basis.log else "mean"
-        text = (f"over fresh seeds, {a} and {b}: no difference larger than {ev.factor(bound)} ({a} / {b}: {ratio_text(basis, lo, hi)})"
-                if g == ev.NO_EFFECT else
-                f"over fresh seeds, {better} beats {worse}: {effect_text(basis, -abs(e.estimate))} ({mean}; {ratio_text(basis, lo, hi, e.estimate)})")
+        if g == ev.NO_EFFECT:
+            text = f"over fresh seeds, {a} and {b}: no difference larger than {ev.factor(bound)} ({a} / {b}: {ratio_text(basis, lo, hi)})"
+        elif g in (ev.ESTABLISHED, ev.SUGGESTIVE):
+            text = f"over fresh seeds, {better} beats {worse}: {effect_text(basis, -abs(e.estimate))} ({mean}; {ratio_text(basis, lo, hi, e.estimate)})"
+        else:
+            text = (f"over fresh seeds, {a} vs {b}: {better}'s {effect_text(basis, -abs(e.estimate))} ({mean}; "
+                    f"{ratio_text(basis, lo, hi, e.estimate)}): not resolved")
         n = max(len(vals[a]), len(vals[b]))
         settle = "" if g in (ev.ESTABLISHED, ev.NO_EFFECT) else f"more seeds: `dlnn verify {d.name} --per {key} --seeds {2 * n}` (a new study name is needed; see README)"
         out.append(ev.Claim(f"{SEEDS_PREFIX}{key}: {a} vs {b}", key, "comparison", text, g, e.estimate, lo, hi, _unit(basis),
