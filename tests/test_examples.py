@@ -77,7 +77,7 @@ def test_a_study_on_the_recorded_file_runs_on_two_workers_and_retrains_elsewhere
 
     report = dlnn("report", "coulomb_measured", "--out", "reports", *common, cwd=launch_host).stdout
     text = (launch_host / "reports" / "coulomb_measured" / "report.md").read_text()
-    assert "report.md" in report and "measured trajectories, no true system" in text and "Held-out rollouts" in text
+    assert "report.md" in report and "measured trajectories, no true system" in text and "Held-out test rollouts" in text and "No rollout figure" not in text
 
     dlnn("export", "coulomb_measured", "--top", "1", "--out", "exports", *common, cwd=launch_host)
     exported = next(p for p in (launch_host / "exports" / "coulomb_measured").glob("rank01-*.yaml") if not p.name.endswith(".meta.yaml"))
