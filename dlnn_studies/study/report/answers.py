@@ -255,8 +255,11 @@ def _choice_summary(d: StudyData, basis: Basis, key: str, g: dict[Any, list[floa
         lo, hi = min(len(v) for v in seeds.values()), max(len(v) for v in seeds.values())
         parts.append(f"over {lo if lo == hi else f'{lo}–{hi}'} fresh seeds of each "
                      f"choice's best config, {seed_rank[0]} ranks first ({', '.join(map(str, seed_rank))})")
+        resolved = [c for c in claims if c.source == "seeds" and c.grade in (ev.ESTABLISHED, ev.SUGGESTIVE) and lead_in(c, seed_rank[0])]
         if ranked and ranked[0] != seed_rank[0]:
-            parts.append(f"the search ranked {ranked[0]} first; believe the seeds (a controlled comparison)")
+            parts.append(f"the search ranked {ranked[0]} first; " + (
+                "believe the seeds (a controlled comparison)" if any(c.grade == ev.ESTABLISHED for c in resolved) else
+                "neither ranking is settled: no seeded difference from the first is established (more seeds would tell)"))
     if ranked:
         lead = ranked[0]
         parts.append(f"in the search, {lead} has the best good trials ({len(g[lead])} scored)")
