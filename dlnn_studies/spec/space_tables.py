@@ -66,9 +66,10 @@ def one_line(exc: ConfigError) -> str:
 
 
 def _config_message(exc: ConfigError) -> str:
-    """ConfigError's text without its own field prefix (the caller adds the TOML path), on one line."""
-    text, prefix = one_line(exc), f"{exc.field}: "
-    return text[len(prefix):] if text.startswith(prefix) else text
+    """A ConfigError's problems on one line, the first by its message alone (the caller puts the TOML
+    path there), read from its Problem objects rather than cut out of its text."""
+    first, *rest = exc.problems
+    return "; ".join([first.message, *(str(p) for p in rest)])
 
 
 def _check_value(base: TrainConfig, key: str, value: Any, where: str, problems: list[str], context: Mapping[str, Any] | None = None) -> bool:
