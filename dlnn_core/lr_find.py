@@ -13,14 +13,12 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch import nn
 
 from .config import TrainConfig
 from .data import load_data
 from .errors import ConfigError
-from .losses import LOSSES
 from .optim import OPTIMIZERS, build_optimizer
-from .train import DTYPES, build_seeded_model, resolve_device
+from .train import DTYPES, TrainStep, build_seeded_model, resolve_device
 
 
 @dataclass(frozen=True)
@@ -83,8 +81,8 @@ def lr_find(
     count, batch = q.shape[0], min(config.batch_size, q.shape[0])
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, config.optimizer, lr=start_lr)
-    loss_fn = LOSSES[config.loss]
     order = torch.Generator(device=device).manual_seed(config.seed)
+    step = TrainStep(config, model, optimizer, params, splits, order, dtype, device)  # fit's step, rollout loss included
 
     lrs, raw, smooth = [], [], []
     avg, best = 0.0, math.inf
@@ -99,13 +97,7 @@ def lr_find(
             perm, cursor = torch.randperm(count, generator=order, device=device), 0
         idx = perm[cursor : cursor + batch]
         cursor += batch
-        loss = loss_fn(model(q[idx], v[idx]), a[idx])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip is not None:
-            nn.utils.clip_grad_norm_(params, config.grad_clip)
-        optimizer.step()
-        value = float(loss.detach())  # the scan needs each loss to decide when to stop
+        value = float(step(q[idx], v[idx], a[idx]))  # the scan needs each loss to decide when to stop
         if not math.isfinite(value):
             reason, stopped = f"loss became {value} at lr {lr:.3g}", True
             break

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .atomic import write_atomic
-from .config import TrainConfig
+from .config import DTYPES as DTYPE_NAMES, TrainConfig
 from .data import Splits, load_data, samples_per_trajectory, trajectory_windows
 from .device import parse_device
 from .errors import ConfigError
@@ -33,7 +33,7 @@ from .rollout import rollout_loss
 from .optim import adapted_d, build_optimizer, build_scheduler
 from .provenance import versions
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}  # config.DTYPES names them (checked without torch)
 CHECKPOINT_FORMAT = "dlnn-checkpoint/1"
 LOSS_EXPLOSION_FACTOR = 1e4  # an epoch's training loss this far above the best so far counts as divergence
 D_LIMIT = 1e3  # a D-Adaptation/Prodigy step-size estimate above this has run away
@@ -154,9 +154,8 @@ def fit(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, config.optimizer)
     schedule = build_scheduler(config.scheduler, optimizer, config.epochs, steps)
-    loss_fn = LOSSES[config.loss]
     order = torch.Generator(device=device).manual_seed(config.seed)
-    windows = _rollout_windows(config, splits, dtype, device)
+    step = TrainStep(config, model, optimizer, params, splits, order, dtype, device)
 
     initial = torch.stack(_validate(model, *val)).tolist()
     history: list[dict[str, Any]] = [{"epoch": 0, "train_loss": None, "val_rel_mse": initial[0], "val_rel_mse_median": initial[1],
@@ -170,19 +169,9 @@ def fit(
         loss_sum = torch.zeros((), dtype=dtype, device=device)
         for i in range(steps):
             idx = perm[i * batch : (i + 1) * batch]
-            loss = loss_fn(model(q[idx], v[idx]), a[idx])
-            if windows is not None:
-                w = torch.randint(windows[0].shape[0], (len(idx),), generator=order, device=device)
-                dt = 1.0 / config.data.rate_hz
-                loss = loss + config.rollout_weight * rollout_loss(model, *(x[w] for x in windows), dt, splits.system.angles)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip is not None:
-                nn.utils.clip_grad_norm_(params, config.grad_clip)
-            optimizer.step()
+            loss_sum += step(q[idx], v[idx], a[idx])
             updates += 1
             schedule.after_update(updates)
-            loss_sum += loss.detach()
         # One read-back per epoch: loss, parameter health, validation error.
         val_mse, val_median = _validate(model, *val)
         finite = torch.stack([torch.isfinite(p).all() for p in params]).all()
@@ -220,6 +209,32 @@ def fit(
         checkpoint = str(_write_run(Path(out_dir), model, config, result))
         result = replace(result, checkpoint=checkpoint)
     return result
+
+
+class TrainStep:
+    """One optimizer step on a minibatch, as every training loop takes it (fit, lr_find): the
+    config's loss, plus its rollout loss on random training windows when rollout_horizon > 0
+    (drawn from `order`, the run's generator), backward, gradient clipping, step."""
+
+    def __init__(self, config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
+                 splits: Splits, order: torch.Generator, dtype: torch.dtype, device: torch.device):
+        self.config, self.model, self.optimizer, self.params, self.order = config, model, optimizer, params, order
+        self.loss_fn = LOSSES[config.loss]
+        self.windows = _rollout_windows(config, splits, dtype, device)
+        self.dt, self.angles, self.device = 1.0 / config.data.rate_hz, splits.system.angles, device
+
+    def __call__(self, q: torch.Tensor, v: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """Take the step; returns its loss, detached (on the device: no host sync)."""
+        loss = self.loss_fn(self.model(q, v), a)
+        if self.windows is not None:
+            w = torch.randint(self.windows[0].shape[0], (len(q),), generator=self.order, device=self.device)
+            loss = loss + self.config.rollout_weight * rollout_loss(self.model, *(x[w] for x in self.windows), self.dt, self.angles)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+        self.optimizer.step()
+        return loss.detach()
 
 
 def _rollout_windows(config: TrainConfig, splits: Splits, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...] | None:

@@ -8,7 +8,8 @@ import pytest
 
 from dlnn_core import ConfigError
 from dlnn_core.config import FIELD_RULES, TrainConfig, check_setting, load_config
-from dlnn_studies.spec.schema import ALONE, SpecError, parse_spec
+from dlnn_studies.spec.schema import SpecError, parse_spec
+from dlnn_studies.spec.space_tables import ALONE
 
 SAMPLES = [-1, 0, 0.5, 1, 2, 2.0, 3.5, 1e-3, 10**9, "1e-3", "fast", True, None, [1], float("nan")]
 

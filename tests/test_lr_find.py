@@ -99,3 +99,13 @@ def test_lr_find_command_prints_the_range_and_writes_the_plot(tmp_path, capsys):
     assert "optimizer: adamw" in out and "suggested learning rate range:" in out and "plot:" in out
     assert "lr-find" in captured.err and "loss=" in captured.err  # the progress bar, on stderr
     assert (tmp_path / "scan.png").read_bytes().startswith(PNG)
+
+
+def test_the_range_test_takes_fits_step_rollout_loss_included(tmp_path):
+    """lr_find and fit share one training step (train.TrainStep): with rollout_horizon > 0 the scan's
+    loss includes the rollout term fit trains on, so on the same first batch and initial model it is
+    the q̈ loss plus a positive rollout loss."""
+    flat = {"data.kind": "trajectories", "data.n_train": 8, "data.duration": 2.0, "data.rate_hz": 20.0, "batch_size": 32}
+    plain = lr_find(tiny(**flat), steps=10, cache_dir=tmp_path)
+    rolled = lr_find(tiny(**flat, rollout_horizon=3, rollout_weight=10.0), steps=10, cache_dir=tmp_path)
+    assert rolled.raw_losses[0] > plain.raw_losses[0] > 0

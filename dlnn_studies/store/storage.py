@@ -414,8 +414,7 @@ def _close_idle_connection(engine: sqlalchemy.engine.Engine) -> None:
 def budget_counts(conn: sqlalchemy.engine.Connection, study_id: int) -> tuple[int, int, datetime.datetime | None]:
     """(trials that use budget, queued trials, first start) in one query: a retry of a failed
     trial (it carries Optuna's `retry_history` system attr) takes its original's slot."""
-    from .optuna_private import RETRY_HISTORY_KEY, trial_start_column
-    from .optuna_private import rdb_models as models
+    from .optuna_private import RETRY_HISTORY_KEY, trial_start_column, rdb_models as models
 
     trial, attr = models.TrialModel, models.TrialSystemAttributeModel
     retry = sqlalchemy.exists().where(attr.trial_id == trial.trial_id, attr.key == RETRY_HISTORY_KEY)
