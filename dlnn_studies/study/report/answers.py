@@ -240,7 +240,9 @@ def seed_claims(d: StudyData, key: str) -> list[ev.Claim]:
             text = (f"over fresh seeds, {a} vs {b}: {better}'s {effect_text(basis, -abs(e.estimate))} ({mean}; "
                     f"{ratio_text(basis, lo, hi, e.estimate)}): not resolved")
         n = max(len(vals[a]), len(vals[b]))
-        settle = "" if g in (ev.ESTABLISHED, ev.NO_EFFECT) else f"more seeds: `dlnn verify {d.name} --per {key} --seeds {2 * n}` (a new study name is needed; see README)"
+        settle = "" if g in (ev.ESTABLISHED, ev.NO_EFFECT) else (
+            f"more seeds: `optuna delete-study --study-name {d.name}-per-{key}` (with the storage), then "
+            f"`dlnn verify {d.name} --per {key} --seeds {2 * n}`")
         out.append(ev.Claim(f"{SEEDS_PREFIX}{key}: {a} vs {b}", key, "comparison", text, g, e.estimate, lo, hi, _unit(basis),
                             {str(a): len(vals[a]), str(b): len(vals[b])}, settle, source="seeds", bound=bound))
     return out
