@@ -98,3 +98,10 @@ def test_git_ignores_what_the_commands_leave_and_nothing_tracked():
     assert set(LEFT_BY_THE_DEMO) - ignored(LEFT_BY_THE_DEMO) == set()
     tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True, timeout=60).stdout.splitlines()
     assert ignored(tracked) == set()
+
+
+@pytest.mark.parametrize("argv", [["train", "published_dlnn", "--threads", "0"], ["lr-find", "published_dlnn", "--threads", "x"],
+                                  ["work", "tiny", "--threads", "two"]])
+def test_a_thread_count_that_is_not_a_positive_integer_is_a_user_error(argv, capsys):
+    assert main(argv) == 1
+    assert f"argument --threads: {argv[-1]!r} is not a positive integer" in capsys.readouterr().err

@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return _main(argv)
         finally:
-            sys.stdout.flush()  # buffered output meets the closed pipe here, where it can still be caught
+            if sys.stdout is not None:  # buffered output meets the closed pipe here, where it can still be caught
+                sys.stdout.flush()
     except BrokenPipeError:
         # Python's recipe (docs: signal, "Note on SIGPIPE"): point stdout at devnull so the flush at exit is silent.
         # Restoring SIGPIPE's default instead would also kill a worker or server that writes to a closed socket.

@@ -30,9 +30,12 @@ def _artifacts(p: argparse.ArgumentParser, what: str = "shared by workers and th
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+        raise argparse.ArgumentTypeError(f"{shorten(repr(text))} is not a positive integer")
     return value
 
 

@@ -17,9 +17,8 @@ from dlnn_core.errors import ConfigError, shorten
 from ..errors import UsageError
 
 EXIT_OK, EXIT_DIVERGED = 0, 2
-# One config's training on a CPU: faster with one torch thread than with two on a 2-core machine
-# (benchmarks/results/train_threads.md); the models are small MLPs, whose per-op work is too
-# little to share between threads.
+# One config's training on a CPU: with two torch threads on a 2-core machine it was several times
+# slower whenever anything else ran, and hardly faster when nothing did (benchmarks/results/train_threads.md).
 DEFAULT_THREADS = 1
 
 
@@ -33,18 +32,10 @@ def _configure_config(parser: argparse.ArgumentParser) -> None:
                         help="artifact store to fetch the config's data file from by its sha256 (data.file_sha256): a directory or "
                              "s3://BUCKET/PREFIX; default $DLNN_ARTIFACTS, else none: a file already cached here, or the named "
                              "file if its hash matches")
+    from .study import _positive
+
     parser.add_argument("--threads", type=_positive, default=DEFAULT_THREADS,
                         help=f"torch CPU threads (default {DEFAULT_THREADS}; see benchmarks/results/train_threads.md)")
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{shorten(repr(text))} is not a positive integer")
-    return value
 
 
 def set_threads(n: int) -> None:
