@@ -686,6 +686,10 @@ def render(named: list[tuple[str, dict[str, Any]]]) -> str:
     return "\n".join(rows)
 
 
+def _interrupt(_signum, _frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -718,6 +722,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--restart-at restarts only a server of its own: use --own-postgres")
     if args.storage is None and args.own_postgres is None:
         parser.error("give --storage URL or --own-postgres MAX_CONNECTIONS")
+    # SIGTERM (an outer `timeout`) unwinds like Ctrl-C: the workers, the proxy and an own server are stopped.
+    signal.signal(signal.SIGTERM, _interrupt)
     server = OwnPostgres(args.own_postgres, args.pg_bin) if args.own_postgres else None
     try:
         url = server.url if server else args.storage

@@ -156,3 +156,50 @@ def test_a_full_server_makes_new_connections_wait_not_fail(limited_role, tmp_pat
         st.close_storage(storage)
         for conn in blockers:
             conn.close()
+
+
+def test_a_worker_waiting_for_the_budget_lock_holds_only_the_locks_connection(pg_url, tmp_path):
+    """While another process holds the study's budget lock, a waiting worker's idle pooled connection
+    is closed: it waits with one connection, not two (a queue of waiting workers would fill the server),
+    takes the lock once it is free, and its pool reconnects after."""
+    from dlnn_studies.store import storage as st
+    from service_support import wait_until
+
+    launch(load_spec(write_spec(tmp_path, tiny_spec())), pg_url, log=lambda m: None)
+    storage = st.open_storage(pg_url, worker=True, heartbeat_interval=1, grace_period=3)
+    admin = psycopg2.connect(PG_ADMIN)
+    admin.autocommit = True
+    holder = psycopg2.connect(pg_url)
+    try:
+        study_id = storage.get_study_id_from_name("tiny")  # the worker's pooled connection: open, now idle
+
+        def mine() -> list[str]:
+            with admin.cursor() as cur:
+                cur.execute("SELECT application_name FROM pg_stat_activity WHERE datname = %s AND application_name LIKE "
+                            "'dlnn worker %%'", (pg_url.rsplit("/", 1)[1],))
+                return sorted(r[0] for r in cur.fetchall())
+
+        assert len(mine()) == 1 and "budget-lock" not in mine()[0], mine()
+        with holder.cursor() as cur:  # another process holds the lock (until its transaction ends)
+            cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", (st.LOCK_NAMESPACE, study_id))
+        entered = threading.Event()
+
+        def take() -> None:
+            with st.study_lock(storage, study_id):
+                entered.set()
+
+        thread = threading.Thread(target=take, daemon=True)
+        thread.start()
+        wait_until(lambda: any("budget-lock" in n for n in mine()), 10, what="the budget lock's connection")
+        time.sleep(0.5)
+        assert not entered.is_set()
+        waiting = mine()
+        assert len(waiting) == 1 and "budget-lock" in waiting[0], waiting  # the lock's connection only
+        holder.commit()  # released
+        thread.join(10)
+        assert entered.is_set()
+        assert storage.get_study_id_from_name("tiny") == study_id  # the pool opened a new connection
+    finally:
+        holder.close()
+        admin.close()
+        st.close_storage(storage)
