@@ -144,7 +144,7 @@ def child() -> int:
     import optuna
 
     from dlnn_studies.cli.main import main
-    from dlnn_studies.store.optuna_private import retry_history
+    from dlnn_studies.store.optuna_private import retry_history, trial_id
     from dlnn_studies.study import service, worker
 
     state = {"ended": None}
@@ -157,7 +157,7 @@ def child() -> int:
         except service.BudgetReached:
             note("budget", s=time.perf_counter() - t)
             raise
-        note("ask", s=time.perf_counter() - t, n=trial.number, retry=bool(retry_history(trial)))
+        note("ask", s=time.perf_counter() - t, n=trial.number, retry=bool(retry_history(self.storage.get_trial(trial_id(trial)))))
         return trial
 
     def call(self, trial):
