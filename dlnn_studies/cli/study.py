@@ -29,7 +29,7 @@ def _artifacts(p: argparse.ArgumentParser, what: str = "shared by workers and th
                         f"AWS_* environment); default ${ENV_ARTIFACTS}, else ./{DEFAULT_ARTIFACTS}")
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -74,7 +74,7 @@ def configure_launch(p: argparse.ArgumentParser) -> None:
                                                          "data file only while none of its trials has started)")
     p.add_argument("--from", dest="from_study", default=None, metavar="OLD",
                    help="start a new study that first runs the best configs of study OLD")
-    p.add_argument("--top", type=_positive, default=3, help="with --from: how many of OLD's best configs (default 3)")
+    p.add_argument("--top", type=positive_int, default=3, help="with --from: how many of OLD's best configs (default 3)")
     _storage(p)
     _artifacts(p, "that receives the spec's data.file (once, by its sha256) and the trials' artifacts")
 
@@ -95,13 +95,13 @@ def run_launch(args: argparse.Namespace) -> int:
 
 def configure_work(p: argparse.ArgumentParser) -> None:
     p.add_argument("study", help="study name (see `dlnn status`)")
-    p.add_argument("--n-trials", type=_positive, default=None, help="stop after this many trials of this worker")
+    p.add_argument("--n-trials", type=positive_int, default=None, help="stop after this many trials of this worker")
     p.add_argument("--timeout", type=_seconds, default=None, help="stop starting trials after this many seconds")
     p.add_argument("--device", type=_device, default=None, help="auto, cpu or cuda:K (default: the spec's)")
-    p.add_argument("--jobs", type=_positive, default=1, help="trials in parallel threads of this process (default 1)")
-    p.add_argument("--pack", type=_positive, default=1,
+    p.add_argument("--jobs", type=positive_int, default=1, help="trials in parallel threads of this process (default 1)")
+    p.add_argument("--pack", type=positive_int, default=1,
                    help="ask for up to K trials at once and train those that share a structure as one batched program (default 1)")
-    p.add_argument("--threads", type=_positive, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--seed", type=int, default=None, help="sampler seed of this worker (default: random, unique per worker)")
     p.add_argument("--no-plots", action="store_true", help="skip the rollout plot artifact")
     _storage(p)
@@ -175,7 +175,7 @@ def _list_studies(url: str, as_json: bool) -> int:
 
 def configure_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("study", help="study name")
-    p.add_argument("--top", type=_positive, default=5, help="how many of the best trials (default 5)")
+    p.add_argument("--top", type=positive_int, default=5, help="how many of the best trials (default 5)")
     p.add_argument("--out", type=Path, default=Path("exports"), help="output directory (default exports/)")
     p.add_argument("--format", choices=("yaml", "json"), default="yaml", help="config file format (default yaml)")
     p.add_argument("--per", default=None, metavar="SETTING",
@@ -205,11 +205,11 @@ def run_export(args: argparse.Namespace) -> int:
 
 def configure_refine(p: argparse.ArgumentParser) -> None:
     p.add_argument("study", help="a finished (or running) study to refine")
-    p.add_argument("--around", type=_positive, default=5, help="how many of the best trials span the grid (default 5)")
-    p.add_argument("--points", type=_positive, default=3, help="grid values per numeric setting (default 3, plus the best value)")
+    p.add_argument("--around", type=positive_int, default=5, help="how many of the best trials span the grid (default 5)")
+    p.add_argument("--points", type=positive_int, default=3, help="grid values per numeric setting (default 3, plus the best value)")
     p.add_argument("--trial", type=int, default=None, help="refine around this trial instead of the best")
     p.add_argument("--name", default=None, help="name of the new study (default STUDY-refine)")
-    p.add_argument("--max-trials", type=_positive, default=100, help="refuse grids larger than this (default 100)")
+    p.add_argument("--max-trials", type=positive_int, default=100, help="refuse grids larger than this (default 100)")
     _storage(p)
 
 
@@ -273,8 +273,8 @@ def run_report(args: argparse.Namespace) -> int:
 
 def configure_verify(p: argparse.ArgumentParser) -> None:
     p.add_argument("study", help="a study with completed trials")
-    p.add_argument("--top", type=_positive, default=3, help="how many of the best configs (default 3)")
-    p.add_argument("--seeds", type=_positive, default=3, help="fresh seeds per config (default 3)")
+    p.add_argument("--top", type=positive_int, default=3, help="how many of the best configs (default 3)")
+    p.add_argument("--seeds", type=positive_int, default=3, help="fresh seeds per config (default 3)")
     p.add_argument("--reference", action="append", default=[], metavar="PRESET",
                    help="also retrain this preset (e.g. published_dlnn) on the study's data and epochs with the same seeds (repeatable)")
     p.add_argument("--per", default=None, metavar="SETTING",
@@ -282,7 +282,7 @@ def configure_verify(p: argparse.ArgumentParser) -> None:
                         "with its own tuned lr, retrained with --seeds fresh seeds as study STUDY-per-SETTING")
     p.add_argument("--workers", type=int, default=0, help="also run this many local workers on it until it is done (default 0: "
                                                            "launch only, then `dlnn work STUDY-verify` anywhere)")
-    p.add_argument("--threads", type=_positive, default=None, help="torch threads per local worker (default: cores / workers)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads per local worker (default: cores / workers)")
     _storage(p)
     _artifacts(p)
 
@@ -360,13 +360,13 @@ def run_dashboard(args: argparse.Namespace) -> int:
 
 def configure_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", type=Path, help="study spec (studies/*.toml)")
-    p.add_argument("--workers", type=_positive, default=2, help="local worker processes (default 2)")
+    p.add_argument("--workers", type=positive_int, default=2, help="local worker processes (default 2)")
     p.add_argument("--name", default=None, help="study name (default: the spec's)")
-    p.add_argument("--top", type=_positive, default=3, help="configs to export at the end (default 3)")
+    p.add_argument("--top", type=positive_int, default=3, help="configs to export at the end (default 3)")
     p.add_argument("--out", type=Path, default=Path("exports"), help="export directory (default exports/)")
     p.add_argument("--reports", type=Path, default=Path("reports"), help="report directory (default reports/)")
     p.add_argument("--device", type=_device, default=None, help="device for every worker (default: the spec's)")
-    p.add_argument("--threads", type=_positive, default=None, help="torch threads per worker (default: cores / workers)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads per worker (default: cores / workers)")
     p.add_argument("--timeout", type=_seconds, default=None, help="stop the workers starting trials after this many seconds")
     p.add_argument("--seed", type=int, default=None, help="sampler seed: worker i gets SEED + i (default: random, unique per worker)")
     _storage(p)

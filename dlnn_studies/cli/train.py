@@ -32,9 +32,9 @@ def _configure_config(parser: argparse.ArgumentParser) -> None:
                         help="artifact store to fetch the config's data file from by its sha256 (data.file_sha256): a directory or "
                              "s3://BUCKET/PREFIX; default $DLNN_ARTIFACTS, else none: a file already cached here, or the named "
                              "file if its hash matches")
-    from .study import _positive
+    from .study import positive_int
 
-    parser.add_argument("--threads", type=_positive, default=DEFAULT_THREADS,
+    parser.add_argument("--threads", type=positive_int, default=DEFAULT_THREADS,
                         help=f"torch CPU threads (default {DEFAULT_THREADS}; see benchmarks/results/train_threads.md)")
 
 
