@@ -97,12 +97,20 @@ def test_three_workers_share_the_budget_and_export_retrains(storage_url, tmp_pat
 
 
 def _running_trial_of(url: str, name: str, pid: int, min_epoch: int = 1):
+    """The trial worker `pid` is training, read through a storage closed after the read: polled 20 times
+    a second, storages left to the garbage collector would hold the server's connections."""
+    storage = None
     try:
-        for t in _study(url, name).get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        storage = optuna.storages.RDBStorage(normalize_url(url))
+        study = optuna.load_study(study_name=name, storage=storage)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if records.trial_worker(t).get("pid") == pid and len(t.intermediate_values) >= min_epoch:
                 return t
     except Exception:  # the study may be busy (SQLite) while workers write
         return None
+    finally:
+        if storage is not None:
+            storage.engine.dispose()
     return None
 
 
