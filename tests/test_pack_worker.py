@@ -65,7 +65,8 @@ def test_packed_worker_records_each_trial_as_fit_alone(storage_url, tmp_path):
 @pytest.mark.slow
 def test_sigterm_requeues_every_trial_of_the_pack(pg_url, tmp_path):
     name = _launch(tmp_path, pg_url, trials=2, epochs=400)
-    w = spawn("work", name, "--storage", pg_url, "--pack", "2", "--threads", "1", "--no-plots", cwd=tmp_path, log=tmp_path / "w.log")
+    w = spawn("work", name, "--storage", pg_url, "--pack", "2", "--threads", "1", "--no-plots", cwd=tmp_path, log=tmp_path / "w.log",
+              DLNN_PACK_GATHER_S="30")  # the two asks meet in one pack however slow this machine is
     try:
         wait_until(lambda: all(len(t.intermediate_values) >= 1 for t in _trials(pg_url, name) if t.state == TrialState.RUNNING)
                    and sum(t.state == TrialState.RUNNING for t in _trials(pg_url, name)) == 2, 180, 0.2, "two packed trials mid-training")

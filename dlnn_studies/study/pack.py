@@ -6,6 +6,7 @@ pack as it records one trained alone."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -13,7 +14,9 @@ from typing import Any, Callable
 
 import optuna
 
-GATHER_S = 2.0  # how long the first trial waits for others to join its pack
+# How long the first trial waits for others to join its pack (DLNN_PACK_GATHER_S: wider where asks are slow,
+# e.g. a busy storage or an overloaded host, so a pack's trials still meet).
+GATHER_S = float(os.environ.get("DLNN_PACK_GATHER_S", "2.0"))
 
 
 @dataclass(eq=False)
