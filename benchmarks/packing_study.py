@@ -1,9 +1,11 @@
 """Trials per hour of a real study: W unpacked workers against W workers with `--pack K`, same cores,
 in one run. Each level launches a fresh copy of the spec (budget cut to `--trials`) on SQLite in a
 temporary folder and runs W `dlnn work` processes (one torch thread each, worker i seeded SEED + i),
-then reads the trials: wall time, trials per hour, outcomes and the best objective.
+then reads the trials: wall time, trials per hour, outcomes, the best objective and how many distinct
+model structures were trained. Last, the two studies' reports are compared claim by claim (the report's
+`--against`): packing must not change the answers.
 
-    flock /tmp/heavy.lock python benchmarks/packing_study.py [--spec pendulum_answers] [--trials 32] [--workers 2] [--pack 8]
+    flock /tmp/heavy.lock python benchmarks/packing_study.py [--spec pendulum_answers] [--trials 32] [--workers 2] [--pack 8] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import time
 import tomllib
 from collections import Counter
 from pathlib import Path
+
+from dlnn_studies.study.pack import structural
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,9 +57,34 @@ def level(spec: str, trials: int, workers: int, pack: int, seed: int, folder: Pa
     states = Counter(t.user_attrs.get("status") or t.state.name.lower() for t in done)
     complete = [t for t in done if t.state == optuna.trial.TrialState.COMPLETE and t.values]
     packs = sum(open(folder / f"w{i}.log").read().count("as one pack") for i in range(workers))
-    return {"pack": pack, "wall_s": wall, "finished": sum(t.state.is_finished() for t in done),
+    structures = {tuple(sorted((k, v) for k, v in t.params.items() if structural(k))) for t in done if t.params}
+    return {"pack": pack, "wall_s": wall, "url": url, "name": parsed.name, "structures": len(structures), "finished": sum(t.state.is_finished() for t in done),
             "trials_per_hour": sum(t.state.is_finished() for t in done) * 3600 / wall, "states": dict(states), "packs": packs,
             "best": min((t.values[0] for t in complete), default=float("nan"))}
+
+
+def answers(rows: list[dict]) -> str:
+    """The unpacked and packed studies' claims side by side: the tallies and any contradiction. Each
+    record comes from `dlnn report --json`, the command a user runs, in its own process."""
+    import json
+
+    from dlnn_studies.study.report import compare as cmp
+    from dlnn_studies.study.report.record import claims_from_json
+
+    claims = []
+    for r in rows:
+        out = subprocess.run([sys.executable, "-m", "dlnn_studies.cli.main", "report", r["name"], "--storage", r["url"], "--json"],
+                             capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        claims.append(claims_from_json(json.loads(out.stdout)))
+    c = cmp.compare("unpacked", claims[0], f"--pack {rows[1]['pack']}", claims[1])
+    verdicts = Counter(row[4] for row in c.rows)
+    lines = ["", "The two studies' answers (report claims matched by id, as `dlnn report A --against B`):", "",
+             "| | " + " | ".join(c.tallies[0]) + " |", "|---|" + "---|" * len(c.tallies[0])]
+    for name, tally in zip((c.a, c.b), c.tallies):
+        lines.append(f"| {name} | " + " | ".join(str(v) for v in tally.values()) + " |")
+    lines += ["", "Verdicts: " + ", ".join(f"{k} {v}" for k, v in sorted(verdicts.items())) + "."]
+    lines += [f"- CONTRADICTS: {row[0]} ({row[2]} against {row[3]})" for row in c.rows if row[4] == cmp.CONTRADICTS]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -67,19 +96,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit-s", type=float, default=270.0, help="each level's bound; unfinished trials are not counted")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--keep", type=Path, help="keep each level's study (DIR/pack-K/study.db) instead of a temporary folder")
     args = parser.parse_args(argv)
     rows = []
-    for pack in (1, args.pack):
-        with tempfile.TemporaryDirectory(prefix="dlnn-packing-study-") as folder:
-            rows.append(level(args.spec, args.trials, args.workers, pack, args.seed, Path(folder), args.limit_s))
+    with tempfile.TemporaryDirectory(prefix="dlnn-packing-study-") as tmp:
+        for pack in (1, args.pack):
+            folder = (args.keep or Path(tmp)) / f"pack-{pack}"
+            folder.mkdir(parents=True, exist_ok=False)
+            rows.append(level(args.spec, args.trials, args.workers, pack, args.seed, folder, args.limit_s))
             print(rows[-1], flush=True)
+        compared = answers(rows)
     lines = [f"{args.spec}, a fresh study of {args.trials} trials per level, {args.workers} workers, seeds {args.seed}+i; "
              f"each level bounded at {args.limit_s:.0f} s.", "",
-             "| --pack | wall s | finished trials | trials / h | packs trained | best objective | outcomes |", "|---|---|---|---|---|---|---|"]
+             "| --pack | wall s | finished trials | trials / h | packs trained | distinct structures | best objective | outcomes |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         outcomes = ", ".join(f"{k} {v}" for k, v in sorted(r["states"].items()))
-        lines.append(f"| {r['pack']} | {r['wall_s']:.0f} | {r['finished']} | {r['trials_per_hour']:.0f} | {r['packs']} | {r['best']:.3g} | {outcomes} |")
-    lines += ["", f"Trials per hour, packed against unpacked: {rows[1]['trials_per_hour'] / rows[0]['trials_per_hour']:.2f}×."]
+        lines.append(f"| {r['pack']} | {r['wall_s']:.0f} | {r['finished']} | {r['trials_per_hour']:.0f} | {r['packs']} | {r['structures']} | {r['best']:.3g} | {outcomes} |")
+    lines += ["", f"Trials per hour, packed against unpacked: {rows[1]['trials_per_hour'] / rows[0]['trials_per_hour']:.2f}×.", compared]
     text = "\n".join(lines)
     print(text)
     if args.out:
