@@ -23,6 +23,7 @@ from .model_config import DEFAULT_METHOD, METHODS, ModelConfig
 from .optim import OptimizerConfig, SchedulerConfig  # noqa: F401  (configs live beside their registries)
 
 DTYPES = ("float32", "float64")
+INTEGRATORS = ("rk4", "midpoint", "euler")  # the rollout loss's fixed-step integrators (rollout.STEPS implements each)
 
 
 # ----------------------------------------------------------------------------- configs
@@ -42,6 +43,8 @@ class TrainConfig:
     grad_clip: float | None = None  # max global gradient norm; None: no clipping
     rollout_horizon: int = 0  # k > 0 adds a k-step RK4 rollout loss on training trajectories (data.kind = trajectories)
     rollout_weight: float = 1.0  # weight of that rollout loss against the q̈ loss
+    rollout_batch: int = 0  # windows per step for the rollout loss; 0: one per minibatch sample
+    rollout_integrator: str = "rk4"  # how the rollout loss integrates (rollout.INTEGRATORS): rk4, midpoint, euler
     method: str = DEFAULT_METHOD  # how second derivatives are taken (dlnn_core.lagrangian.METHODS)
     dtype: str = "float32"
     device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:K
@@ -135,6 +138,8 @@ TRAIN_RULES: dict[str, Rule] = {
     "grad_clip": Number(low=0, low_open=True, optional=True),
     "rollout_horizon": Integer(low=0),
     "rollout_weight": Number(low=0),
+    "rollout_batch": Integer(low=0),
+    "rollout_integrator": OneOf(INTEGRATORS),
     "method": OneOf(METHODS),
     "dtype": OneOf(DTYPES),
     "seed": Integer(low=0),

@@ -25,11 +25,12 @@ from .atomic import write_atomic
 from .datafiles import DEFAULT_SPLIT, check_data, check_file_fields, check_file_pins, file_splits, file_system
 from .errors import ConfigError, collect, raise_all
 from .fields import Integer, Number, OneOf, Rule, check_fields
+from .smoothing import ESTIMATORS, estimate
 from .splits import Splits, StateSet, Trajectories, wrap_angles  # noqa: F401  (their home before splits.py)
 from .systems import DECLARED, SYSTEMS, System
 
 DATA_KINDS = ("states", "trajectories")
-DERIVATIVES = ("exact", "savgol")
+DERIVATIVES = ("exact",) + tuple(ESTIMATORS)  # exact targets, or estimates from noisy q (smoothing.py)
 SPLITS = ("train", "val", "test", "ood")
 CACHE_VERSION = 2  # bump when generation changes, so old cache files are not reused
 HASH_KEY = "meta.sha256"  # the cache file's own array holding the hash of every other array
@@ -68,7 +69,7 @@ class DataConfig:
     duration: float = 8.0  # seconds per trajectory
     rate_hz: float = 30.0  # sampling rate of trajectories
     noise: float = 0.0  # std of Gaussian observation noise on training q, q̇ (and q̈ or positions)
-    derivatives: str = "exact"  # trajectory targets: exact q̇, q̈, or Savitzky–Golay estimates from noisy q
+    derivatives: str = "exact"  # trajectory targets: exact q̇, q̈, or estimates from noisy q (smoothing.ESTIMATORS)
     savgol_window: int = 11
     savgol_order: int = 3
     ood_scale: float = 1.5  # ood states come from the box scaled by this, above the training energy
@@ -193,17 +194,12 @@ def integrate(system: System, q0: np.ndarray, v0: np.ndarray, duration: float, r
 
 
 def _observed_states(cfg: DataConfig, system: System, traj: Trajectories, rng: np.random.Generator, noisy: bool) -> StateSet:
-    """Flatten trajectories into samples; with derivatives='savgol', estimate q̇ and q̈ from noisy q."""
-    from scipy.signal import savgol_filter
-
+    """Flatten trajectories into samples; with derivatives = "savgol" or "spline", q̇ and q̈ (and a
+    smoothed q) are estimated from the noisy q (smoothing.py)."""
     sigma = cfg.noise if noisy else 0.0
     q = traj.q + sigma * rng.standard_normal(traj.q.shape)
-    if cfg.derivatives == "savgol":
-        dt = 1.0 / cfg.rate_hz
-        window = min(cfg.savgol_window, traj.q.shape[1] - (1 - traj.q.shape[1] % 2))
-        v = savgol_filter(q, window, cfg.savgol_order, deriv=1, delta=dt, axis=1)
-        a = savgol_filter(q, window, cfg.savgol_order, deriv=2, delta=dt, axis=1)
-        q = savgol_filter(q, window, cfg.savgol_order, deriv=0, axis=1)
+    if cfg.derivatives != "exact":
+        q, v, a = estimate(cfg, q, 1.0 / cfg.rate_hz, sigma)
     else:
         v = traj.qdot + sigma * rng.standard_normal(traj.qdot.shape)
         a = np.stack([_accel(system, traj.q[i], traj.qdot[i]) for i in range(traj.q.shape[0])])

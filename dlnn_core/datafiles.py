@@ -487,7 +487,8 @@ def check_data(cfg: Any, tf: TrajectoryFile | None = None) -> TrajectoryFile:
 
 
 def needs_window(cfg: Any, tf: TrajectoryFile) -> bool:
-    return cfg.derivatives == "savgol" or tf.qdot is None or tf.qddot is None
+    """Whether the Savitzky–Golay filter estimates anything (then every trajectory needs its window)."""
+    return cfg.derivatives == "savgol" or (cfg.derivatives == "exact" and (tf.qdot is None or tf.qddot is None))
 
 
 def check_train_config(config: Any) -> TrajectoryFile:
@@ -507,19 +508,19 @@ def check_train_config(config: Any) -> TrajectoryFile:
 
 def observed(cfg: Any, tf: TrajectoryFile) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(q, q̇, q̈) per trajectory: the file's where given (derivatives="exact"), Savitzky–Golay
-    estimates from q where not; derivatives="savgol" takes all three from the filter."""
-    from scipy.signal import savgol_filter  # here, not at the top: checking a config reads this module
+    estimates from q where not; derivatives="savgol" or "spline" takes all three from that estimator."""
+    from .smoothing import estimate, savgol  # here, not at the top: checking a config reads this module
 
     out = []
     for i in range(tf.count):
         q = tf.q[i]
-        fit = lambda deriv: savgol_filter(q, cfg.savgol_window, cfg.savgol_order, deriv=deriv, delta=tf.dt, axis=0)  # noqa: E731
-        if cfg.derivatives == "savgol":
-            out.append((fit(0), fit(1), fit(2)))
-        else:
-            v = tf.qdot[i] if tf.qdot is not None else fit(1)
-            a = tf.qddot[i] if tf.qddot is not None else fit(2)
-            out.append((q, v, a))
+        if cfg.derivatives != "exact":
+            out.append(estimate(cfg, q, tf.dt, noise=None))  # a file's noise is not known
+            continue
+        fits = savgol(q, tf.dt, cfg) if tf.qdot is None or tf.qddot is None else None
+        v = tf.qdot[i] if tf.qdot is not None else fits[1]
+        a = tf.qddot[i] if tf.qddot is not None else fits[2]
+        out.append((q, v, a))
     return out
 
 

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 ROLLOUT_HORIZONS = (100, 500)  # rollout errors are also reported after this many steps
-ROLLOUT_SPLITS = ("test", "ood")  # the splits whose trajectories are rolled out
+ROLLOUT_SPLITS = ("val", "test", "ood")  # the splits whose trajectories are rolled out (val: for studies that select on a rollout)
 
 
 @dataclass(frozen=True)

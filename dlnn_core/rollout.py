@@ -1,5 +1,7 @@
-"""Fixed-step RK4 integration of any dynamics (q, q̇) -> q̈: a trained model or a system's
-equations of motion. Differentiable, so it also serves multi-step rollout losses."""
+"""Fixed-step integration of any dynamics (q, q̇) -> q̈: a trained model or a system's equations
+of motion. Differentiable, so it also serves multi-step rollout losses. RK4 everywhere the service
+measures a rollout; the rollout loss may take a cheaper step (STEPS): midpoint (2 evaluations of
+q̈ per step) or semi-implicit Euler (1), against RK4's 4."""
 
 from __future__ import annotations
 
@@ -23,24 +25,43 @@ def rk4_step(accel: AccelFn, q: Tensor, v: Tensor, dt: float) -> tuple[Tensor, T
     return q + dt / 6 * (v + 2 * v2 + 2 * v3 + v4), v + dt / 6 * (a1 + 2 * a2 + 2 * a3 + a4)
 
 
-def rollout(accel: AccelFn, q0: Tensor, qdot0: Tensor, dt: float, steps: int, substeps: int = 1) -> tuple[Tensor, Tensor]:
+def midpoint_step(accel: AccelFn, q: Tensor, v: Tensor, dt: float) -> tuple[Tensor, Tensor]:
+    """One explicit midpoint (second-order Runge–Kutta) step."""
+    a1 = accel(q, v)
+    qm, vm = q + 0.5 * dt * v, v + 0.5 * dt * a1
+    return q + dt * vm, v + dt * accel(qm, vm)
+
+
+def euler_step(accel: AccelFn, q: Tensor, v: Tensor, dt: float) -> tuple[Tensor, Tensor]:
+    """One semi-implicit (symplectic) Euler step: the velocity first, then the position with it."""
+    v = v + dt * accel(q, v)
+    return q + dt * v, v
+
+
+Step = Callable[[AccelFn, Tensor, Tensor, float], tuple[Tensor, Tensor]]
+STEPS: dict[str, Step] = {"rk4": rk4_step, "midpoint": midpoint_step, "euler": euler_step}  # one per config.INTEGRATORS
+
+
+def rollout(accel: AccelFn, q0: Tensor, qdot0: Tensor, dt: float, steps: int, substeps: int = 1,
+            step: Step = rk4_step) -> tuple[Tensor, Tensor]:
     """States at t = 0, dt, …, steps·dt from [B, n] initial states -> q, q̇ of shape [B, steps + 1, n].
-    Each output step takes `substeps` RK4 steps of dt / substeps."""
+    Each output step takes `substeps` steps of dt / substeps of the integrator `step`."""
     qs, vs = [q0], [qdot0]
     q, v, h = q0, qdot0, dt / substeps
     for _ in range(steps):
         for _ in range(substeps):
-            q, v = rk4_step(accel, q, v, h)
+            q, v = step(accel, q, v, h)
         qs.append(q)
         vs.append(v)
     return torch.stack(qs, dim=1), torch.stack(vs, dim=1)
 
 
-def rollout_loss(accel: AccelFn, q0: Tensor, v0: Tensor, future_q: Tensor, future_v: Tensor, dt: float, angles: tuple[bool, ...]) -> Tensor:
-    """Multi-step loss: integrate k RK4 steps from observed states [B, n] and compare with the
-    observed next k states [B, k, n] (angles modulo 2π); differentiable through every step."""
+def rollout_loss(accel: AccelFn, q0: Tensor, v0: Tensor, future_q: Tensor, future_v: Tensor, dt: float, angles: tuple[bool, ...],
+                 integrator: str = "rk4") -> Tensor:
+    """Multi-step loss: integrate k steps (of `integrator`, a STEPS name) from observed states [B, n]
+    and compare with the observed next k states [B, k, n] (angles modulo 2π); differentiable through every step."""
     from .metrics import angle_difference
 
-    q, v = rollout(accel, q0, v0, dt, future_q.shape[1])
+    q, v = rollout(accel, q0, v0, dt, future_q.shape[1], step=STEPS[integrator])
     dq = angle_difference(q[:, 1:], future_q, angles)
     return dq.square().mean() + (v[:, 1:] - future_v).square().mean()

@@ -213,8 +213,8 @@ def fit(
 
 class TrainStep:
     """One optimizer step on a minibatch, as every training loop takes it (fit, lr_find): the
-    config's loss, plus its rollout loss on random training windows when rollout_horizon > 0
-    (drawn from `order`, the run's generator), backward, gradient clipping, step."""
+    config's loss, plus its rollout loss on `rollout_batch` random training windows (default: one per
+    minibatch sample) when rollout_horizon > 0 (drawn from `order`, the run's generator), backward, gradient clipping, step."""
 
     def __init__(self, config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
                  splits: Splits, order: torch.Generator, dtype: torch.dtype, device: torch.device):
@@ -227,8 +227,10 @@ class TrainStep:
         """Take the step; returns its loss, detached (on the device: no host sync)."""
         loss = self.loss_fn(self.model(q, v), a)
         if self.windows is not None:
-            w = torch.randint(self.windows[0].shape[0], (len(q),), generator=self.order, device=self.device)
-            loss = loss + self.config.rollout_weight * rollout_loss(self.model, *(x[w] for x in self.windows), self.dt, self.angles)
+            count = self.config.rollout_batch or len(q)
+            w = torch.randint(self.windows[0].shape[0], (count,), generator=self.order, device=self.device)
+            loss = loss + self.config.rollout_weight * rollout_loss(self.model, *(x[w] for x in self.windows), self.dt, self.angles,
+                                                                    self.config.rollout_integrator)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.grad_clip is not None:

@@ -92,7 +92,8 @@ def evaluate(model: nn.Module, splits: Splits, dtype: torch.dtype = torch.float3
     metrics: dict[str, float] = {}
     for name in ("val", "test", "ood"):
         metrics.update(acceleration_metrics(model, getattr(splits, name), name, dtype, device))
-    if rollouts:
+    if rollouts:  # the validation rollouts were added later (a study may select on them), scored the same way
+        metrics.update(rollout_metrics(model, splits, splits.rollouts["val"], "val", dtype, device))
         metrics.update(rollout_metrics(model, splits, splits.rollouts["test"], "test", dtype, device))
         metrics.update(rollout_metrics(model, splits, splits.rollouts["ood"], "ood", dtype, device))
     metrics.update(dissipation_metrics(model, splits, dtype, device))
