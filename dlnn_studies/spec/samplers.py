@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping
 import optuna
 from optuna.exceptions import ExperimentalWarning
 
+from .problems import Problem, at
 
 
 @dataclass(frozen=True)
@@ -22,29 +23,29 @@ class Option:
 
     types: tuple[type, ...]
     default: Any = None
-    check: Callable[[Any], str | None] | None = None  # returns a problem or None
+    check: Callable[[Any], str | None] | None = None  # None when the value is allowed, else what is (e.g. "> 0")
 
 
 def _positive(v: Any) -> str | None:
-    return None if v > 0 else "must be > 0"
+    return None if v > 0 else "> 0"
 
 
 def _non_negative(v: Any) -> str | None:
-    return None if v >= 0 else "must be >= 0"
+    return None if v >= 0 else ">= 0"
 
 
 def _percent(v: Any) -> str | None:
-    return None if 0 <= v <= 100 else "must be in [0, 100]"
+    return None if 0 <= v <= 100 else "in [0, 100]"
 
 
 def _at_least_2(v: Any) -> str | None:
-    return None if v >= 2 else "must be >= 2"
+    return None if v >= 2 else ">= 2"
 
 
 def _resource(v: Any) -> str | None:
     if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
         return None
-    return 'must be "auto" or an integer >= 1'
+    return '"auto" or an integer >= 1'
 
 
 INT, FLOAT, BOOL = (int,), (int, float), (bool,)
@@ -211,23 +212,24 @@ PRUNERS: dict[str, PrunerInfo] = {
 }
 
 
-def check_options(given: Mapping[str, Any], options: Mapping[str, Option], path: str) -> tuple[dict[str, Any], list[str]]:
-    """Options with defaults filled in, and the problems found (each with its TOML path)."""
-    problems: list[str] = []
+def check_options(given: Mapping[str, Any], options: Mapping[str, Option], path: str) -> tuple[dict[str, Any], list[Problem]]:
+    """Options with defaults filled in, and the problems found (each at its TOML path)."""
+    problems: list[Problem] = []
     out = {name: opt.default for name, opt in options.items()}
     for key, value in given.items():
         if key not in options:
             known = ", ".join(sorted(options)) or "none"
-            problems.append(f"{path}.{key}: unknown option; known: {known}")
+            problems.append(at(f"{path}.{key}", key, known, f"unknown option; known: {known}"))
             continue
         opt = options[key]
         ok_type = isinstance(value, opt.types) and not (isinstance(value, bool) and bool not in opt.types)
         if not ok_type:
-            problems.append(f"{path}.{key}: {value!r} is not {' or '.join(t.__name__ for t in opt.types)}")
+            types = " or ".join(t.__name__ for t in opt.types)
+            problems.append(at(f"{path}.{key}", value, types, f"{value!r} is not {types}"))
             continue
-        problem = opt.check(value) if opt.check else None
-        if problem:
-            problems.append(f"{path}.{key}: {value!r} {problem}")
+        allowed = opt.check(value) if opt.check else None
+        if allowed:
+            problems.append(at(f"{path}.{key}", value, allowed, f"{value!r} must be {allowed}"))
             continue
         out[key] = value
     return out, problems
