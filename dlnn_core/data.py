@@ -24,7 +24,7 @@ import numpy as np
 from .atomic import write_atomic
 from .datafiles import DEFAULT_SPLIT, check_data, check_file_fields, check_file_pins, file_splits, file_system
 from .errors import ConfigError, collect, raise_all
-from .fields import Integer, Number, OneOf, Rule, check_fields
+from .fields import Integer, Number, OneOf, Rule, as_number, check_fields
 from .splits import Splits, StateSet, Trajectories, wrap_angles  # noqa: F401  (their home before splits.py)
 from .systems import DECLARED, SYSTEMS, System
 
@@ -93,6 +93,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         """Check every field and raise one ConfigError naming all the bad ones."""
         errors: list[ConfigError] = []
+        if isinstance(self.params, Mapping):  # each system checks its parameters; numbers are read as every field reads them
+            object.__setattr__(self, "params", {k: as_number(v) for k, v in self.params.items()})
         if self.file:  # the file replaces the system: system, declared and params must be left out
             collect(errors, check_file_fields, self)
         elif collect(errors, self._canonical_declaration):

@@ -46,6 +46,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import ConfigError, Problem, raise_all, shorten
+from .fields import as_number
 from .splits import Splits, StateSet, Trajectories, wrap_angles
 from .systems import System
 
@@ -433,11 +434,11 @@ def check_file_pins(cfg: Any) -> None:
         errors.append(ConfigError("data.file_sha256", sha, "'' or the file's SHA-256 as 64 lowercase hex digits"))
     elif sha and not cfg.file:
         errors.append(ConfigError("data.file_sha256", sha, "'' unless data.file is set"))
-    split = cfg.file_split
+    split = [as_number(x) for x in cfg.file_split] if isinstance(cfg.file_split, (list, tuple)) else cfg.file_split
     ok = isinstance(split, (list, tuple)) and len(split) == 4 and all(
         isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0 for x in split)
     if not ok or not all(x > 0 for x in split[:3]) or abs(sum(split) - 1) > 1e-6:
-        errors.append(ConfigError("data.file_split", split, "4 fractions of the file's trajectories (train, val, test, ood), "
+        errors.append(ConfigError("data.file_split", cfg.file_split, "4 fractions of the file's trajectories (train, val, test, ood), "
                                   "train/val/test > 0, ood >= 0 (0: no ood split), summing to 1"))
     else:
         object.__setattr__(cfg, "file_split", tuple(float(x) for x in split))

@@ -43,6 +43,7 @@ import torch
 from torch import Tensor
 
 from .errors import ConfigError, DeclarationError, Problem, shorten
+from .fields import as_number
 from .lagrangian import euler_lagrange_terms, inference_terms
 from .systems import DECLARED, System
 
@@ -338,6 +339,7 @@ def canonical_declaration(system: str, declared: Any) -> dict[str, Any] | None:
         names.setdefault(name, kind)
     values: dict[str, float] = {}
     for key, value in params.items():
+        value = as_number(value)  # "1e-2" from YAML, as every field reads it
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             problems.append((f"{p}params.{key}", f"{value!r} must be a finite number"))
         else:
@@ -386,6 +388,7 @@ def declared_system(declared: Mapping[str, Any], overrides: Mapping[str, Any]) -
     ∂²T/∂q̇² positive definite, D ≥ 0 and q̇·∂D/∂q̇ ≥ 0 (energy is lost, never gained)."""
     params = dict(declared["params"])
     for key, value in overrides.items():
+        value = as_number(value)
         if key not in params:
             raise ConfigError(f"data.params.{key}", value, f"a parameter of the declared system: {', '.join(sorted(params)) or 'none declared'}")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
