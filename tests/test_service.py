@@ -391,9 +391,9 @@ def test_full_evaluation_goes_to_references_and_trials_among_the_best(tmp_path, 
     """With the real fit: a val_rel_mse study rolls out nothing for most trials; the baseline and
     every trial among the FULL_EVALUATION_TOP best when it completed get every metric and a rollout
     plot, and so the study's final best does. Seeded sampler and training, so the run is the same every time."""
-    from dlnn_studies.study import worker
+    from dlnn_studies.study import objective
 
-    monkeypatch.setattr(worker, "FULL_EVALUATION_TOP", 1)
+    monkeypatch.setattr(objective, "FULL_EVALUATION_TOP", 1)
     url = f"sqlite:///{tmp_path / 'dlnn.db'}"
     monkeypatch.setenv("DLNN_CACHE_DIR", str(tmp_path / "cache"))
     text = tiny_spec(trials=7, sampler='name = "random"') + '[[baseline]]\nname = "adam"\nparams = {"optimizer.name" = "adam", "optimizer.lr" = 1e-3}\n'
