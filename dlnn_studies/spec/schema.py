@@ -28,7 +28,6 @@ A spec has these tables (see studies/quick.toml for a commented example):
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import math
 import tomllib
@@ -37,15 +36,15 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from dlnn_core import ConfigError, datafiles
-from dlnn_core.config import PRESETS, TrainConfig
-from dlnn_core.dotted import flatten
+from dlnn_core.config import TrainConfig
 from dlnn_core.metrics import METRICS as EVAL_METRICS
 
 from ..errors import UsageError
 from .names import NAME_RULE, name_problem
+from .baselines import Baseline, read_baselines
 from .problems import Problem, at, from_config, known, under, unknown
-from .samplers import PRUNERS, SAMPLERS, check_options
-from .space import Param, describe, params_for
+from .samplers import read_pruner, read_sampler
+from .space import Param
 from .space_tables import extreme, is_int, is_num, read_space
 
 # Metrics a study can optimize, with their natural direction: dlnn_core.metrics.METRICS is the one list.
@@ -56,10 +55,6 @@ NEEDS_SYSTEM = frozenset(name for name, m in EVAL_METRICS.items() if m.needs_sys
 LOG_METRICS = frozenset(name for name, m in EVAL_METRICS.items() if m.log_scale and m.direction == "minimize")
 # The value each epoch reports to the pruner (fit's report callback).
 PRUNING_METRIC = "val_rel_mse"
-
-# Fields a preset or an old study's best config carries into a baseline: the recipe, not the data or the loop.
-RECIPE_PREFIXES = ("optimizer.", "scheduler.", "model.")
-RECIPE_KEYS = ("loss", "batch_size", "grad_clip")
 
 TABLES = {
     "study": {"name", "description"},
@@ -72,14 +67,6 @@ TABLES = {
     "space": None,
     "baseline": None,
 }
-@dataclass(frozen=True)
-class Baseline:
-    """A known config enqueued before sampling starts: its Optuna params and the settings outside the space."""
-
-    name: str
-    config: TrainConfig
-    params: dict[str, Any]
-    overrides: dict[str, Any]  # flat settings that differ from base and are not searched
 
 
 @dataclass(frozen=True)
@@ -204,9 +191,9 @@ def _spec(raw: dict, default_name: str | None, check_files: bool, problems: list
             problems.append(from_config("space", exc, "the fixed values together are invalid: ", name_first=True))
     if base.data.file:
         base = _data_file(base, metrics, space, check_files, problems)
-    sampler, sampler_options = _sampler(tables["sampler"], metrics, space, problems)
-    pruner, pruner_options = _pruner(tables["pruner"], metrics, base.epochs, problems)
-    baselines = _baselines(tables["baseline"], base, space, problems)
+    sampler, sampler_options = read_sampler(tables["sampler"], metrics, space, problems)
+    pruner, pruner_options = read_pruner(tables["pruner"], metrics, base.epochs, problems)
+    baselines = read_baselines(tables["baseline"], base, space, problems)
     if trials is not None and len(baselines) > trials:
         problems.append(at("budget.trials", trials, f"at least {len(baselines)} (one per baseline)",
                            f"{trials} is fewer than the {len(baselines)} baseline trials"))
@@ -352,50 +339,6 @@ def _worker(t: dict, problems: list[Problem]) -> tuple[int, int, int]:
     return interval, grace, retry
 
 
-def _sampler(t: dict, metrics: tuple[str, ...], space: list[Param], problems: list[Problem]) -> tuple[str, dict]:
-    t = dict(t)
-    name = t.pop("name", "tpe")
-    if name not in SAMPLERS:
-        problems.append(unknown("sampler.name", "sampler", name, SAMPLERS))
-        return "tpe", {}
-    info = SAMPLERS[name]
-    if info.requires and importlib.util.find_spec(info.requires) is None:
-        problems.append(at("sampler.name", name, f"a sampler whose package is installed (pip install {info.requires})",
-                           f'"{name}" needs the {info.requires} package (pip install {info.requires})'))
-    options, option_problems = check_options(t, info.options, "sampler")
-    problems += option_problems
-    if len(metrics) > 1 and not info.multi_objective:
-        problems.append(at("sampler.name", name, known(n for n, i in SAMPLERS.items() if i.multi_objective),
-                           f'"{name}" cannot optimize several metrics; use tpe, nsga2, gp or random'))
-    if name == "grid":
-        for p in space:
-            if p.kind == "fixed":
-                continue
-            if not p.grid_values() or p.per_optimizer:
-                problems.append(at(p.path, p.kind, "choices or grid = [...]", "the grid sampler needs explicit values: use choices or grid = [...]"))
-            elif p.only_for is not None:
-                problems.append(at(p.path, list(p.only_for), "an unconditional parameter",
-                                   f"the grid sampler cannot search a conditional parameter (only for "
-                                   f"{', '.join(p.only_for)}); fix the {p.parent} or drop the parameter"))
-    return name, options
-
-
-def _pruner(t: dict, metrics: tuple[str, ...], epochs: int, problems: list[Problem]) -> tuple[str, dict]:
-    t = dict(t)
-    name = t.pop("name", "median")
-    if name not in PRUNERS:
-        problems.append(unknown("pruner.name", "pruner", name, PRUNERS))
-        return "none", {}
-    options, option_problems = check_options(t, PRUNERS[name].options, "pruner")
-    problems += option_problems
-    if len(metrics) > 1 and name != "none":
-        problems.append(at("pruner.name", name, '"none"', f'"{name}" cannot prune a study with several metrics (Optuna prunes single-objective studies); use "none"'))
-    if name == "hyperband" and options.get("max_resource") not in ("auto", None) and options["max_resource"] > epochs:
-        problems.append(at("pruner.max_resource", options["max_resource"], f'"auto" or at most base.epochs ({epochs})',
-                           f"{options['max_resource']} exceeds base.epochs ({epochs})"))
-    return name, options
-
-
 # ------------------------------------------------------------------------------- base config
 
 # Settings that describe the data's system together: a problem in one sets all of them aside.
@@ -428,74 +371,3 @@ def _good_part(t: dict, exc: ConfigError) -> TrainConfig:
         return TrainConfig.from_dict(kept)
     except (TypeError, ValueError):  # ConfigError included
         return TrainConfig()
-
-
-# ------------------------------------------------------------------------------- baselines
-
-
-def _baselines(items: list, base: TrainConfig, space: list[Param], problems: list[Problem]) -> list[Baseline]:
-    out = []
-    names = set()
-    for i, b in enumerate(items):
-        where = f"baseline[{i}]"
-        for k in b:
-            if k not in ("name", "preset", "params"):
-                problems.append(at(f"{where}.{k}", k, "name, preset, params", "unknown key; known: name, preset, params"))
-        name = b.get("name", b.get("preset", f"baseline-{i}"))
-        if not isinstance(name, str):
-            problems.append(at(f"{where}.name", name, "a string", "must be a string"))
-            continue
-        if name in names:
-            problems.append(at(f"{where}.name", name, "a name no other baseline has", f"{name!r} is used twice"))
-        names.add(name)
-        flat: dict[str, Any] = {}
-        preset = b.get("preset")
-        if preset is not None:
-            if preset not in PRESETS:
-                problems.append(unknown(f"{where}.preset", "preset", preset, sorted(PRESETS)))
-                continue
-            flat.update(recipe(PRESETS[preset].to_flat()))
-        params = b.get("params", {})
-        if not isinstance(params, dict):
-            problems.append(at(f"{where}.params", params, "a table of dotted settings", "must be a table of dotted settings"))
-            continue
-        flat.update(flatten(params, keep=("data.params",)))
-        baseline = make_baseline(name, base, space, flat, where, problems.append, strict=True)
-        if baseline is not None:
-            out.append(baseline)
-    return out
-
-
-def recipe(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """The part of a flat config that makes a recipe: optimizer, scheduler, model, loss, batch size, clipping."""
-    return {k: v for k, v in flat.items() if k.startswith(RECIPE_PREFIXES) or k in RECIPE_KEYS}
-
-
-def make_baseline(name: str, base: TrainConfig, space: list[Param] | tuple[Param, ...], flat: Mapping[str, Any],
-                  where: str, report, strict: bool) -> Baseline | None:
-    """A config (base + flat overrides) as an enqueueable trial; `report` takes each Problem. strict:
-    values outside the space are errors (a spec's baselines); otherwise they are dropped and left to
-    the sampler (launch --from)."""
-    try:
-        cfg = base.with_flat(flat)
-    except ConfigError as exc:
-        report(from_config(where, exc, name_first=True))
-        return None
-    full = cfg.to_flat()
-    params, misses = params_for(tuple(space), full)
-    # Searched settings the baseline does not give are left to the sampler; the ones it gives must fit the space.
-    given = {k for k in flat}
-    explicit = {p.key for p in space if p.key in given}
-    key_of = {n: p.key for p in space for n in p.names()}
-    params = {name: value for name, value in params.items() if key_of.get(name) in explicit}
-    misses = [m for m in misses if m[0].key in explicit]
-    for param, value, dist in misses:
-        if strict:
-            report(at(where, value, f"{param.path} ({describe(dist)})",
-                      f"{param.key} = {value!r} lies outside {param.path} ({describe(dist)}); widen the space or change the baseline"))
-    if strict and misses:
-        return None
-    searched = {p.key for p in space}
-    base_flat = base.to_flat()
-    overrides = {k: v for k, v in full.items() if k not in searched and base_flat.get(k) != v} if strict else {}
-    return Baseline(name=name, config=cfg, params=params, overrides=overrides)
