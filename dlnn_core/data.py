@@ -44,7 +44,7 @@ def make_system(system: str, params: Mapping[str, Any], declared: Mapping[str, A
 
         return declared_system(declared, params)
     if isinstance(system, str) and ":" in system:
-        from .declared import entry_point_system
+        from .entry_points import entry_point_system
 
         return entry_point_system(system, params)
     if not isinstance(system, str) or system not in SYSTEMS:

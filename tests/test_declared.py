@@ -13,7 +13,7 @@ from service_support import REPO, write_spec
 
 from dlnn_core import ConfigError, DataConfig, TrainConfig, fit, get_system
 from dlnn_core.data import cache_key, cache_path, integrate
-from dlnn_core.declared import FUNCTIONS, Symbols, compile_expression
+from dlnn_core.expressions import FUNCTIONS, Symbols, compile_expression
 from dlnn_studies.cli import main as cli
 from dlnn_studies.spec.schema import SpecError, load_spec, parse_spec
 
