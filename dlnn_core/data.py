@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Mapping
 import numpy as np
 
 from .atomic import write_atomic
-from .datafiles import DEFAULT_SPLIT, check_data, check_file_fields, check_file_pins, file_splits, file_system
+from .file_dataset import DEFAULT_SPLIT, check_data, check_file_fields, check_file_pins, file_splits, file_system
 from .errors import ConfigError, collect, raise_all
 from .fields import Integer, Number, OneOf, Rule, as_number, check_fields
 from .splits import Splits, StateSet, Trajectories, wrap_angles  # noqa: F401  (their home before splits.py)

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from dlnn_core import ConfigError, datafiles
+from dlnn_core import ConfigError, datafiles, file_dataset
 from dlnn_core.config import TrainConfig
 from dlnn_core.metrics import METRICS as EVAL_METRICS
 
@@ -250,7 +250,7 @@ def _data_file(base: TrainConfig, metrics: tuple[str, ...], space: list[Param], 
     by_key = {p.key: p for p in space}
     extremes = {key: extreme(by_key[key], max) for key in ("batch_size", "data.savgol_window") if key in by_key}
     try:
-        datafiles.check_train_config(base.with_flat({k: v for k, v in extremes.items() if v is not None}))
+        file_dataset.check_train_config(base.with_flat({k: v for k, v in extremes.items() if v is not None}))
     except ConfigError as exc:
         problems += under("base", exc)
     return base
