@@ -27,7 +27,7 @@ How a worker behaves:
 - A trial still training when the study's budget.timeout_s has passed stops at that epoch
   (PRUNED, status "timeout"): no trial outlives the study by more than one epoch.
 - Reading the study is cheap however large it grows: samplers and pruners read a cached, sorted
-  view refreshed at most twice a second (storage.TrialView).
+  view refreshed at most twice a second (store/trial_view.py).
 - A trial's final evaluation computes what the objectives need (the rollouts are its cost: a
   val_rel_mse study rolls out nothing). References (baselines, verify runs) and every trial that
   is among the FULL_EVALUATION_TOP best when it completes (on the Pareto front, for several
