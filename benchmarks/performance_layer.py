@@ -1,6 +1,6 @@
 """Does the service's performance layer pay at the sizes the shipped studies use?
 
-What is left of it is the cached trial view (storage.TrialView, wrapped around the database by
+What is left of it is the cached trial view (trial_view.TrialView, wrapped around the database by
 service.ServiceStudy): one incremental read of the study per ask instead of Optuna's full reads.
 Two more pieces were measured here and removed because they did not pay at these sizes (TPE's
 history cap and incremental parameter groups; benchmarks/results/performance_layer.md).

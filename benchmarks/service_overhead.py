@@ -237,7 +237,9 @@ def in_memory(kind: str, trials: int, artifacts: str) -> dict:
     from dlnn_studies.spec.space import grid_space
     from dlnn_studies.spec.schema import parse_spec
     from dlnn_studies.store.storage import artifact_store
-    from dlnn_studies.study.worker import Objective, StopFlag, worker_identity
+    from dlnn_studies.study.objective import Objective
+    from dlnn_studies.study.stop import StopFlag
+    from dlnn_studies.study.worker import worker_identity
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     spec = parse_spec(__import__("tomllib").loads(SPEC.format(name="mem", budget=10**6)))
@@ -273,7 +275,9 @@ def residual_parts(artifacts: str, n: int = 300) -> dict[str, float]:
     from dlnn_studies.study.service import SPEC_ATTR, build_study
     from dlnn_studies.spec.schema import parse_spec
     from dlnn_studies.store.storage import artifact_store
-    from dlnn_studies.study.worker import Objective, StopFlag, worker_identity
+    from dlnn_studies.study.objective import Objective
+    from dlnn_studies.study.stop import StopFlag
+    from dlnn_studies.study.worker import worker_identity
 
     spec = parse_spec(__import__("tomllib").loads(SPEC.format(name="parts", budget=10**6)))
     storage = optuna.storages.InMemoryStorage()

@@ -49,6 +49,7 @@ def child(url: str, name: str, artifacts: str, cache: str, threads: int, seed: i
     sampler seed is `seed` plus its index among the children, so a run's trials can be drawn again."""
     import dlnn_core.train as train
     import dlnn_studies.study.plots as plots
+    import dlnn_studies.study.objective as objective
     import dlnn_studies.study.worker as worker
 
     clock: dict[str, float] = defaultdict(float)
@@ -89,9 +90,9 @@ def child(url: str, name: str, artifacts: str, cache: str, threads: int, seed: i
             clock["evaluation"] += wall - last - (reported["total"] - reported["at_last_epoch"])
 
     train.load_data = clocked(train.load_data, "data")
-    worker.suggest = clocked(worker.suggest, "sampling")
+    objective.suggest = clocked(objective.suggest, "sampling")
     plots.rollout_png = clocked(plots.rollout_png, "plots and uploads")
-    worker.Objective._upload = clocked(worker.Objective._upload, "plots and uploads")
+    objective.Objective._upload = clocked(objective.Objective._upload, "plots and uploads")
     start = time.perf_counter()
     worker.run_worker(url, name, artifacts=artifacts, threads=threads, fit_fn=timed_fit, install_signals=False, log=lambda m: None,
                       seed=seed + int(os.environ[CHILD_INDEX]),

@@ -16,7 +16,7 @@ _EXPORTS = {
     "PRESETS": "config", "OptimizerConfig": "config", "SchedulerConfig": "config", "TrainConfig": "config",
     "load_config": "config", "save_config": "config",
     "DataConfig": "data", "Splits": "data", "StateSet": "data", "Trajectories": "data", "load_data": "data",
-    "system_factory": "declared",
+    "system_factory": "entry_points",
     "ConfigError": "errors",
     "euler_lagrange_acceleration": "lagrangian", "hessian_condition_number": "lagrangian", "regularized_solve": "lagrangian",
     "LOSSES": "losses",

@@ -66,7 +66,7 @@ class TrainConfig:
         """Training samples per epoch: n_train states, or n_train trajectories × their samples
         (file data: the samples of the training trajectories the data seed picks; reads the file)."""
         if self.data.file:
-            from .datafiles import check_data, split_indices
+            from .file_dataset import check_data, split_indices
 
             tf = check_data(self.data)
             return sum(tf.lengths[i] for i in split_indices(tf, self.data, self.data_seed)["train"])

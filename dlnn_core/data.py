@@ -22,9 +22,9 @@ from typing import Any, ClassVar, Mapping
 import numpy as np
 
 from .atomic import write_atomic
-from .datafiles import DEFAULT_SPLIT, check_data, check_file_fields, check_file_pins, file_splits, file_system
+from .file_dataset import DEFAULT_SPLIT, check_data, check_file_fields, check_file_pins, file_splits, file_system
 from .errors import ConfigError, collect, raise_all
-from .fields import Integer, Number, OneOf, Rule, check_fields
+from .fields import Integer, Number, OneOf, Rule, as_number, check_fields
 from .smoothing import ESTIMATORS, estimate
 from .splits import Splits, StateSet, Trajectories, wrap_angles  # noqa: F401  (their home before splits.py)
 from .systems import DECLARED, SYSTEMS, System
@@ -45,7 +45,7 @@ def make_system(system: str, params: Mapping[str, Any], declared: Mapping[str, A
 
         return declared_system(declared, params)
     if isinstance(system, str) and ":" in system:
-        from .declared import entry_point_system
+        from .entry_points import entry_point_system
 
         return entry_point_system(system, params)
     if not isinstance(system, str) or system not in SYSTEMS:
@@ -94,6 +94,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         """Check every field and raise one ConfigError naming all the bad ones."""
         errors: list[ConfigError] = []
+        if isinstance(self.params, Mapping):  # each system checks its parameters; numbers are read as every field reads them
+            object.__setattr__(self, "params", {k: as_number(v) for k, v in self.params.items()})
         if self.file:  # the file replaces the system: system, declared and params must be left out
             collect(errors, check_file_fields, self)
         elif collect(errors, self._canonical_declaration):

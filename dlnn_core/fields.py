@@ -3,17 +3,34 @@ rule per field. Every config class lists its fields' rules (`RULES`), runs them 
 and config.FIELD_RULES gathers them by dotted name, so the spec checks a searched value by the same
 rule without building a TrainConfig. `LIMITS` holds each numeric setting's upper bound beside them.
 
-Numbers are read one way for every field and every file format: YAML 1.1 reads `1e-3` as the
-string "1e-3", so a numeric string is a number here (`data.noise: 1e-2` as `optimizer.lr: 1e-3`).
+Numbers are read one way for every field and every source (YAML, TOML, JSON, `--set KEY=VALUE`):
+YAML 1.1 reads `1e-3` as the string "1e-3", so `as_number` reads a string written as a number as
+that number (`data.noise: 1e-2` as `optimizer.lr: 1e-3`, `--set epochs=1e4` as `epochs: 10000`).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Collection, Mapping
 
 from .errors import ConfigError
+
+
+# A decimal number as YAML or a shell writes it: digits, an optional point, an optional exponent.
+_NUMERAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def as_number(value: Any) -> Any:
+    """The one number coercion: a string written as a decimal number ("1e-3", "2.5", "1e4") is that
+    number, an int when it is whole ("1e4" -> 10000, exactly) else a float; anything else, words
+    ("nan", "fast") included, is returned as it is, for the field's rule to judge."""
+    if not isinstance(value, str) or not _NUMERAL.fullmatch(value.strip()):
+        return value
+    exact = Decimal(value.strip())
+    return int(exact) if exact == exact.to_integral_value() and abs(exact.adjusted()) <= 30 else float(exact)
 
 
 @dataclass(frozen=True)
@@ -38,12 +55,13 @@ class Number:
         return text + (" (or null)" if self.optional else "")
 
     def read(self, value: Any) -> Any:
-        """The value as a float (numeric strings included); ValueError when the rule refuses it."""
+        """The value as a float (numbers written as strings included: as_number); ValueError when the rule refuses it."""
         if value is None and self.optional:
             return None
-        if isinstance(value, bool):
+        value = as_number(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError
-        number = float(value)  # TypeError/ValueError for a value (a list, a word) that is no number
+        number = float(value)
         too_low = self.low is not None and (number < self.low or (self.low_open and number == self.low))
         too_high = self.high is not None and (number > self.high or (self.high_open and number == self.high))
         if not math.isfinite(number) or too_low or too_high:
@@ -53,7 +71,8 @@ class Number:
 
 @dataclass(frozen=True)
 class Integer:
-    """An int >= low; an integral float (2.0 from a float search space) is read as its int."""
+    """An int >= low; an integral float (2.0 from a float search space) is read as its int, and a
+    whole number written as a string ("1e4", from YAML or --set) too (as_number)."""
 
     low: int = 1
     what: str = ""
@@ -62,6 +81,7 @@ class Integer:
         return self.what or f"an integer >= {self.low}"
 
     def read(self, value: Any) -> int:
+        value = as_number(value)
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if not isinstance(value, int) or isinstance(value, bool) or value < self.low:

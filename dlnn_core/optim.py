@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping
 
 from .errors import ConfigError, choose, raise_all
-from .fields import Boolean, Integer, Number, OneOf, Rule, check_fields
+from .fields import Boolean, Integer, Number, OneOf, Rule, as_number, check_fields
 
 if TYPE_CHECKING:  # torch is imported when something is built
     import torch
@@ -292,11 +292,13 @@ class OptimizerConfig:
 def _betas(errors: list[ConfigError], cfg: OptimizerConfig) -> None:
     """`betas`: as many numbers in [0, 1) as the optimizer takes, or null for one without betas."""
     betas, n = cfg.betas, OPTIMIZERS[cfg.name].n_betas
+    if isinstance(betas, (list, tuple)):
+        betas = [as_number(b) for b in betas]  # "9.99e-1" from YAML as every field reads it
     ok = reads(cfg.name, "betas") and isinstance(betas, (list, tuple)) and len(betas) == n and all(
         isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)
     if not ok:
         allowed = f"{n} numbers in [0, 1) for {cfg.name}" if reads(cfg.name, "betas") else f"null ({cfg.name} has no betas)"
-        errors.append(ConfigError("optimizer.betas", betas, allowed))
+        errors.append(ConfigError("optimizer.betas", cfg.betas, allowed))
         return
     object.__setattr__(cfg, "betas", tuple(float(b) for b in betas))
 

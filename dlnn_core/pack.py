@@ -198,7 +198,7 @@ def fit_pack(
     first = configs[0]
     device, dtype = resolve_device(first.device), DTYPES[first.dtype]
     if first.data.file:
-        from .datafiles import check_train_config
+        from .file_dataset import check_train_config
 
         check_train_config(first)
     splits = load_data(first.data, first.data_seed, cache_dir)

@@ -142,7 +142,7 @@ def fit(
     device = resolve_device(config.device)
     dtype = DTYPES[config.dtype]
     if config.data.file:  # what TrainConfig cannot check without reading the file (the batch against its split)
-        from .datafiles import check_train_config
+        from .file_dataset import check_train_config
 
         check_train_config(config)
     splits = load_data(config.data, config.data_seed, cache_dir)

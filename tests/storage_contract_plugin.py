@@ -73,7 +73,8 @@ import optuna.testing.storages as optuna_suppliers  # noqa: E402
 from dlnn_studies.ops import proxy  # noqa: E402
 from dlnn_studies.store import proxy_client  # noqa: E402
 from dlnn_studies.store.optuna_private import grpc_make_server, rdb_models  # noqa: E402
-from dlnn_studies.store.storage import TrialView, close_storage, open_storage  # noqa: E402
+from dlnn_studies.store.storage import close_storage, open_storage  # noqa: E402
+from dlnn_studies.store.trial_view import TrialView  # noqa: E402
 
 
 def _free_port() -> int:

@@ -15,6 +15,7 @@ from service_support import write_spec
 
 from dlnn_core import ConfigError, DataConfig, TrainConfig, fit, load_data
 from dlnn_core import datafiles as df
+from dlnn_core import file_dataset
 from dlnn_core.data import integrate
 from dlnn_core.evaluate import rollout_metrics
 from dlnn_core.systems import get_system
@@ -243,7 +244,7 @@ def test_given_targets_are_used_as_they_are_and_missing_ones_estimated(pendulum,
     _, t, q, v, a = pendulum
     cfg = DataConfig(file=str(df.write_trajectory_file(tmp_path / "g.npz", t, q, v, a)))
     given = load_data(cfg, 0)
-    ids = df.split_indices(df.read_trajectory_file(cfg.file), cfg, 0)
+    ids = file_dataset.split_indices(df.read_trajectory_file(cfg.file), cfg, 0)
     for name in ("train", "val", "test", "ood"):
         np.testing.assert_array_equal(getattr(given, name).qddot, np.concatenate([a[i] for i in ids[name]]))
         np.testing.assert_array_equal(getattr(given, name).qdot, np.concatenate([v[i] for i in ids[name]]))
@@ -261,7 +262,7 @@ def test_given_targets_are_used_as_they_are_and_missing_ones_estimated(pendulum,
 def test_splits_by_trajectory_from_the_seed_with_the_extremes_held_out(pendulum_file):
     cfg = DataConfig(file=str(pendulum_file))
     tf = df.read_trajectory_file(pendulum_file)
-    a, b, c = (df.split_indices(tf, cfg, seed) for seed in (0, 0, 1))
+    a, b, c = (file_dataset.split_indices(tf, cfg, seed) for seed in (0, 0, 1))
     assert a == b and a != c
     for split in (a, c):
         assert sorted(sum(split.values(), [])) == list(range(8))  # every trajectory in exactly one split

@@ -13,7 +13,7 @@ from service_support import REPO, write_spec
 
 from dlnn_core import ConfigError, DataConfig, TrainConfig, fit, get_system
 from dlnn_core.data import cache_key, cache_path, integrate
-from dlnn_core.declared import FUNCTIONS, Symbols, compile_expression
+from dlnn_core.expressions import FUNCTIONS, Symbols, compile_expression
 from dlnn_studies.cli import main as cli
 from dlnn_studies.spec.schema import SpecError, load_spec, parse_spec
 
@@ -358,7 +358,7 @@ def test_bad_declaration_creates_no_study(tmp_path, capsys):
     path = write_spec(tmp_path, SPEC.format(V="-M * g * l1 * cos(theta1) - m2 * g * l2 * cos(theta_2)"))
     with pytest.raises(SpecError) as info:
         load_spec(path)
-    assert info.value.problems == [
+    assert info.value.messages == [
         "base.data.declared.V: unknown name 'M' (known: coordinates theta1, theta2; velocities theta1_dot, theta2_dot; "
         "parameters g, l1, l2, m1, m2, rho; constant pi)"]
     url = f"sqlite:///{tmp_path / 'dlnn.db'}"
@@ -372,8 +372,8 @@ def test_searched_declared_parameter_is_checked_at_launch(tmp_path):
     spec = SPEC.format(V=GOOD_V) + "[space.data.params.rho]\nlow = -0.5\nhigh = 0.5\n"
     with pytest.raises(SpecError) as info:
         load_spec(write_spec(tmp_path, spec))
-    assert len(info.value.problems) == 1 and info.value.problems[0].startswith("space.data.params.rho.low: ")
-    assert "a dissipation function is ≥ 0" in info.value.problems[0]
+    assert len(info.value.messages) == 1 and info.value.messages[0].startswith("space.data.params.rho.low: ")
+    assert "a dissipation function is ≥ 0" in info.value.messages[0]
 
 
 def test_short_training_run_on_a_declared_system(tmp_path):

@@ -29,7 +29,7 @@ from dlnn_studies.study.worker import run_worker
 def _problems(text: str) -> list[str]:
     with pytest.raises(SpecError) as info:
         parse_spec(tomllib.loads(text))
-    return info.value.problems
+    return info.value.messages
 
 
 def _work(url, name, tmp_path, fit, **kw):

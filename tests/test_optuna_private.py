@@ -31,7 +31,8 @@ def test_the_cached_storage_internals_the_adapter_uses_are_still_there(tmp_path)
     """CachedStorageBase overrides these methods and reads these attributes of Optuna's cache, and
     the storages' stale-trial query reaches Optuna through StaleTrialsHook."""
     from dlnn_studies.store.proxy_client import HeartbeatGrpcStorageProxy
-    from dlnn_studies.store.storage import ServiceRDBStorage, TrialView
+    from dlnn_studies.store.storage import ServiceRDBStorage
+    from dlnn_studies.store.trial_view import TrialView
 
     backend = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'c.db'}")
     cached = private.CachedStorageBase(backend)

@@ -370,7 +370,8 @@ def test_timeout_budget_is_shared(storage_url, tmp_path):
 def test_trial_view_returns_what_optuna_returns(storage_url, tmp_path):
     """The cached view returns what Optuna's own storage returns, and a trial created elsewhere
     once it refreshes."""
-    from dlnn_studies.store.storage import TrialView, open_storage
+    from dlnn_studies.store.storage import open_storage
+    from dlnn_studies.store.trial_view import TrialView
 
     _launch(storage_url, tmp_path, tiny_spec(trials=40, sampler='name = "random"'))
     _work(storage_url, "tiny", tmp_path, fake_fit(), n_trials=30)
@@ -391,9 +392,9 @@ def test_full_evaluation_goes_to_references_and_trials_among_the_best(tmp_path, 
     """With the real fit: a val_rel_mse study rolls out nothing for most trials; the baseline and
     every trial among the FULL_EVALUATION_TOP best when it completed get every metric and a rollout
     plot, and so the study's final best does. Seeded sampler and training, so the run is the same every time."""
-    from dlnn_studies.study import worker
+    from dlnn_studies.study import objective
 
-    monkeypatch.setattr(worker, "FULL_EVALUATION_TOP", 1)
+    monkeypatch.setattr(objective, "FULL_EVALUATION_TOP", 1)
     url = f"sqlite:///{tmp_path / 'dlnn.db'}"
     monkeypatch.setenv("DLNN_CACHE_DIR", str(tmp_path / "cache"))
     text = tiny_spec(trials=7, sampler='name = "random"') + '[[baseline]]\nname = "adam"\nparams = {"optimizer.name" = "adam", "optimizer.lr" = 1e-3}\n'
@@ -449,7 +450,8 @@ def test_full_evaluation_does_not_roll_the_objectives_split_out_again(tmp_path, 
 def test_trial_view_sees_its_own_writes_and_no_deleted_study(tmp_path):
     """The view's staleness bound is for other processes' writes: a trial this process ends is in its
     next read, and a study created under a deleted study's id (SQLite reuses it) starts empty."""
-    from dlnn_studies.store.storage import TrialView, open_storage
+    from dlnn_studies.store.storage import open_storage
+    from dlnn_studies.store.trial_view import TrialView
 
     rdb = open_storage(f"sqlite:///{tmp_path / 'view.db'}", create_schema=True)
     view = TrialView(rdb, max_staleness_s=60.0)

@@ -71,7 +71,7 @@ choices = ["mse", "l2"]
 def test_bad_spec_reports_every_problem_with_its_path():
     with pytest.raises(SpecError) as info:
         parse_spec(__import__("tomllib").loads(BAD))
-    problems = info.value.problems
+    problems = info.value.messages
     text = "\n".join(problems)
     assert 'space.optimizer.choices[2]: unknown optimizer "adamm"; known: ' in text and "dadaptadam" in text
     assert any(p.startswith("space.optimizer.lr: low must be < high") for p in problems)
@@ -86,7 +86,7 @@ def test_more_bad_specs(tmp_path):
     def problems(text: str) -> list[str]:
         with pytest.raises(SpecError) as info:
             parse_spec(__import__("tomllib").loads(text))
-        return info.value.problems
+        return info.value.messages
 
     p = problems(tiny_spec(trials=0, sampler='name = "tpe"\nn_startup = 2', pruner='name = "medain"')
                  + '[space.model.width]\nlow = 1\nhigh = 2\n[objective]\nmetric = "val_mse"\n')
@@ -109,7 +109,7 @@ def test_more_bad_specs(tmp_path):
     assert any(x.startswith("baseline[0]: model.hidden = 512 lies outside space.model.hidden") for x in p)
     with pytest.raises(SpecError) as info:
         load_spec(write_spec(tmp_path, "[study\nname="))
-    assert info.value.problems[0].startswith("malformed TOML")
+    assert info.value.messages[0].startswith("malformed TOML")
 
 
 def test_every_bad_base_value_is_listed_once(tmp_path):
@@ -121,7 +121,7 @@ def test_every_bad_base_value_is_listed_once(tmp_path):
             + "[base.optimizer]\nlearning_rate = 0.1\nmomentum = 1.5\n[space.data.params.k]\nlow = 0.5\nhigh = 2.0\n")
     with pytest.raises(SpecError) as info:
         load_spec(write_spec(tmp_path, text))
-    assert info.value.problems == [
+    assert info.value.messages == [
         "base.data.noise: 'loud' is not allowed; expected a non-negative standard deviation",
         "base.model.depth: 0 is not allowed; expected a positive integer",
         "base.optimizer.learning_rate: 0.1 is not allowed; expected a field of OptimizerConfig: name, lr, weight_decay, momentum, betas, eps, d0",
@@ -137,7 +137,7 @@ def test_conditional_values_are_checked_with_an_optimizer_that_reads_them():
     space = '[space.optimizer]\nchoices = ["sgd", "adan"]\n[space.optimizer.betas]\nvalue = [0.9, 0.92, 0.99]\nonly_for = ["sgd", "adan"]\n'
     with pytest.raises(SpecError) as info:
         parse_spec(__import__("tomllib").loads(tiny_spec(space=space)))
-    assert len(info.value.problems) == 1 and info.value.problems[0].startswith('space.optimizer.betas.only_for: betas means nothing for "sgd"')
+    assert len(info.value.messages) == 1 and info.value.messages[0].startswith('space.optimizer.betas.only_for: betas means nothing for "sgd"')
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
@@ -234,7 +234,7 @@ high = 0.95
     assert seen == {"adam", "lion", "momentum"}
     with pytest.raises(SpecError) as info:
         parse_spec(__import__("tomllib").loads(tiny_spec(space=space.replace("log = true", 'log = true\nonly_for = ["lion"]'))))
-    assert any('eps means nothing for "lion"' in p and "optimizers that read eps" in p for p in info.value.problems)
+    assert any('eps means nothing for "lion"' in p and "optimizers that read eps" in p for p in info.value.messages)
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
@@ -284,3 +284,25 @@ def test_spec_path_in_message(tmp_path):
 def test_missing_spec_file(tmp_path, capsys):
     assert cli.main(["launch", str(Path(tmp_path) / "nope.toml"), "--storage", f"sqlite:///{tmp_path}/d.db"]) == 1
     assert "cannot read the spec" in capsys.readouterr().err
+
+
+def test_spec_problems_are_structured_not_text():
+    """A SpecError's problems are Problem objects (TOML path, value, allowed) from the field check to
+    the message: a caller reads them without cutting the text, and the line still names all three."""
+    from dlnn_core.errors import Problem
+
+    raw = {"study": {"name": "s"}, "budget": {"trials": 2}, "sampler": {"name": "tpe", "n_startup_trials": -1},
+           "space": {"optimizer": {"choices": ["adam", "adamm"], "momentum": {"low": 0.5, "high": 1.5}}}}
+    with pytest.raises(SpecError) as info:
+        parse_spec(raw)
+    problems = info.value.problems
+    assert all(isinstance(p, Problem) for p in problems)
+    by_field = {p.field: p for p in problems}
+    unknown = by_field["space.optimizer.choices[1]"]
+    assert unknown.value == "adamm" and "adam" in unknown.allowed.split(", ") and "sgd" in unknown.allowed.split(", ")
+    bound = by_field["space.optimizer.momentum.high"]
+    assert (bound.value, bound.allowed) == (1.5, "a finite number >= 0 and < 1")
+    option = by_field["sampler.n_startup_trials"]
+    assert (option.value, option.allowed) == (-1, ">= 0")
+    assert str(option) == "sampler.n_startup_trials: -1 must be >= 0"
+    assert info.value.messages == [str(p) for p in problems] and all(f"  - {p}" in str(info.value) for p in problems)

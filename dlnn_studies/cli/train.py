@@ -5,7 +5,6 @@ merges `COMMANDS`: name -> (configure(parser), run(args) -> exit code)."""
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from pathlib import Path
@@ -44,13 +43,11 @@ def set_threads(n: int) -> None:
     torch.set_num_threads(n)
 
 
-_EXPONENT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
-
-
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """["optimizer.lr=1e-3", "model.hidden=64"] -> {"optimizer.lr": 0.001, "model.hidden": 64}; values
-    are YAML, except that exponent notation is a number (YAML 1.1 reads "1e-3" as a string), an
-    integer when it is whole and has no decimal point ("1e4" -> 10000)."""
+    """["optimizer.lr=1e-3", "model.hidden=64"] -> {"optimizer.lr": "1e-3", "model.hidden": 64}: each
+    value read as YAML, as a config file's values are, so the config's field rules then read a number
+    written as a string ("1e-3", which YAML 1.1 leaves a string) by the one rule of a YAML config
+    (dlnn_core.fields.as_number): `--set epochs=1e4` and `epochs: 1e4` give the same 10000."""
     import yaml
 
     out: dict[str, Any] = {}
@@ -59,11 +56,6 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise UsageError(f"--set {shorten(repr(item))}: expected KEY=VALUE, e.g. optimizer.lr=1e-3")
         text = raw.strip()
-        if _EXPONENT.match(text):
-            mantissa, exponent = text.lower().split("e")
-            whole = "." not in mantissa and 0 <= int(exponent) <= 30  # 1e4 -> 10000; 1e-3, 2.5e3 -> floats
-            out[key.strip()] = int(mantissa) * 10 ** int(exponent) if whole else float(text)
-            continue
         try:
             out[key.strip()] = yaml.safe_load(raw) if text else None
         except yaml.YAMLError as exc:

@@ -17,7 +17,8 @@ from dlnn_core import ConfigError
 from dlnn_core.config import TrainConfig
 
 from ..errors import UsageError
-from .schema import Baseline, StudySpec
+from .baselines import Baseline
+from .schema import StudySpec
 from .space import Param
 
 FORMAT = 1  # bump when the record's shape changes; from_record refuses other formats by name

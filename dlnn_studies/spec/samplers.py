@@ -1,4 +1,5 @@
-"""Sampler and pruner registries, by the names written in a spec's [sampler] and [pruner] tables.
+"""Sampler and pruner registries, by the names written in a spec's [sampler] and [pruner] tables,
+and the checks of those tables (read_sampler, read_pruner).
 
 Optuna does not store samplers or pruners; the spec is kept on the study, and every worker builds
 the same ones from it with these factories. Each worker passes its own sampler seed: equal
@@ -7,6 +8,7 @@ seeds make parallel workers suggest the same points.
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -14,6 +16,8 @@ from typing import Any, Callable, Mapping
 import optuna
 from optuna.exceptions import ExperimentalWarning
 
+from .problems import Problem, at, known, unknown
+from .space import Param
 
 
 @dataclass(frozen=True)
@@ -22,29 +26,29 @@ class Option:
 
     types: tuple[type, ...]
     default: Any = None
-    check: Callable[[Any], str | None] | None = None  # returns a problem or None
+    check: Callable[[Any], str | None] | None = None  # None when the value is allowed, else what is (e.g. "> 0")
 
 
 def _positive(v: Any) -> str | None:
-    return None if v > 0 else "must be > 0"
+    return None if v > 0 else "> 0"
 
 
 def _non_negative(v: Any) -> str | None:
-    return None if v >= 0 else "must be >= 0"
+    return None if v >= 0 else ">= 0"
 
 
 def _percent(v: Any) -> str | None:
-    return None if 0 <= v <= 100 else "must be in [0, 100]"
+    return None if 0 <= v <= 100 else "in [0, 100]"
 
 
 def _at_least_2(v: Any) -> str | None:
-    return None if v >= 2 else "must be >= 2"
+    return None if v >= 2 else ">= 2"
 
 
 def _resource(v: Any) -> str | None:
     if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
         return None
-    return 'must be "auto" or an integer >= 1'
+    return '"auto" or an integer >= 1'
 
 
 INT, FLOAT, BOOL = (int,), (int, float), (bool,)
@@ -211,26 +215,73 @@ PRUNERS: dict[str, PrunerInfo] = {
 }
 
 
-def check_options(given: Mapping[str, Any], options: Mapping[str, Option], path: str) -> tuple[dict[str, Any], list[str]]:
-    """Options with defaults filled in, and the problems found (each with its TOML path)."""
-    problems: list[str] = []
+def check_options(given: Mapping[str, Any], options: Mapping[str, Option], path: str) -> tuple[dict[str, Any], list[Problem]]:
+    """Options with defaults filled in, and the problems found (each at its TOML path)."""
+    problems: list[Problem] = []
     out = {name: opt.default for name, opt in options.items()}
     for key, value in given.items():
         if key not in options:
             known = ", ".join(sorted(options)) or "none"
-            problems.append(f"{path}.{key}: unknown option; known: {known}")
+            problems.append(at(f"{path}.{key}", key, known, f"unknown option; known: {known}"))
             continue
         opt = options[key]
         ok_type = isinstance(value, opt.types) and not (isinstance(value, bool) and bool not in opt.types)
         if not ok_type:
-            problems.append(f"{path}.{key}: {value!r} is not {' or '.join(t.__name__ for t in opt.types)}")
+            types = " or ".join(t.__name__ for t in opt.types)
+            problems.append(at(f"{path}.{key}", value, types, f"{value!r} is not {types}"))
             continue
-        problem = opt.check(value) if opt.check else None
-        if problem:
-            problems.append(f"{path}.{key}: {value!r} {problem}")
+        allowed = opt.check(value) if opt.check else None
+        if allowed:
+            problems.append(at(f"{path}.{key}", value, allowed, f"{value!r} must be {allowed}"))
             continue
         out[key] = value
     return out, problems
+
+
+def read_sampler(t: dict, metrics: tuple[str, ...], space: list[Param], problems: list[Problem]) -> tuple[str, dict]:
+    """A spec's [sampler] table: the sampler's name and its options (defaults filled in), checked against the metrics and the space."""
+    t = dict(t)
+    name = t.pop("name", "tpe")
+    if name not in SAMPLERS:
+        problems.append(unknown("sampler.name", "sampler", name, SAMPLERS))
+        return "tpe", {}
+    info = SAMPLERS[name]
+    if info.requires and importlib.util.find_spec(info.requires) is None:
+        problems.append(at("sampler.name", name, f"a sampler whose package is installed (pip install {info.requires})",
+                           f'"{name}" needs the {info.requires} package (pip install {info.requires})'))
+    options, option_problems = check_options(t, info.options, "sampler")
+    problems += option_problems
+    if len(metrics) > 1 and not info.multi_objective:
+        problems.append(at("sampler.name", name, known(n for n, i in SAMPLERS.items() if i.multi_objective),
+                           f'"{name}" cannot optimize several metrics; use tpe, nsga2, gp or random'))
+    if name == "grid":
+        for p in space:
+            if p.kind == "fixed":
+                continue
+            if not p.grid_values() or p.per_optimizer:
+                problems.append(at(p.path, p.kind, "choices or grid = [...]", "the grid sampler needs explicit values: use choices or grid = [...]"))
+            elif p.only_for is not None:
+                problems.append(at(p.path, list(p.only_for), "an unconditional parameter",
+                                   f"the grid sampler cannot search a conditional parameter (only for "
+                                   f"{', '.join(p.only_for)}); fix the {p.parent} or drop the parameter"))
+    return name, options
+
+
+def read_pruner(t: dict, metrics: tuple[str, ...], epochs: int, problems: list[Problem]) -> tuple[str, dict]:
+    """A spec's [pruner] table: the pruner's name and its options, checked against the metrics and base.epochs."""
+    t = dict(t)
+    name = t.pop("name", "median")
+    if name not in PRUNERS:
+        problems.append(unknown("pruner.name", "pruner", name, PRUNERS))
+        return "none", {}
+    options, option_problems = check_options(t, PRUNERS[name].options, "pruner")
+    problems += option_problems
+    if len(metrics) > 1 and name != "none":
+        problems.append(at("pruner.name", name, '"none"', f'"{name}" cannot prune a study with several metrics (Optuna prunes single-objective studies); use "none"'))
+    if name == "hyperband" and options.get("max_resource") not in ("auto", None) and options["max_resource"] > epochs:
+        problems.append(at("pruner.max_resource", options["max_resource"], f'"auto" or at most base.epochs ({epochs})',
+                           f"{options['max_resource']} exceeds base.epochs ({epochs})"))
+    return name, options
 
 
 def build_sampler(name: str, options: Mapping[str, Any], seed: int, grid: dict) -> optuna.samplers.BaseSampler:

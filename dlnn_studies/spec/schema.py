@@ -28,7 +28,6 @@ A spec has these tables (see studies/quick.toml for a commented example):
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import math
 import tomllib
@@ -36,16 +35,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from dlnn_core import ConfigError, datafiles
-from dlnn_core.config import PRESETS, TrainConfig
-from dlnn_core.dotted import flatten
+from dlnn_core import ConfigError, datafiles, file_dataset
+from dlnn_core.config import TrainConfig
 from dlnn_core.metrics import METRICS as EVAL_METRICS
 
 from ..errors import UsageError
-from .names import name_problem
-from .samplers import PRUNERS, SAMPLERS, check_options
-from .space import Param, describe, params_for
-from .space_tables import extreme, is_int, is_num, one_line, read_space
+from .names import NAME_RULE, name_problem
+from .baselines import Baseline, read_baselines
+from .problems import Problem, at, from_config, known, under, unknown
+from .samplers import read_pruner, read_sampler
+from .space import Param
+from .space_tables import extreme, is_int, is_num, read_space
 
 # Metrics a study can optimize, with their natural direction: dlnn_core.metrics.METRICS is the one list.
 METRICS: dict[str, str] = {name: m.direction for name, m in EVAL_METRICS.items()}
@@ -55,10 +55,6 @@ NEEDS_SYSTEM = frozenset(name for name, m in EVAL_METRICS.items() if m.needs_sys
 LOG_METRICS = frozenset(name for name, m in EVAL_METRICS.items() if m.log_scale and m.direction == "minimize")
 # The value each epoch reports to the pruner (fit's report callback).
 PRUNING_METRIC = "val_rel_mse"
-
-# Fields a preset or an old study's best config carries into a baseline: the recipe, not the data or the loop.
-RECIPE_PREFIXES = ("optimizer.", "scheduler.", "model.")
-RECIPE_KEYS = ("loss", "batch_size", "grad_clip")
 
 TABLES = {
     "study": {"name", "description"},
@@ -71,14 +67,6 @@ TABLES = {
     "space": None,
     "baseline": None,
 }
-@dataclass(frozen=True)
-class Baseline:
-    """A known config enqueued before sampling starts: its Optuna params and the settings outside the space."""
-
-    name: str
-    config: TrainConfig
-    params: dict[str, Any]
-    overrides: dict[str, Any]  # flat settings that differ from base and are not searched
 
 
 @dataclass(frozen=True)
@@ -114,12 +102,18 @@ class StudySpec:
 
 
 class SpecError(UsageError):
-    """A spec with problems; the message lists every one of them."""
+    """A spec with problems: `problems` holds every one as a `Problem` (its TOML path, the value,
+    what is allowed), and the message lists them, one `path: message` line each."""
 
-    def __init__(self, source: str, problems: list[str]):
+    def __init__(self, source: str, problems: list[Problem]):
         self.problems = problems
         lines = "\n".join(f"  - {p}" for p in problems)
         super().__init__(f"{source}: {len(problems)} problem{'s' * (len(problems) != 1)} in the study spec:\n{lines}")
+
+    @property
+    def messages(self) -> list[str]:
+        """Each problem as its line of the message reads it (`path: message`)."""
+        return [str(p) for p in self.problems]
 
 
 def spec_digest(raw: Mapping[str, Any]) -> str:
@@ -139,7 +133,7 @@ def load_spec(path: str | Path) -> StudySpec:
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise SpecError(str(path), [f"malformed TOML: {exc}"]) from None
+        raise SpecError(str(path), [at("malformed TOML", text, "a TOML document", str(exc))]) from None
     return parse_spec(raw, source=str(path), default_name=path.stem)
 
 
@@ -147,7 +141,7 @@ def parse_spec(raw: Mapping[str, Any], source: str = "spec", default_name: str |
     """Validate a parsed spec (a TOML document or the copy stored on a study). `check_files`:
     read a `base.data.file` and check its content; the copy stored on a study was checked at
     launch, and reading it back must not need the file."""
-    problems: list[str] = []
+    problems: list[Problem] = []
     spec = _spec(dict(raw), default_name, check_files, problems)
     if problems:
         raise SpecError(source, problems)
@@ -158,23 +152,19 @@ def parse_spec(raw: Mapping[str, Any], source: str = "spec", default_name: str |
 # ------------------------------------------------------------------------------------ helpers
 
 
-def _json_safe(x: Any, path: str, problems: list[str]) -> Any:
+def _json_safe(x: Any, path: str, problems: list[Problem]) -> Any:
     if isinstance(x, dict):
         return {k: _json_safe(v, f"{path}.{k}", problems) for k, v in x.items()}
     if isinstance(x, list):
         return [_json_safe(v, f"{path}[{i}]", problems) for i, v in enumerate(x)]
     if isinstance(x, float) and not math.isfinite(x):
-        problems.append(f"{path}: {x} is not a finite number")
+        problems.append(at(path, x, "a finite number", f"{x} is not a finite number"))
         return None
     if isinstance(x, (str, int, float, bool)) or x is None:
         return x
-    problems.append(f"{path}: {type(x).__name__} values (TOML dates and times) are not allowed")
+    problems.append(at(path, str(x), "a string, number, boolean, array or table",
+                       f"{type(x).__name__} values (TOML dates and times) are not allowed"))
     return None
-
-
-def _base_problems(exc: ConfigError) -> list[str]:
-    """Each problem of a config error, once, at its path under [base]."""
-    return list(dict.fromkeys(f"base.{p.field}: {p.message}" for p in exc.problems))
 
 
 # ------------------------------------------------------------------------------- the spec
@@ -183,7 +173,7 @@ def _base_problems(exc: ConfigError) -> list[str]:
 # SpecError) and goes on, so one pass over the spec reports every problem.
 
 
-def _spec(raw: dict, default_name: str | None, check_files: bool, problems: list[str]) -> StudySpec | None:
+def _spec(raw: dict, default_name: str | None, check_files: bool, problems: list[Problem]) -> StudySpec | None:
     """The spec from a parsed document, or None when `problems` holds anything."""
     raw = _json_safe(raw, "spec", problems)
     tables = _tables(raw, problems)
@@ -198,14 +188,15 @@ def _spec(raw: dict, default_name: str | None, check_files: bool, problems: list
         try:  # fixed space values are part of every trial's config, baselines included
             base = base.with_flat(fixed)
         except ConfigError as exc:
-            problems.append(f"space: the fixed values together are invalid: {one_line(exc)}")
+            problems.append(from_config("space", exc, "the fixed values together are invalid: ", name_first=True))
     if base.data.file:
         base = _data_file(base, metrics, space, check_files, problems)
-    sampler, sampler_options = _sampler(tables["sampler"], metrics, space, problems)
-    pruner, pruner_options = _pruner(tables["pruner"], metrics, base.epochs, problems)
-    baselines = _baselines(tables["baseline"], base, space, problems)
+    sampler, sampler_options = read_sampler(tables["sampler"], metrics, space, problems)
+    pruner, pruner_options = read_pruner(tables["pruner"], metrics, base.epochs, problems)
+    baselines = read_baselines(tables["baseline"], base, space, problems)
     if trials is not None and len(baselines) > trials:
-        problems.append(f"budget.trials: {trials} is fewer than the {len(baselines)} baseline trials")
+        problems.append(at("budget.trials", trials, f"at least {len(baselines)} (one per baseline)",
+                           f"{trials} is fewer than the {len(baselines)} baseline trials"))
     if problems:
         return None
     return StudySpec(
@@ -216,39 +207,41 @@ def _spec(raw: dict, default_name: str | None, check_files: bool, problems: list
     )
 
 
-def _tables(raw: dict, problems: list[str]) -> dict[str, Any]:
+def _tables(raw: dict, problems: list[Problem]) -> dict[str, Any]:
     """Every known table of the spec (empty when absent); unknown tables, unknown keys and tables
     of the wrong type are problems."""
     for key in raw:
         if key not in TABLES:
-            problems.append(f"{key}: unknown table; known: {', '.join(TABLES)}")
+            problems.append(at(key, key, known(TABLES), f"unknown table; known: {known(TABLES)}"))
     tables = {}
-    for key, known in TABLES.items():
+    for key, names in TABLES.items():
         value = raw.get(key, [] if key == "baseline" else {})
         if key == "baseline":
             if not isinstance(value, list) or not all(isinstance(b, dict) for b in value):
-                problems.append("baseline: must be an array of tables ([[baseline]])")
+                problems.append(at("baseline", value, "an array of tables", "must be an array of tables ([[baseline]])"))
                 value = []
         elif not isinstance(value, dict):
-            problems.append(f"{key}: must be a table")
+            problems.append(at(key, value, "a table", "must be a table"))
             value = {}
-        elif known is not None:
-            problems += [f"{key}.{k}: unknown key; known: {', '.join(sorted(known))}" for k in value if k not in known]
+        elif names is not None:
+            problems += [at(f"{key}.{k}", k, known(sorted(names)), f"unknown key; known: {known(sorted(names))}") for k in value if k not in names]
         tables[key] = value
     return tables
 
 
-def _data_file(base: TrainConfig, metrics: tuple[str, ...], space: list[Param], check_files: bool, problems: list[str]) -> TrainConfig:
+def _data_file(base: TrainConfig, metrics: tuple[str, ...], space: list[Param], check_files: bool, problems: list[Problem]) -> TrainConfig:
     """A spec on a data file: objectives the file can give, the file itself (read and checked
     with the largest searched batch and Savitzky–Golay window; a relative path from the working
     directory, as `launch` reads it). `launch` then pins its sha256 and publishes the bytes
     (launch.pin_data); a pinned file that is not here is not read (its bytes are in the store)."""
     for m in metrics:
         if m in NEEDS_SYSTEM:
-            problems.append(f"objective: {m} needs the true system's equations, which base.data.file does not give; "
-                            "choose a metric measured on the data (val_rel_mse, test_rollout_error, ...)")
+            problems.append(at("objective", m, known(sorted(set(METRICS) - NEEDS_SYSTEM)),
+                               f"{m} needs the true system's equations, which base.data.file does not give; "
+                               "choose a metric measured on the data (val_rel_mse, test_rollout_error, ...)"))
         elif m.startswith("ood_") and base.data.file_split[3] == 0:
-            problems.append(f"objective: {m} needs an ood split, and base.data.file_split gives none (its ood fraction is 0)")
+            problems.append(at("objective", m, "a metric on the splits base.data.file_split gives",
+                               f"{m} needs an ood split, and base.data.file_split gives none (its ood fraction is 0)"))
     if not check_files or problems:
         return base
     pinned, local = base.data.file_sha256, Path(base.data.file)
@@ -257,51 +250,52 @@ def _data_file(base: TrainConfig, metrics: tuple[str, ...], space: list[Param], 
     by_key = {p.key: p for p in space}
     extremes = {key: extreme(by_key[key], max) for key in ("batch_size", "data.savgol_window") if key in by_key}
     try:
-        datafiles.check_train_config(base.with_flat({k: v for k, v in extremes.items() if v is not None}))
+        file_dataset.check_train_config(base.with_flat({k: v for k, v in extremes.items() if v is not None}))
     except ConfigError as exc:
-        problems += _base_problems(exc)
+        problems += under("base", exc)
     return base
 
 
-def _study(t: dict, default_name: str | None, problems: list[str]) -> tuple[str, str]:
+def _study(t: dict, default_name: str | None, problems: list[Problem]) -> tuple[str, str]:
     name = t.get("name", default_name)
     if name_problem(name) is not None:
-        problems.append(f"study.name: {name_problem(name)}")
+        problems.append(at("study.name", name, NAME_RULE, name_problem(name)))
     description = t.get("description", "")
     if not isinstance(description, str):
-        problems.append("study.description: must be a string")
+        problems.append(at("study.description", description, "a string", "must be a string"))
         description = ""
     return name, description
 
 
-def _objective(t: dict, rollout_steps: int, problems: list[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def _objective(t: dict, rollout_steps: int, problems: list[Problem]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The metrics to optimize, each known and within the base's rollouts, and their directions."""
     if "metric" in t and "metrics" in t:
-        problems.append("objective: give either metric or metrics, not both")
+        problems.append(at("objective", [t["metric"], t["metrics"]], "metric or metrics", "give either metric or metrics, not both"))
     metrics = t.get("metrics", [t.get("metric", PRUNING_METRIC)])
     path = "objective.metrics" if "metrics" in t else "objective.metric"
     if isinstance(metrics, str):
         metrics = [metrics]
     if not isinstance(metrics, list) or not metrics:
-        problems.append(f"{path}: must be a metric name or a non-empty list of them")
+        problems.append(at(path, metrics, "a metric name or a non-empty list of them", "must be a metric name or a non-empty list of them"))
         return (PRUNING_METRIC,), ("minimize",)
     for i, m in enumerate(metrics):
         if m not in METRICS:
             where = f"{path}[{i}]" if "metrics" in t else path
-            problems.append(f"{where}: unknown metric {m!r}; known: {', '.join(sorted(METRICS))}")
+            problems.append(unknown(where, "metric", m, sorted(METRICS), quote=False))
     for i, m in enumerate(metrics):
         horizon = m.rsplit("_", 1)[-1]
         if horizon.isdigit() and int(horizon) >= rollout_steps:
-            problems.append(f"{path}: {m} needs base.data.rollout_steps > {horizon} (it is {rollout_steps})")
+            problems.append(at(path, m, f"a metric within base.data.rollout_steps ({rollout_steps})",
+                               f"{m} needs base.data.rollout_steps > {horizon} (it is {rollout_steps})"))
     if len(set(metrics)) != len(metrics):
-        problems.append(f"{path}: a metric is listed twice")
+        problems.append(at(path, metrics, "each metric once", "a metric is listed twice"))
     return tuple(metrics), _directions(t, metrics, problems)
 
 
-def _directions(t: dict, metrics: list[str], problems: list[str]) -> tuple[str, ...]:
+def _directions(t: dict, metrics: list[str], problems: list[Problem]) -> tuple[str, ...]:
     """One direction per metric: given, or each metric's natural one."""
     if "direction" in t and "directions" in t:
-        problems.append("objective: give either direction or directions, not both")
+        problems.append(at("objective", [t["direction"], t["directions"]], "direction or directions", "give either direction or directions, not both"))
     directions = t.get("directions", t.get("direction"))
     dpath = "objective.directions" if "directions" in t else "objective.direction"
     if directions is None:
@@ -309,79 +303,40 @@ def _directions(t: dict, metrics: list[str], problems: list[str]) -> tuple[str, 
     elif isinstance(directions, str):
         directions = [directions]
     if not isinstance(directions, list) or len(directions) != len(metrics):
-        problems.append(f"{dpath}: needs one direction per metric ({len(metrics)})")
+        problems.append(at(dpath, directions, f"{len(metrics)} directions, one per metric", f"needs one direction per metric ({len(metrics)})"))
         directions = ["minimize"] * len(metrics)
     for i, d in enumerate(directions):
         if d not in ("minimize", "maximize"):
-            problems.append(f"{dpath}{f'[{i}]' if len(directions) > 1 else ''}: {d!r} is not 'minimize' or 'maximize'")
+            problems.append(at(f"{dpath}{f'[{i}]' if len(directions) > 1 else ''}", d, "'minimize' or 'maximize'", f"{d!r} is not 'minimize' or 'maximize'"))
     return tuple(directions)
 
 
-def _budget(t: dict, problems: list[str]) -> tuple[int | None, float | None]:
+def _budget(t: dict, problems: list[Problem]) -> tuple[int | None, float | None]:
     trials = t.get("trials")
     if not is_int(trials) or trials < 1:
-        problems.append(f"budget.trials: {trials!r} must be an integer >= 1 (the trial budget of the whole study)")
+        problems.append(at("budget.trials", trials, "an integer >= 1", f"{trials!r} must be an integer >= 1 (the trial budget of the whole study)"))
         trials = None
     timeout = t.get("timeout_s")
     if timeout is not None and not (is_num(timeout) and timeout > 0):
-        problems.append(f"budget.timeout_s: {timeout!r} must be a positive number of seconds")
+        problems.append(at("budget.timeout_s", timeout, "a positive number of seconds", f"{timeout!r} must be a positive number of seconds"))
         timeout = None
     return trials, (float(timeout) if timeout is not None else None)
 
 
-def _worker(t: dict, problems: list[str]) -> tuple[int, int, int]:
+def _worker(t: dict, problems: list[Problem]) -> tuple[int, int, int]:
     interval = t.get("heartbeat_interval", 10)
     grace = t.get("grace_period", 6 * interval if is_int(interval) else 60)
     retry = t.get("max_retry", 3)
     if not is_int(interval) or interval < 1:
-        problems.append(f"worker.heartbeat_interval: {interval!r} must be an integer >= 1 (seconds)")
+        problems.append(at("worker.heartbeat_interval", interval, "an integer >= 1", f"{interval!r} must be an integer >= 1 (seconds)"))
         interval = 10
     if not is_int(grace) or grace < 2 * interval:
-        problems.append(f"worker.grace_period: {grace!r} must be an integer >= 2 × heartbeat_interval ({2 * interval} s), "
-                        "so a slow heartbeat is not taken for a dead worker")
+        problems.append(at("worker.grace_period", grace, f"an integer >= {2 * interval}",
+                           f"{grace!r} must be an integer >= 2 × heartbeat_interval ({2 * interval} s), "
+                           "so a slow heartbeat is not taken for a dead worker"))
     if not is_int(retry) or retry < 0:
-        problems.append(f"worker.max_retry: {retry!r} must be an integer >= 0")
+        problems.append(at("worker.max_retry", retry, "an integer >= 0", f"{retry!r} must be an integer >= 0"))
     return interval, grace, retry
-
-
-def _sampler(t: dict, metrics: tuple[str, ...], space: list[Param], problems: list[str]) -> tuple[str, dict]:
-    t = dict(t)
-    name = t.pop("name", "tpe")
-    if name not in SAMPLERS:
-        problems.append(f'sampler.name: unknown sampler "{name}"; known: {", ".join(SAMPLERS)}')
-        return "tpe", {}
-    info = SAMPLERS[name]
-    if info.requires and importlib.util.find_spec(info.requires) is None:
-        problems.append(f'sampler.name: "{name}" needs the {info.requires} package (pip install {info.requires})')
-    options, option_problems = check_options(t, info.options, "sampler")
-    problems += option_problems
-    if len(metrics) > 1 and not info.multi_objective:
-        problems.append(f'sampler.name: "{name}" cannot optimize several metrics; use tpe, nsga2, gp or random')
-    if name == "grid":
-        for p in space:
-            if p.kind == "fixed":
-                continue
-            if not p.grid_values() or p.per_optimizer:
-                problems.append(f"{p.path}: the grid sampler needs explicit values: use choices or grid = [...]")
-            elif p.only_for is not None:
-                problems.append(f"{p.path}: the grid sampler cannot search a conditional parameter (only for "
-                                f"{', '.join(p.only_for)}); fix the {p.parent} or drop the parameter")
-    return name, options
-
-
-def _pruner(t: dict, metrics: tuple[str, ...], epochs: int, problems: list[str]) -> tuple[str, dict]:
-    t = dict(t)
-    name = t.pop("name", "median")
-    if name not in PRUNERS:
-        problems.append(f'pruner.name: unknown pruner "{name}"; known: {", ".join(PRUNERS)}')
-        return "none", {}
-    options, option_problems = check_options(t, PRUNERS[name].options, "pruner")
-    problems += option_problems
-    if len(metrics) > 1 and name != "none":
-        problems.append(f'pruner.name: "{name}" cannot prune a study with several metrics (Optuna prunes single-objective studies); use "none"')
-    if name == "hyperband" and options.get("max_resource") not in ("auto", None) and options["max_resource"] > epochs:
-        problems.append(f"pruner.max_resource: {options['max_resource']} exceeds base.epochs ({epochs})")
-    return name, options
 
 
 # ------------------------------------------------------------------------------- base config
@@ -390,17 +345,17 @@ def _pruner(t: dict, metrics: tuple[str, ...], epochs: int, problems: list[str])
 SYSTEM_SETTINGS = frozenset({"data.system", "data.params", "data.declared"})
 
 
-def _base(t: dict, problems: list[str]) -> TrainConfig:
+def _base(t: dict, problems: list[Problem]) -> TrainConfig:
     """The fixed config; TrainConfig names all of its problems at once. With problems, the rest of
     the spec is still checked against the base's good settings (see _good_part)."""
     t = json.loads(json.dumps(t))  # a copy: the config must not share dicts with the stored spec
     try:
         return TrainConfig.from_dict(t)
     except ConfigError as exc:
-        problems += _base_problems(exc)
+        problems += under("base", exc)
         return _good_part(t, exc)
     except (TypeError, ValueError) as exc:
-        problems.append(f"base: {exc}")
+        problems.append(at("base", t, "a TrainConfig table", str(exc)))
         return TrainConfig()
 
 
@@ -416,72 +371,3 @@ def _good_part(t: dict, exc: ConfigError) -> TrainConfig:
         return TrainConfig.from_dict(kept)
     except (TypeError, ValueError):  # ConfigError included
         return TrainConfig()
-
-
-# ------------------------------------------------------------------------------- baselines
-
-
-def _baselines(items: list, base: TrainConfig, space: list[Param], problems: list[str]) -> list[Baseline]:
-    out = []
-    names = set()
-    for i, b in enumerate(items):
-        where = f"baseline[{i}]"
-        for k in b:
-            if k not in ("name", "preset", "params"):
-                problems.append(f"{where}.{k}: unknown key; known: name, preset, params")
-        name = b.get("name", b.get("preset", f"baseline-{i}"))
-        if not isinstance(name, str):
-            problems.append(f"{where}.name: must be a string")
-            continue
-        if name in names:
-            problems.append(f"{where}.name: {name!r} is used twice")
-        names.add(name)
-        flat: dict[str, Any] = {}
-        preset = b.get("preset")
-        if preset is not None:
-            if preset not in PRESETS:
-                problems.append(f'{where}.preset: unknown preset "{preset}"; known: {", ".join(sorted(PRESETS))}')
-                continue
-            flat.update(recipe(PRESETS[preset].to_flat()))
-        params = b.get("params", {})
-        if not isinstance(params, dict):
-            problems.append(f"{where}.params: must be a table of dotted settings")
-            continue
-        flat.update(flatten(params, keep=("data.params",)))
-        baseline = make_baseline(name, base, space, flat, where, problems.append, strict=True)
-        if baseline is not None:
-            out.append(baseline)
-    return out
-
-
-def recipe(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """The part of a flat config that makes a recipe: optimizer, scheduler, model, loss, batch size, clipping."""
-    return {k: v for k, v in flat.items() if k.startswith(RECIPE_PREFIXES) or k in RECIPE_KEYS}
-
-
-def make_baseline(name: str, base: TrainConfig, space: list[Param] | tuple[Param, ...], flat: Mapping[str, Any],
-                  where: str, report, strict: bool) -> Baseline | None:
-    """A config (base + flat overrides) as an enqueueable trial. strict: values outside the space
-    are errors (a spec's baselines); otherwise they are dropped and left to the sampler (launch --from)."""
-    try:
-        cfg = base.with_flat(flat)
-    except ConfigError as exc:
-        report(f"{where}: {one_line(exc)}")
-        return None
-    full = cfg.to_flat()
-    params, misses = params_for(tuple(space), full)
-    # Searched settings the baseline does not give are left to the sampler; the ones it gives must fit the space.
-    given = {k for k in flat}
-    explicit = {p.key for p in space if p.key in given}
-    key_of = {n: p.key for p in space for n in p.names()}
-    params = {name: value for name, value in params.items() if key_of.get(name) in explicit}
-    misses = [m for m in misses if m[0].key in explicit]
-    for param, value, dist in misses:
-        if strict:
-            report(f"{where}: {param.key} = {value!r} lies outside {param.path} ({describe(dist)}); widen the space or change the baseline")
-    if strict and misses:
-        return None
-    searched = {p.key for p in space}
-    base_flat = base.to_flat()
-    overrides = {k: v for k, v in full.items() if k not in searched and base_flat.get(k) != v} if strict else {}
-    return Baseline(name=name, config=cfg, params=params, overrides=overrides)

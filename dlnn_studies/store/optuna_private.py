@@ -75,7 +75,7 @@ class StaleTrialsHook:
 
 
 class CachedStorageBase(_CachedStorage):
-    """Optuna's trial cache in front of an RDBStorage, with the internals storage.TrialView builds on
+    """Optuna's trial cache in front of an RDBStorage, with the internals trial_view.TrialView builds on
     under public names: `read_due` decides whether a read of the database happens, `was_read` and
     `trials_cached` hear of each read and of newly cached trials, and `lock`, `cached_trials` and
     `study_of_trial` read the cache."""

@@ -151,13 +151,22 @@ class StoreURL:
         return self.path
 
 
+class ArtifactsURLError(UsageError):
+    """A refused --artifacts value: `shown` (the value as the message quotes it, never a secret) and
+    `reason` kept apart, so argparse's message, which names the flag itself, is built from them."""
+
+    def __init__(self, shown: str, reason: str):
+        self.shown, self.reason = shown, reason
+        super().__init__(f"--artifacts {shown}: {reason}")
+
+
 def parse_artifacts(text: str | os.PathLike) -> StoreURL:
     """A directory path, `file:///PATH` or `s3://BUCKET[/PREFIX]`; anything else is a UsageError
     that names the accepted forms."""
     if isinstance(text, os.PathLike):
         return StoreURL("dir", path=os.fspath(text))
     if not isinstance(text, str) or not text.strip():
-        raise UsageError(f"--artifacts {text!r}: expected {', '.join(SCHEMES)}")
+        raise ArtifactsURLError(repr(text), f"expected {', '.join(SCHEMES)}")
     text = text.strip()
     name, sep, rest = text.partition("://")
     if not sep:
@@ -165,22 +174,22 @@ def parse_artifacts(text: str | os.PathLike) -> StoreURL:
     name = name.lower()
     if name == "file":
         if not rest.startswith("/"):
-            raise UsageError(f"--artifacts {text!r}: a file URL needs an absolute path (file:///data/artifacts)")
+            raise ArtifactsURLError(repr(text), "a file URL needs an absolute path (file:///data/artifacts)")
         return StoreURL("dir", path=rest)
     if name != "s3":
-        raise UsageError(f"--artifacts {text!r}: unknown scheme {name!r}; expected {', '.join(SCHEMES)}")
+        raise ArtifactsURLError(repr(text), f"unknown scheme {name!r}; expected {', '.join(SCHEMES)}")
     bucket, _, prefix = rest.partition("/")
     if "@" in bucket or ":" in bucket:  # checked first: the message must not repeat a secret
-        raise UsageError(f"--artifacts s3://...: credentials or a port do not belong in the URL; set AWS_ACCESS_KEY_ID / "
+        raise ArtifactsURLError("s3://...", f"credentials or a port do not belong in the URL; set AWS_ACCESS_KEY_ID / "
                          f"AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and {ENDPOINT_ENVS[1]} in the environment")
     if any(c in rest for c in "?#"):
-        raise UsageError(f"--artifacts {text!r}: an s3 URL takes no query or fragment (the endpoint comes from "
+        raise ArtifactsURLError(repr(text), f"an s3 URL takes no query or fragment (the endpoint comes from "
                          f"{' or '.join(ENDPOINT_ENVS)})")
     if not _BUCKET.match(bucket) or ".." in bucket:
-        raise UsageError(f"--artifacts {text!r}: {bucket!r} is not an S3 bucket name (3-63 lowercase letters, digits, '.', '-')")
+        raise ArtifactsURLError(repr(text), f"{bucket!r} is not an S3 bucket name (3-63 lowercase letters, digits, '.', '-')")
     prefix = prefix.strip("/")
     if any(part in ("", ".", "..") for part in prefix.split("/")) and prefix:
-        raise UsageError(f"--artifacts {text!r}: the prefix {prefix!r} has an empty, '.' or '..' part")
+        raise ArtifactsURLError(repr(text), f"the prefix {prefix!r} has an empty, '.' or '..' part")
     return StoreURL("s3", bucket=bucket, prefix=prefix)
 
 
@@ -190,8 +199,8 @@ def argument(text: str) -> str:
 
     try:
         return str(parse_artifacts(text))
-    except UsageError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix("--artifacts ")) from None
+    except ArtifactsURLError as exc:
+        raise argparse.ArgumentTypeError(f"{exc.shown}: {exc.reason}") from None
 
 
 def artifacts_url(flag: str | None, default: str | None = DEFAULT_ARTIFACTS) -> str | None:

@@ -22,7 +22,8 @@ from optuna.trial import FrozenTrial, TrialState
 from . import records
 from ..errors import UsageError
 from ..spec.names import check_name
-from ..spec.schema import StudySpec, make_baseline, recipe, spec_digest
+from ..spec.baselines import make_baseline, recipe
+from ..spec.schema import StudySpec, spec_digest
 from ..store.optuna_private import constraint_key
 from ..store.storage import close_storage, open_storage
 from ..store.urls import redact

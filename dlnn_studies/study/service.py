@@ -23,7 +23,8 @@ from ..spec.space import grid_space
 from ..spec import definition
 from ..spec.schema import StudySpec, parse_spec
 from ..store.optuna_private import retry_history, study_id
-from ..store.storage import TrialView, budget_counts, study_lock
+from ..store.storage import budget_counts, study_lock
+from ..store.trial_view import TrialView
 
 SPEC_ATTR = "dlnn:spec"  # study user attr: the validated spec as written (parsed TOML): what export and --update compare
 DEFINITION_ATTR = "dlnn:definition"  # study user attr: the spec compiled at launch (spec/definition.py), what every reader loads
@@ -79,7 +80,7 @@ def first_start(trials: list[FrozenTrial]) -> datetime.datetime | None:
 
 class ServiceStudy(optuna.Study):
     """An Optuna study whose `ask` respects the study-wide budget, checked under a per-study lock,
-    and that reads a database through the cached trial view (storage.TrialView)."""
+    and that reads a database through the cached trial view (store/trial_view.py)."""
 
     def __init__(self, study_name: str, storage, sampler, pruner, *, budget: int, timeout_s: float | None):
         if isinstance(storage, optuna.storages.RDBStorage):

@@ -24,7 +24,8 @@ from . import records
 from ..errors import UsageError
 from .launch import launch
 from .service import ranked_trials, stored_spec
-from ..spec.schema import parse_spec, recipe
+from ..spec.baselines import recipe
+from ..spec.schema import parse_spec
 from ..store.storage import close_storage, open_storage
 
 FIRST_SEED = 1000  # fresh seeds: far from the 0.. that specs and searches use

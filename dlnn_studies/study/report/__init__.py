@@ -1,9 +1,10 @@
 """`dlnn report STUDY`: what a finished study answers, and how sure, computed from the storage alone.
 
-One pass reads the storage into rows (data.py), grades the answers (answers.py, with the statistics
-of evidence.py) and computes every section (sections.py) into a plain record (record.py); renderers
-then write it as Markdown with PNG figures (figures.py draws them from the record's data), as one
-self-contained HTML page, and as the study's dashboard note. `--json` prints the record itself;
+One pass reads the storage into rows (data.py), grades the answers (answers.py, which asks each kind
+of question's module, with the statistics of evidence.py) and computes every section (sections.py;
+importance.py the fANOVA one) into a plain record (record.py); renderers then write it as Markdown
+with PNG figures (figures.py draws them from the record's data), as one self-contained HTML page,
+and as the study's dashboard note. `--json` prints the record itself;
 `--against` compares the claims of two reports (compare.py).
 
 Objective values are in the metric's own units (the study stores log10 of error metrics; see
@@ -23,13 +24,15 @@ from typing import Callable
 
 import optuna
 
-import dlnn_studies.study.report.answers as an
 import dlnn_studies.study.report.compare as cmp
+import dlnn_studies.study.report.importance as importance
 import dlnn_studies.study.report.render as render
 import dlnn_studies.study.report.sections as sections
-from .answers import TOLERANCE, tolerance_band
+from .answers import all_claims, answers, tally
+from .basis import scores
 from .data import Row, StudyData, load, robust_winner
 from .figures import draw
+from .lr_bands import TOLERANCE, tolerance_band
 from .record import Figure, Record, Section, claims_from_json
 from ...store.storage import close_storage, open_storage
 
@@ -42,12 +45,12 @@ def build_record(d: StudyData, rollouts: dict | None = None, log: Callable[[str]
     """Every number and claim of the report, from the rows alone (`rollouts`: the held-out rollout errors of the
     best and the baselines, from plots.rollout_errors, when checkpoints were at hand)."""
     log("grading the answers")
-    basis, answers, bands = an.answers(d)
-    sc = an.scores(d, basis)
-    parts: list[Section | None] = [sections.answers_section(d, basis, answers), sections.verdict(d, answers, rollouts)]
+    basis, graded, bands = answers(d)
+    sc = scores(d, basis)
+    parts: list[Section | None] = [sections.answers_section(d, basis, graded), sections.verdict(d, graded, rollouts)]
     steps = (("per choice", lambda: sections.per_choice(d, basis)), ("learning rates", lambda: sections.lr_section(d, bands)),
              ("d0", lambda: sections.dadaptation(d)), ("interactions", lambda: sections.interactions(d)),
-             ("importances (fANOVA with bootstrap)", lambda: sections.importances(d, basis, sc)),
+             ("importances (fANOVA with bootstrap)", lambda: importance.importances(d, basis, sc)),
              ("failures", lambda: sections.failures(d)), ("pruning", lambda: sections.pruning(d)),
              ("seeded retrains", lambda: sections.robust(d)), ("controlled comparisons", lambda: sections.seeded(d)))
     for label, step in steps:
@@ -56,8 +59,8 @@ def build_record(d: StudyData, rollouts: dict | None = None, log: Callable[[str]
             parts.append(step())
         except Exception as exc:  # one broken section must not hide the others' answers
             parts.append(Section(label.capitalize(), (sections.Text(f"This section could not be computed: {type(exc).__name__}: {exc}"),)))
-    claims = an.all_claims(answers)
-    return Record(d.name, d.spec.description or "", basis.text, an.tally(claims), tuple(s for s in parts if s is not None), tuple(claims))
+    claims = all_claims(graded)
+    return Record(d.name, d.spec.description or "", basis.text, tally(claims), tuple(s for s in parts if s is not None), tuple(claims))
 
 
 @dataclass(frozen=True)

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import math
 import statistics
-import warnings
 from collections import Counter, defaultdict
 from typing import Any
 
-import numpy as np
-
-import dlnn_studies.study.report.answers as an
 import dlnn_studies.study.report.evidence as ev
+from .answers import all_claims, tally
+from .basis import Answer, Basis, categorical_keys, declared_choices, ordered, scores
+from .divergence import lr_rel
+from .interactions import INTERACTIONS
+from .lr_bands import TOLERANCE, Band, best_value, lr_rows
 from .data import OUTCOMES, Row, StudyData, counts
 from .record import Claims, Figure, Section, Text, table
 from ..verify import candidates
@@ -26,7 +27,7 @@ def median(values: list[float]) -> float | None:
 
 
 def best_of(values: list[float], d: StudyData) -> float | None:
-    return an.best_value(values, d.direction)
+    return best_value(values, d.direction)
 
 
 def searched_keys(d: StudyData) -> list[str]:
@@ -53,14 +54,14 @@ def fmt(v: Any) -> str:
 # -------------------------------------------------------------------------------- answers
 
 
-def answers_section(d: StudyData, basis: an.Basis, answers: list[an.Answer]) -> Section:
-    claims = an.all_claims(answers)
-    t = an.tally(claims)
+def answers_section(d: StudyData, basis: Basis, answers: list[Answer]) -> Section:
+    claims = all_claims(answers)
+    t = tally(claims)
     items: list[Any] = [Text(ev.GRADE_RULES.format(basis=basis.text)),
                         Text(f"{len(claims)} claims: {t[ev.ESTABLISHED]} established, {t[ev.SUGGESTIVE]} suggestive, "
                              f"{t[ev.NO_EFFECT]} no effect larger than a stated bound, {t[ev.UNDETERMINED]} undetermined. "
                              f"Judged trials: {len(d.judged)} of {len(d.rows)}; scored on the basis above: "
-                             f"{len(an.scores(d, basis))}.")]
+                             f"{len(scores(d, basis))}.")]
     if not answers:
         items.append(Text("The study asks no question this report can grade yet (no searched setting, or no judged trial)."))
     for a in answers:
@@ -79,7 +80,7 @@ def answers_section(d: StudyData, basis: an.Basis, answers: list[an.Answer]) -> 
 # -------------------------------------------------------------------------------- verdict
 
 
-def verdict(d: StudyData, answers: list[an.Answer], rollouts: dict | None) -> Section:
+def verdict(d: StudyData, answers: list[Answer], rollouts: dict | None) -> Section:
     c = counts(d.rows)
     items: list[Any] = [Text(f"{len(d.rows)} trials: " + ", ".join(f"{c.get(o, 0)} {o}" for o in (*OUTCOMES, "interrupted", "unfinished")
                                                               if c.get(o, 0) or o in OUTCOMES)
@@ -143,8 +144,8 @@ def history(d: StudyData) -> Figure:
 # ----------------------------------------------------------------------------- per choice
 
 
-def per_choice(d: StudyData, basis: an.Basis) -> Section:
-    keys = an.categorical_keys(d)
+def per_choice(d: StudyData, basis: Basis) -> Section:
+    keys = categorical_keys(d)
     if not keys:
         return Section("Per choice", (Text("The study searched no categorical setting (optimizer, loss, activation, ...), "
                                            "so there is nothing to compare by choice."),))
@@ -159,7 +160,7 @@ def per_choice(d: StudyData, basis: an.Basis) -> Section:
         for r in d.judged:
             if key in r.flat:
                 groups[r.flat[key]].append(r)
-        for choice in an.declared_choices(d, key):
+        for choice in declared_choices(d, key):
             groups.setdefault(choice, [])
         for choice, group in groups.items():
             n = Counter(r.outcome for r in group)
@@ -180,9 +181,9 @@ def per_choice(d: StudyData, basis: an.Basis) -> Section:
 # ------------------------------------------------------------------------------ lr bands
 
 
-def lr_section(d: StudyData, bands: list[an.Band]) -> Section:
+def lr_section(d: StudyData, bands: list[Band]) -> Section:
     title = "Learning-rate tolerance per optimizer"
-    by = an.lr_rows(d)
+    by = lr_rows(d)
     if not any(r.outcome == "complete" for rs in by.values() for r in rs):
         return Section(title, (Text("No trial completed, so no learning rate can be judged yet."),))
     if not bands:
@@ -196,7 +197,7 @@ def lr_section(d: StudyData, bands: list[an.Band]) -> Section:
                      "open" if b.low_open else ("closed" if b.low else None), "open" if b.high_open else ("closed" if b.high else None),
                      len(b.diverged_inside), b.default])
     items = [Text(f"The band is the learning-rate interval over which an optimizer's completed trials stay within "
-                  f"{an.TOLERANCE:g}× of its own best {d.metric}, drawn only for an optimizer that learned (better than half of "
+                  f"{TOLERANCE:g}× of its own best {d.metric}, drawn only for an optimizer that learned (better than half of "
                   f"predicting zero) and from at least {ev.MIN_STAT} completed trials. An edge is *open* where no trial beyond it left the "
                   "band (diverged, completed outside it, or pruned while even its best value before the cut was outside it): the "
                   "width is then a lower bound (≥). Diverged trials inside the band are counted: the band is where good "
@@ -256,16 +257,16 @@ def dadaptation(d: StudyData) -> Section:
 def interactions(d: StudyData) -> Section:
     items: list[Any] = [Text(f"Median final {d.metric} of completed trials for each pair of values (completed / all trials in "
                              f"brackets; no median from fewer than {ev.MIN_STAT}); the Answers grade whether a ranking flips.")]
-    for a, b, title in an.INTERACTIONS:
+    for a, b, title in INTERACTIONS:
         va = {r.flat.get(a) for r in d.judged if r.flat}
         vb = {r.flat.get(b) for r in d.judged if r.flat}
         if len(va) < 2 and len(vb) < 2:
             shown = ", ".join(f"{k} = {fmt(next(iter(v)))}" for k, v in ((a, va), (b, vb)) if len(v) == 1)
             items.append(Text(f"**{title}**: not searched in this study ({shown or 'no trials'})."))
             continue
-        cols = an.ordered(vb)
+        cols = ordered(vb)
         rows = []
-        for x in an.ordered(va):
+        for x in ordered(va):
             row: list[Any] = [x]
             for y in cols:
                 cell = [r for r in d.judged if r.flat.get(a) == x and r.flat.get(b) == y]
@@ -275,83 +276,6 @@ def interactions(d: StudyData) -> Section:
         items.append(Text(f"**{title}** (rows {a}, columns {b}):"))
         items.append(table([f"{a} \\ {b}", *map(fmt, cols)], rows))
     return Section("Interactions", tuple(items))
-
-
-# ----------------------------------------------------------------------------- importances
-
-IMPORTANCE_RESAMPLES = 8
-IMPORTANCE_TREES = 16  # fANOVA's forest per fit (Optuna's default is 64): the resamples give the spread, not more trees
-
-
-def features(d: StudyData, sc: dict[int, float]) -> tuple[list[str], list[tuple[dict[str, Any], float]]]:
-    """Importance features of scored trials: every categorical setting, the learning rate as
-    log10(lr / the optimizer's default) for all optimizers alike, and every numeric setting that every
-    scored trial has (conditional ones such as d0 are left out: the Answers grade d0 among its own trials)."""
-    keys = [q.key for q in d.spec.space if q.kind != "fixed" and q.only_for is None and q.key != "optimizer.lr"]
-    lr_searched = any(q.key == "optimizer.lr" and q.kind != "fixed" for q in d.spec.space)
-    data = []
-    for r in d.judged:
-        if r.number not in sc or not r.flat:
-            continue
-        x = {k: r.flat[k] for k in keys if k in r.flat}
-        rel = an.lr_rel(r.flat)
-        if lr_searched and rel:
-            x["log10(lr / default lr)"] = math.log10(rel)
-        data.append((x, sc[r.number]))
-    names = sorted({k for x, _ in data for k in x})
-    names = [k for k in names if all(k in x for x, _ in data) and len({repr(x[k]) for x, _ in data}) > 1]
-    return names, data
-
-
-def _fanova(names: list[str], data: list[tuple[dict[str, Any], float]]) -> dict[str, float]:
-    import optuna
-    from optuna.distributions import CategoricalDistribution, FloatDistribution
-
-    dists = {}
-    for k in names:
-        values = [x[k] for x, _ in data]
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            lo, hi = float(min(values)), float(max(values))
-            dists[k] = FloatDistribution(lo, hi if hi > lo else lo + 1)
-        else:
-            dists[k] = CategoricalDistribution(sorted({v for v in values}, key=str))
-    study = optuna.create_study()
-    for x, y in data:
-        params = {k: (float(x[k]) if isinstance(dists[k], FloatDistribution) else x[k]) for k in names}
-        study.add_trial(optuna.create_trial(params=params, distributions=dists, value=y))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return optuna.importance.get_param_importances(study, evaluator=optuna.importance.FanovaImportanceEvaluator(n_trees=IMPORTANCE_TREES, seed=0), normalize=True)
-
-
-def importances(d: StudyData, basis: an.Basis, sc: dict[int, float]) -> Section:
-    names, data = features(d, sc)
-    if len(data) < 2 * ev.MIN_N or not names:
-        return Section("Importances", (Text(f"Importances need at least {2 * ev.MIN_N} scored trials and a searched setting; this study has "
-                                            f"{len(data)} scored and {len(names)} usable settings."),))
-    rng = np.random.default_rng(ev.SEED)
-    draws: dict[str, list[float]] = defaultdict(list)
-    try:
-        full = _fanova(names, data)
-        for _ in range(IMPORTANCE_RESAMPLES):
-            sample = [data[i] for i in rng.integers(0, len(data), len(data))]
-            usable = [k for k in names if len({repr(x[k]) for x, _ in sample}) > 1]
-            got = _fanova(usable, sample) if usable else {}
-            for k in names:
-                draws[k].append(got.get(k, 0.0))
-    except Exception as exc:
-        return Section("Importances", (Text(f"fANOVA could not be computed: {type(exc).__name__}: {exc}"),))
-    order = sorted(names, key=lambda k: -full.get(k, 0.0))
-    rows = [[k, full.get(k, 0.0), float(np.quantile(draws[k], 0.1)), float(np.quantile(draws[k], 0.9))] for k in order]
-    text = (f"fANOVA (Optuna's, {IMPORTANCE_TREES} trees, seed 0) on {len(data)} scored trials, target: {basis.text}, so pruned and diverged trials count. "
-            f"The interval is the 10–90 % range over {IMPORTANCE_RESAMPLES} bootstrap resamples of the trials: importances whose "
-            "ranges overlap are not ordered by this study. The learning rate enters as one feature for all optimizers, "
-            "log10(lr / the optimizer's registry default); d0 is graded in the Answers among the trials that drew it. "
-            "One method only: PED-ANOVA (which asks what separates the top trials from the rest) and fANOVA (what explains the "
-            "variance of all) answer different questions and disagreed on earlier studies; the Answers' effects are what to act on. "
-            "optuna-dashboard's own Importance panel computes fANOVA on completed trials' raw parameters (d0 and lr_position "
-            "included), so it can rank differently: this table is the one that matches the Answers.")
-    return Section("Importances", (Text(text), table(["setting", "importance", "10 %", "90 %"], rows)))
 
 
 # -------------------------------------------------------------------------------- failures
@@ -368,7 +292,7 @@ def failures(d: StudyData) -> Section:
     for r in bad:
         by_cause[r.cause].append(r)
     rows = []
-    keys = an.categorical_keys(d)
+    keys = categorical_keys(d)
     for label, rs in sorted(by_cause.items(), key=lambda kv: -len(kv[1])):
         where = []
         for k in keys:
@@ -376,12 +300,12 @@ def failures(d: StudyData) -> Section:
             if values:
                 v, n = values.most_common(1)[0]
                 where.append(f"{k} = {v} ({n})")
-        rel = [x for x in (an.lr_rel(r.flat) for r in rs) if x is not None]
+        rel = [x for x in (lr_rel(r.flat) for r in rs) if x is not None]
         rows.append([label, len(rs), ", ".join(where) or "–", median(rel), f"trial {rs[0].number}: {rs[0].reason[:120]}"])
     items.append(table(["cause", "trials", "most common choices", "median lr / default", "example"], rows))
     bins = defaultdict(Counter)
     for r in d.judged:
-        rel = an.lr_rel(r.flat)
+        rel = lr_rel(r.flat)
         if rel is not None:
             b = "< 0.3× default" if rel < 0.3 else "0.3–3× default" if rel <= 3 else "> 3× default"
             bins[b][r.outcome] += 1
@@ -423,7 +347,7 @@ def robust(d: StudyData) -> Section:
         row = d.row(c.trial) if d.has(c.trial) else None
         rows.append([c.label if c.trial is not None else f"{c.label} (reference preset)", row.value if row else None, c.mean, c.std,
                      c.n_ok, c.n_diverged, c.rollout_mean, c.rollout_std,
-                     describe_config(row.flat, an.categorical_keys(d), d) if row else "the preset's recipe on this study's data and epochs"])
+                     describe_config(row.flat, categorical_keys(d), d) if row else "the preset's recipe on this study's data and epochs"])
     items: list[Any] = [Text(f"The best configs retrained with fresh seeds (study {d.name}-verify): {d.metric} as mean ± std over seeds, "
                              "ranked by the mean; a reference preset is retrained on the same data, epochs and seeds. The best-ranked "
                              "trial is the robust winner that `dlnn export` marks.")]
