@@ -35,6 +35,8 @@ SETTINGS = {  # label -> overrides; "per sample" is the default before rollout_b
     "k = 4, midpoint, 16 windows": {"rollout_horizon": 4, "rollout_batch": 16, "rollout_integrator": "midpoint"},
     "k = 4, euler, 16 windows": {"rollout_horizon": 4, "rollout_batch": 16, "rollout_integrator": "euler"},
     "k = 8, midpoint, 16 windows": {"rollout_horizon": 8, "rollout_batch": 16, "rollout_integrator": "midpoint"},
+    "k = 4, trapezoid, 16 windows": {"rollout_horizon": 4, "rollout_batch": 16, "rollout_integrator": "trapezoid"},
+    "k = 8, trapezoid, 64 windows": {"rollout_horizon": 8, "rollout_batch": 64, "rollout_integrator": "trapezoid"},
 }
 
 

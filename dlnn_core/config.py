@@ -23,7 +23,7 @@ from .model_config import DEFAULT_METHOD, METHODS, ModelConfig
 from .optim import OptimizerConfig, SchedulerConfig  # noqa: F401  (configs live beside their registries)
 
 DTYPES = ("float32", "float64")
-INTEGRATORS = ("rk4", "midpoint", "euler")  # the rollout loss's fixed-step integrators (rollout.STEPS implements each)
+INTEGRATORS = ("rk4", "midpoint", "euler", "trapezoid")  # the rollout loss's integrators (rollout.STEPS; trapezoid: rollout.trapezoid_loss)
 
 
 # ----------------------------------------------------------------------------- configs
@@ -44,7 +44,7 @@ class TrainConfig:
     rollout_horizon: int = 0  # k > 0 adds a k-step RK4 rollout loss on training trajectories (data.kind = trajectories)
     rollout_weight: float = 1.0  # weight of that rollout loss against the q̈ loss
     rollout_batch: int = 0  # windows per step for the rollout loss; 0: one per minibatch sample
-    rollout_integrator: str = "rk4"  # how the rollout loss integrates (rollout.INTEGRATORS): rk4, midpoint, euler
+    rollout_integrator: str = "rk4"  # how the rollout loss integrates (INTEGRATORS): rk4, midpoint, euler, or trapezoid (no rollout)
     method: str = DEFAULT_METHOD  # how second derivatives are taken (dlnn_core.lagrangian.METHODS)
     dtype: str = "float32"
     device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:K
