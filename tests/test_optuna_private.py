@@ -88,6 +88,9 @@ def test_optunas_cache_calls_the_hooks(tmp_path):
 def test_the_grpc_server_factory_is_where_the_proxy_takes_it():
     pytest.importorskip("grpc")
     assert callable(private.grpc_make_server())
+    service_class, add_service = private.grpc_proxy_service()
+    assert callable(add_service) and callable(service_class.CreateNewTrial)  # the method ops/proxy.py's servicer overrides
+    assert "_backend" in vars(service_class(object()))  # where CreateNewTrial finds the storage
 
 
 def test_no_other_module_imports_or_overrides_optuna_private_names():

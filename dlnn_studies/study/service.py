@@ -98,12 +98,29 @@ class ServiceStudy(optuna.Study):
                 trials = self.storage.get_all_trials(self.study_id, deepcopy=False)
                 used, start = counted(trials), first_start(trials)
                 waiting = sum(t.state == TrialState.WAITING for t in trials)
-            if self.timeout_s is not None and start is not None:
-                if (datetime.datetime.now() - start).total_seconds() > self.timeout_s:
-                    raise BudgetReached(f"the study's timeout ({self.timeout_s:g} s from its first trial) has passed")
-            if not waiting and used >= self.budget:
-                raise BudgetReached(f"the study's budget of {self.budget} trials is used")
-            return super().ask(fixed_distributions)
+            check_budget(self.budget, self.timeout_s, used, waiting, start)
+            try:
+                return super().ask(fixed_distributions)
+            except Exception as exc:
+                # Behind `dlnn proxy` the count above is only a first look (no cross-process lock here): the
+                # proxy checks the budget again under the database's study lock and refuses a trial past it.
+                from ..store.proxy_client import budget_refusal
+
+                reason = budget_refusal(exc)
+                if reason is None:
+                    raise
+                raise BudgetReached(reason) from None
+
+
+def check_budget(budget: int, timeout_s: float | None, used: int, waiting: int, start: datetime.datetime | None, *,
+                 new_trial: bool = False) -> None:
+    """BudgetReached if no trial may be created: `used` trials count against `budget` (queued ones,
+    `waiting`, may still be run unless a `new_trial` is asked for), or the timeout has passed since `start`."""
+    if timeout_s is not None and start is not None:
+        if (datetime.datetime.now() - start).total_seconds() > timeout_s:
+            raise BudgetReached(f"the study's timeout ({timeout_s:g} s from its first trial) has passed")
+    if (new_trial or not waiting) and used >= budget:
+        raise BudgetReached(f"the study's budget of {budget} trials is used")
 
 
 def build_study(storage, name: str, spec: StudySpec, seed: int) -> ServiceStudy:
