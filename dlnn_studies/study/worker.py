@@ -71,7 +71,7 @@ from .service import CONSTRAINT, BudgetReached, build_study, stored_spec
 from ..spec.space import suggest
 from ..spec.schema import PRUNING_METRIC, StudySpec
 from ..store.optuna_private import constraint_key, retry_history, trial_id
-from ..store.storage import artifact_store, close_storage, is_connection_error, open_storage
+from ..store.storage import artifact_store, close_storage, connection_error_of, is_connection_error, open_storage
 from ..store.urls import redact
 
 CONNECTION_PATIENCE_S = 600.0  # how long a worker waits for a lost database before giving up
@@ -316,7 +316,7 @@ class Objective:
         stopped one (remembered here, since writing to the trial may fail too)."""
         self.lost.add(trial_id(trial))
         with contextlib.suppress(Exception):
-            records.set_verdict(trial, records.INTERRUPTED, f"storage connection lost ({type(exc).__name__}); re-queued")
+            records.set_verdict(trial, records.INTERRUPTED, f"storage connection lost ({type(connection_error_of(exc) or exc).__name__}); re-queued")
         raise exc
 
     def _interrupted(self, trial: optuna.Trial, epoch: int):
@@ -533,7 +533,7 @@ def run_worker(url: str, name: str, *, n_trials: int | None = None, timeout: flo
                 lost_since = lost_since or time.monotonic()
                 if time.monotonic() - lost_since > CONNECTION_PATIENCE_S:
                     raise UsageError(f"lost the storage {redact(url)} for more than {CONNECTION_PATIENCE_S:.0f} s: {exc}") from None
-                log(f"storage connection lost ({type(exc).__name__}); retrying in {spec.heartbeat_interval} s")
+                log(f"storage connection lost ({type(connection_error_of(exc)).__name__}); retrying in {spec.heartbeat_interval} s")
                 with contextlib.suppress(Exception):
                     storage.remove_session()  # drop the session holding the broken transaction
                 stop.sleep(spec.heartbeat_interval)
