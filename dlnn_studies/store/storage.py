@@ -412,6 +412,21 @@ def _close_idle_connection(engine: sqlalchemy.engine.Engine) -> None:
     connection.close()
 
 
+class BudgetReached(Exception):
+    """No trial may be created: the study's budget (trials or timeout) is used up."""
+
+
+def check_budget(budget: int, timeout_s: float | None, used: int, waiting: int, start: datetime.datetime | None, *,
+                 new_trial: bool = False) -> None:
+    """BudgetReached if no trial may be created: `used` trials count against `budget` (queued ones,
+    `waiting`, may still be run unless a `new_trial` is asked for), or the timeout has passed since `start`."""
+    if timeout_s is not None and start is not None:
+        if (datetime.datetime.now() - start).total_seconds() > timeout_s:
+            raise BudgetReached(f"the study's timeout ({timeout_s:g} s from its first trial) has passed")
+    if (new_trial or not waiting) and used >= budget:
+        raise BudgetReached(f"the study's budget of {budget} trials is used")
+
+
 def budget_counts(conn: sqlalchemy.engine.Connection, study_id: int) -> tuple[int, int, datetime.datetime | None]:
     """(trials that use budget, queued trials, first start) in one query: a retry of a failed
     trial (it carries Optuna's `retry_history` system attr) takes its original's slot."""

@@ -23,16 +23,12 @@ from ..spec.space import grid_space
 from ..spec import definition
 from ..spec.schema import StudySpec, parse_spec
 from ..store.optuna_private import retry_history, study_id
-from ..store.storage import TrialView, budget_counts, study_lock
+from ..store.storage import BudgetReached, TrialView, budget_counts, check_budget, study_lock
 
 SPEC_ATTR = "dlnn:spec"  # study user attr: the validated spec as written (parsed TOML): what export and --update compare
 DEFINITION_ATTR = "dlnn:definition"  # study user attr: the spec compiled at launch (spec/definition.py), what every reader loads
 DIGEST_ATTR = "dlnn:spec_digest"
 CONSTRAINT = "diverged"  # trial constraint: > 0 marks a diverged / out-of-memory trial infeasible
-
-
-class BudgetReached(Exception):
-    """No trial may be created: the study's budget (trials or timeout) is used up."""
 
 
 def find_study(storage: optuna.storages.BaseStorage, name: str):
@@ -112,15 +108,23 @@ class ServiceStudy(optuna.Study):
                 raise BudgetReached(reason) from None
 
 
-def check_budget(budget: int, timeout_s: float | None, used: int, waiting: int, start: datetime.datetime | None, *,
-                 new_trial: bool = False) -> None:
-    """BudgetReached if no trial may be created: `used` trials count against `budget` (queued ones,
-    `waiting`, may still be run unless a `new_trial` is asked for), or the timeout has passed since `start`."""
-    if timeout_s is not None and start is not None:
-        if (datetime.datetime.now() - start).total_seconds() > timeout_s:
-            raise BudgetReached(f"the study's timeout ({timeout_s:g} s from its first trial) has passed")
-    if (new_trial or not waiting) and used >= budget:
-        raise BudgetReached(f"the study's budget of {budget} trials is used")
+class StudyBudgets:
+    """(trials, timeout in s) of a dlnn study, from its stored spec, read again whenever the spec's
+    digest changed (`launch --update`); None for a study that dlnn did not launch. What `dlnn proxy`
+    checks each new trial against (ops/proxy.BudgetedStorage), for workers that cannot take the lock."""
+
+    def __init__(self):
+        self._known: dict[int, tuple[object, int, float | None]] = {}  # study id -> (digest, trials, timeout)
+
+    def __call__(self, storage: optuna.storages.BaseStorage, study_id: int) -> tuple[int, float | None] | None:
+        attrs = storage.get_study_user_attrs(study_id)
+        if SPEC_ATTR not in attrs:
+            return None
+        digest, known = attrs.get(DIGEST_ATTR), self._known.get(study_id)
+        if known is None or digest is None or known[0] != digest:
+            spec = stored_spec(storage, storage.get_study_name_from_id(study_id))
+            known = self._known[study_id] = (digest, spec.trials, spec.timeout_s)
+        return known[1], known[2]
 
 
 def build_study(storage, name: str, spec: StudySpec, seed: int) -> ServiceStudy:
