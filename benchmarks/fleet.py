@@ -303,6 +303,7 @@ class Watcher(threading.Thread):
     def __init__(self, admin_dsn: str, database: str, every_s: float = 0.25, server_pid: int | None = None):
         super().__init__(daemon=True)
         self.server_pid = server_pid  # the postmaster of a server of our own: its backends are the fleet's
+        self.proxy_pid: int | None = None  # `dlnn proxy`'s process: its share of the workers' cores, counted apart too
         self.cpu: list[dict[str, float]] = []  # per memory sample: cores used by the workers, the server, the rest
         self._last_cpu: tuple[float, dict] | None = None
         self.admin_dsn, self.database, self.every_s = admin_dsn, database, every_s
@@ -358,11 +359,13 @@ class Watcher(threading.Thread):
         now, procs = time.monotonic(), _process_cpu()
         if self._last_cpu is not None:
             then, before = self._last_cpu
-            used = {"workers": 0.0, "postgres": 0.0, "other": 0.0}
+            used = {"workers": 0.0, "postgres": 0.0, "other": 0.0, "proxy": 0.0}
             for pid, (comm, ppid, cpu) in procs.items():
                 delta = cpu - before[pid][2] if pid in before else 0.0
                 if pid in self.pids:
                     used["workers"] += delta
+                    if pid == self.proxy_pid:
+                        used["proxy"] += delta
                 elif comm == "postgres" and (self.server_pid is None or pid == self.server_pid or ppid == self.server_pid):
                     used["postgres"] += delta
                 else:
@@ -506,6 +509,7 @@ def run_fleet(url: str, workers: int, trials: int, *, proxy: bool = False, epoch
                                        "127.0.0.1", "--port", str(port)], cwd=folder, env=_env(url, folder, epochs, epoch_s),
                                       stdout=open(folder / "proxy.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
         watcher.pids.add(proxy_proc.pid)
+        watcher.proxy_pid = proxy_proc.pid
         worker_url = f"grpc://127.0.0.1:{port}"
     fleet = Fleet(folder, _env(worker_url, folder, epochs, epoch_s), watcher)
     started = time.time()
@@ -636,7 +640,7 @@ def summarize(url: str, folder: Path, fleet: Fleet, watcher: Watcher, *, workers
         "stale_check_s": _percentiles([e["s"] for e in events if e["e"] == "stale"]),
         "budget_lock_wait_s": _percentiles([e["wait"] for e in events if e["e"] == "lock"]),
         "budget_lock_hold_s": _percentiles([e["hold"] for e in events if e["e"] == "lock"]),
-        "cores_used_steady": {k: statistics.mean([c[k] for c in cpu_steady]) for k in ("workers", "postgres", "other")} if cpu_steady else None,
+        "cores_used_steady": {k: statistics.mean([c[k] for c in cpu_steady]) for k in ("workers", "postgres", "other", "proxy")} if cpu_steady else None,
         "reports_per_trial_s": _percentiles([e["s"] for e in events if e["e"] == "reports"]),
         "trials_per_s_sustained": sustained,
         "trials_per_s_ideal": workers / trial_s,
@@ -674,11 +678,13 @@ def render(named: list[tuple[str, dict[str, Any]]]) -> str:
         c = r["checks"]
         killed = f"{c['killed_trials']} ({c['killed_trials'] - len(c['killed_trials_not_retried'])})" if c["killed_trials"] else "–"
         cores = r.get("cores_used_steady")
-        cores = f"{cores['workers']:.2f} / {cores['postgres']:.2f} / {cores['other']:.2f}" if cores else "–"
+        proxy_cores = f" (proxy {cores['proxy']:.2f})" if cores and r["proxy"] and "proxy" in cores else ""
+        cores = f"{cores['workers']:.2f}{proxy_cores} / {cores['postgres']:.2f} / {cores['other']:.2f}" if cores else "–"
         rss = r.get("worker_rss_mib") or {}
+        over = f" ({c['budget_slots'] - r['trials']} over the budget)" if c["budget_slots"] > r["trials"] else ""
         rows.append(
             f"| {name} | {r['workers']}{' via proxy' if r['proxy'] else ''} | {r.get('max_connections') or '–'} | {r['trials']} "
-            f"| {c['slots_done_once']}/{c['budget_slots']} | {len(c['told_complete_then_lost'])} / {c['slots_done_twice_or_more']} / "
+            f"| {c['slots_done_once']}/{c['budget_slots']}{over} | {len(c['told_complete_then_lost'])} / {c['slots_done_twice_or_more']} / "
             f"{c['left_running_or_waiting']} | {killed} | {r['connections_peak']} | {_ms(r['ask_s'])} | {_ms(r['tell_s'])} "
             f"| {_ms(r.get('budget_lock_wait_s'))} | {_ms(r.get('budget_lock_hold_s'))} "
             f"| {r['trials_per_s_sustained']:.1f} ({r['trials_per_s_ideal']:.0f}) | {cores} "

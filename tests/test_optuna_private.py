@@ -89,6 +89,9 @@ def test_optunas_cache_calls_the_hooks(tmp_path):
 def test_the_grpc_server_factory_is_where_the_proxy_takes_it():
     pytest.importorskip("grpc")
     assert callable(private.grpc_make_server())
+    service_class, add_service = private.grpc_proxy_service()
+    assert callable(add_service) and callable(service_class.CreateNewTrial)  # the method ops/proxy.py's servicer overrides
+    assert "_backend" in vars(service_class(object()))  # where CreateNewTrial finds the storage
 
 
 def test_no_other_module_imports_or_overrides_optuna_private_names():
@@ -174,7 +177,7 @@ def test_the_artifact_path_is_where_the_file_store_puts_an_artifact(tmp_path):
 def test_the_trial_start_column_is_the_one_optuna_fills(tmp_path):
     """The budget's query reads the first start from trial_start_column: it must be the column behind
     FrozenTrial.datetime_start (naive UTC in the database, local time in Optuna's objects)."""
-    from dlnn_studies.store.storage import budget_counts
+    from dlnn_studies.store.budget import budget_counts
 
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}")
     study = optuna.create_study(storage=storage)

@@ -130,3 +130,51 @@ def test_a_dead_workers_trial_is_failed_and_retried_and_a_live_one_is_not(served
 def test_connect_fails_clearly_without_a_proxy():
     with pytest.raises(ConnectionError, match="no gRPC storage proxy answers"):
         proxy_client.connect(f"grpc://127.0.0.1:{free_port()}", timeout=1)
+
+
+@needs_grpc
+def test_the_proxy_keeps_a_studys_budget_across_its_workers(served):
+    """Workers behind the proxy take no database lock of their own: the proxy creates each new trial of a
+    dlnn study under the study lock and refuses one past the budget, however many workers race for the
+    last slots (here 8 threads, 3 creations each, for a budget of 5); queued trials are still created,
+    and a worker's ask reads the refusal as BudgetReached."""
+    import threading
+
+    from optuna.trial import TrialState
+
+    from dlnn_studies.study.service import BudgetReached, ServiceStudy
+
+    db_url, url, _ = served
+    launch(parse_spec(tomllib.loads(tiny_spec(name="budgeted", trials=5))), db_url, log=lambda m: None)
+    storage = proxy_client.connect(url, timeout=30)
+    study_id = storage.get_study_id_from_name("budgeted")
+    created, refused, other = [], [], []
+    start = threading.Barrier(8)
+
+    def worker():
+        start.wait()
+        for _ in range(3):
+            try:
+                created.append(storage.create_new_trial(study_id))
+            except Exception as exc:  # noqa: BLE001 (sorted below)
+                (refused if proxy_client.budget_refusal(exc) else other).append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert other == [] and len(created) == 5 and len(refused) == 19
+    assert proxy_client.budget_refusal(refused[0]) == "the study's budget of 5 trials is used"
+    assert proxy_client.budget_refusal(KeyError("x")) is None
+    queued = optuna.trial.create_trial(state=TrialState.WAITING)
+    assert storage.create_new_trial(study_id, queued) > max(created)  # a queued trial takes no new slot
+
+    # A worker whose own count still sees room (as one does a moment before its peers' trials land).
+    study = ServiceStudy("budgeted", storage, optuna.samplers.RandomSampler(), optuna.pruners.NopPruner(), budget=100,
+                         timeout_s=None)
+    assert study.ask().number == 5  # the queued trial
+    with pytest.raises(BudgetReached, match="budget of 5 trials is used"):
+        study.ask()
+    storage.close()
+    assert len(optuna.load_study(study_name="budgeted", storage=db_url).trials) == 6

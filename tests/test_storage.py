@@ -11,7 +11,8 @@ import sqlalchemy
 from service_support import pg_url  # noqa: F401 (fixture)
 
 from dlnn_studies.errors import UsageError
-from dlnn_studies.store.storage import budget_counts, close_storage, open_storage, study_lock
+from dlnn_studies.store.budget import budget_counts
+from dlnn_studies.store.storage import close_storage, open_storage, study_lock
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -63,3 +64,20 @@ def test_a_bad_heartbeat_setting_is_a_value_error_on_every_storage(setting, tmp_
     for url in (f"sqlite:///{tmp_path / 'h.db'}", "grpc://127.0.0.1:9"):
         with pytest.raises(ValueError):
             open_storage(url, create_schema=True, **setting)
+
+
+def test_a_log_line_names_the_connection_error_not_what_optuna_raised_while_handling_it():
+    """Optuna's tell raises UnboundLocalError while handling a lost database's OperationalError (seen
+    in the fleet's restart run): the worker waits on it as an outage and names the OperationalError."""
+    from dlnn_studies.store.storage import connection_error_of, is_connection_error
+
+    lost = sqlalchemy.exc.OperationalError("UPDATE trials", {}, Exception("server closed the connection unexpectedly"))
+    try:
+        try:
+            raise lost
+        except sqlalchemy.exc.OperationalError:
+            raise UnboundLocalError("cannot access local variable 'frozen_trial'")  # noqa: B904 (as Optuna does)
+    except UnboundLocalError as exc:
+        raised = exc
+    assert connection_error_of(raised) is lost and is_connection_error(raised)
+    assert connection_error_of(ValueError("a bug")) is None and not is_connection_error(ValueError("a bug"))

@@ -169,9 +169,10 @@ def run_proxy(args: argparse.Namespace) -> int:
     if not 1 <= args.port <= 65535 or args.threads < 1:
         raise UsageError("--port must be 1-65535 and --threads at least 1")
     from ..ops.proxy import serve
+    from ..study.service import StudyBudgets
 
     try:
-        serve(storage, args.host, args.port, threads=args.threads)
+        serve(storage, args.host, args.port, threads=args.threads, budget_of=StudyBudgets())
     except (ValueError, RuntimeError) as exc:
         raise UsageError(str(exc)) from None
     return 0

@@ -121,6 +121,15 @@ def backend_of(storage: Any) -> Any:
     return storage._backend if isinstance(storage, _CachedStorage) else storage
 
 
+def grpc_proxy_service():
+    """(Optuna's gRPC storage servicer class, the generated function that adds a servicer to a
+    grpc.Server): what make_server puts together, for a servicer of our own (ops/proxy.py)."""
+    from optuna.storages._grpc.auto_generated.api_pb2_grpc import add_StorageServiceServicer_to_server
+    from optuna.storages._grpc.servicer import OptunaStorageProxyService
+
+    return OptunaStorageProxyService, add_StorageServiceServicer_to_server
+
+
 def grpc_make_server():
     """Optuna's gRPC proxy server factory (run_grpc_proxy_server minus its endless wait); imported
     on use because it needs grpcio."""
@@ -135,7 +144,7 @@ STALE_TRIAL_IDS = "_get_stale_trial_ids"  # RDBStorage / BaseHeartbeat: which RU
 CACHED_STORAGE_METHODS = ("_read_trials_from_remote_storage", "_add_trials_to_cache")
 CACHED_STORAGE_ATTRS = ("_backend", "_studies", "_trial_id_to_study_id_and_number", "_lock")
 
-__all__ = ["BaseHeartbeat", "CachedStorageBase", "StaleTrialsHook", "backend_of", "CONSTRAINTS_KEY", "constraint_key", "rdb_models", "grpc_make_server",
+__all__ = ["BaseHeartbeat", "CachedStorageBase", "StaleTrialsHook", "backend_of", "CONSTRAINTS_KEY", "constraint_key", "rdb_models", "grpc_make_server", "grpc_proxy_service",
            "RETRY_HISTORY_KEY", "study_id", "trial_id", "set_trial_system_attr", "retry_history", "artifact_path", "trial_start_column",
            "STALE_TRIAL_IDS",
            "CACHED_STORAGE_METHODS", "CACHED_STORAGE_ATTRS"]

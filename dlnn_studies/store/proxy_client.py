@@ -28,6 +28,19 @@ from .urls import DEFAULT_PROXY_PORT, parse_proxy_url
 HEARTBEAT_KEY = "dlnn:heartbeat"  # system attr: [trial_id, unix time]; the id makes a retried copy's stale value inert
 
 
+BUDGET_REFUSED = "dlnn: budget: "  # how the proxy's refusal of a trial past a study's budget starts (ops/proxy.py)
+
+
+def budget_refusal(exc: BaseException) -> str | None:
+    """The proxy's reason for refusing a new trial (the study's budget or timeout is used up), from the
+    gRPC error a worker's create_new_trial raised; None for any other error."""
+    details = getattr(exc, "details", None)
+    if not type(exc).__module__.startswith("grpc") or not callable(details):
+        return None
+    text = details() or ""
+    return text[len(BUDGET_REFUSED):] if text.startswith(BUDGET_REFUSED) else None
+
+
 def require_grpc() -> None:
     if importlib.util.find_spec("grpc") is None:
         raise RuntimeError("the gRPC storage proxy needs the grpcio package: pip install grpcio")

@@ -283,8 +283,9 @@ def study_lock(storage: optuna.storages.BaseStorage, study_id: int) -> Iterator[
     """Serialize the budget check + trial creation of one study across processes and machines:
     a PostgreSQL transaction-scoped advisory lock (released if the holder dies), a MySQL named
     lock, or a file lock beside an SQLite database. Yields a connection for the budget query
-    (None for storages without one). Other storages get no cross-process lock, so a study's
-    budget may be overshot by up to (workers - 1) trials there."""
+    (None for storages without one). A worker behind `dlnn proxy` gets None: the proxy takes this
+    lock itself when it creates the trial (ops/proxy.BudgetedStorage). Other storages get no
+    cross-process lock, so a study's budget may be overshot by up to (workers - 1) trials there."""
     with _thread_lock:
         rdb = rdb_of(storage)
         if rdb is None:
@@ -331,26 +332,6 @@ def _close_idle_connection(engine: sqlalchemy.engine.Engine) -> None:
     connection.close()
 
 
-def budget_counts(conn: sqlalchemy.engine.Connection, study_id: int) -> tuple[int, int, datetime.datetime | None]:
-    """(trials that use budget, queued trials, first start) in one query: a retry of a failed
-    trial (it carries Optuna's `retry_history` system attr) takes its original's slot."""
-    from .optuna_private import RETRY_HISTORY_KEY, trial_start_column, rdb_models as models
-
-    trial, attr = models.TrialModel, models.TrialSystemAttributeModel
-    retry = sqlalchemy.exists().where(attr.trial_id == trial.trial_id, attr.key == RETRY_HISTORY_KEY)
-    query = sqlalchemy.select(
-        sqlalchemy.func.coalesce(sqlalchemy.func.sum(sqlalchemy.case((retry, 0), else_=1)), 0),
-        sqlalchemy.func.coalesce(sqlalchemy.func.sum(sqlalchemy.case((trial.state == optuna.trial.TrialState.WAITING, 1), else_=0)), 0),
-        sqlalchemy.func.min(trial_start_column()),  # Optuna 5 stores naive UTC
-    ).where(trial.study_id == study_id)
-    counted, waiting, first = conn.execute(query).one()
-    if isinstance(first, str):  # SQLite returns min() of a DATETIME column as text
-        first = datetime.datetime.fromisoformat(first)
-    if first is not None:
-        first = first.replace(tzinfo=datetime.timezone.utc).astimezone().replace(tzinfo=None)
-    return int(counted), int(waiting), first
-
-
 def artifact_store(url: str | Path):
     """Checkpoints, plots and dataset files: a directory that every worker and the dashboard can
     reach, or `s3://bucket/prefix` (urls.py parses both)."""
@@ -364,17 +345,24 @@ def is_connection_error(exc: BaseException) -> bool:
     full server ("too many clients already") is an OperationalError too, and a pool that found no
     free connection in its timeout (TimeoutError) waits on one that a hung database holds.
     Optuna wraps database errors in StorageInternalError, so the cause chain is searched."""
+    return connection_error_of(exc) is not None
+
+
+def connection_error_of(exc: BaseException) -> BaseException | None:
+    """The connection error in `exc`'s cause chain (`exc` itself, or what it was raised from or while
+    handling), or None: what a log line should name. When Optuna's tell meets a lost database it
+    raises an UnboundLocalError while handling the OperationalError; the OperationalError is the news."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.PendingRollbackError, sa_exc.TimeoutError)):
-            return True
+            return exc
         if isinstance(exc, sa_exc.DBAPIError) and getattr(exc, "connection_invalidated", False):
-            return True
+            return exc
         if type(exc).__module__.startswith("psycopg") and type(exc).__name__ in ("OperationalError", "InterfaceError"):
-            return True
+            return exc
         exc = exc.__cause__ or exc.__context__
-    return False
+    return None
 
 
 def _reason(exc: BaseException) -> str:

@@ -26,7 +26,7 @@ from ..store.disk import CleanArtifactStore, no_space_reason
 from ..spec.space import suggest
 from ..spec.schema import PRUNING_METRIC, StudySpec
 from ..store.optuna_private import constraint_key, trial_id
-from ..store.storage import is_connection_error
+from ..store.storage import connection_error_of, is_connection_error
 
 FULL_EVALUATION_TOP = 5  # completed trials this far up get every metric (as many as `dlnn export` exports by default)
 
@@ -244,7 +244,7 @@ class Objective:
         stopped one (remembered here, since writing to the trial may fail too)."""
         self.lost.add(trial_id(trial))
         with contextlib.suppress(Exception):
-            records.set_verdict(trial, records.INTERRUPTED, f"storage connection lost ({type(exc).__name__}); re-queued")
+            records.set_verdict(trial, records.INTERRUPTED, f"storage connection lost ({type(connection_error_of(exc) or exc).__name__}); re-queued")
         raise exc
 
     def _interrupted(self, trial: optuna.Trial, epoch: int):

@@ -23,17 +23,14 @@ from ..spec.space import grid_space
 from ..spec import definition
 from ..spec.schema import StudySpec, parse_spec
 from ..store.optuna_private import retry_history, study_id
-from ..store.storage import budget_counts, study_lock
+from ..store.budget import BudgetReached, budget_counts, check_budget
+from ..store.storage import study_lock
 from ..store.trial_view import TrialView
 
 SPEC_ATTR = "dlnn:spec"  # study user attr: the validated spec as written (parsed TOML): what export and --update compare
 DEFINITION_ATTR = "dlnn:definition"  # study user attr: the spec compiled at launch (spec/definition.py), what every reader loads
 DIGEST_ATTR = "dlnn:spec_digest"
 CONSTRAINT = "diverged"  # trial constraint: > 0 marks a diverged / out-of-memory trial infeasible
-
-
-class BudgetReached(Exception):
-    """No trial may be created: the study's budget (trials or timeout) is used up."""
 
 
 def find_study(storage: optuna.storages.BaseStorage, name: str):
@@ -99,12 +96,37 @@ class ServiceStudy(optuna.Study):
                 trials = self.storage.get_all_trials(self.study_id, deepcopy=False)
                 used, start = counted(trials), first_start(trials)
                 waiting = sum(t.state == TrialState.WAITING for t in trials)
-            if self.timeout_s is not None and start is not None:
-                if (datetime.datetime.now() - start).total_seconds() > self.timeout_s:
-                    raise BudgetReached(f"the study's timeout ({self.timeout_s:g} s from its first trial) has passed")
-            if not waiting and used >= self.budget:
-                raise BudgetReached(f"the study's budget of {self.budget} trials is used")
-            return super().ask(fixed_distributions)
+            check_budget(self.budget, self.timeout_s, used, waiting, start)
+            try:
+                return super().ask(fixed_distributions)
+            except Exception as exc:
+                # Behind `dlnn proxy` the count above is only a first look (no cross-process lock here): the
+                # proxy checks the budget again under the database's study lock and refuses a trial past it.
+                from ..store.proxy_client import budget_refusal
+
+                reason = budget_refusal(exc)
+                if reason is None:
+                    raise
+                raise BudgetReached(reason) from None
+
+
+class StudyBudgets:
+    """(trials, timeout in s) of a dlnn study, from its stored spec, read again whenever the spec's
+    digest changed (`launch --update`); None for a study that dlnn did not launch. What `dlnn proxy`
+    checks each new trial against (ops/proxy.BudgetedStorage), for workers that cannot take the lock."""
+
+    def __init__(self):
+        self._known: dict[int, tuple[object, int, float | None]] = {}  # study id -> (digest, trials, timeout)
+
+    def __call__(self, storage: optuna.storages.BaseStorage, study_id: int) -> tuple[int, float | None] | None:
+        attrs = storage.get_study_user_attrs(study_id)
+        if SPEC_ATTR not in attrs:
+            return None
+        digest, known = attrs.get(DIGEST_ATTR), self._known.get(study_id)
+        if known is None or digest is None or known[0] != digest:
+            spec = stored_spec(storage, storage.get_study_name_from_id(study_id))
+            known = self._known[study_id] = (digest, spec.trials, spec.timeout_s)
+        return known[1], known[2]
 
 
 def build_study(storage, name: str, spec: StudySpec, seed: int) -> ServiceStudy:

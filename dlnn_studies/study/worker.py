@@ -66,7 +66,7 @@ from .service import BudgetReached, build_study, stored_spec
 from .stop import StopFlag
 from ..spec.schema import StudySpec
 from ..store.optuna_private import trial_id
-from ..store.storage import artifact_store, close_storage, is_connection_error, open_storage
+from ..store.storage import artifact_store, close_storage, connection_error_of, is_connection_error, open_storage
 from ..store.urls import redact
 
 CONNECTION_PATIENCE_S = 600.0  # how long a worker waits for a lost database before giving up
@@ -209,7 +209,7 @@ def _work(run: _Run, n_trials: int | None, deadline: float | None) -> str:
             lost_since = lost_since or time.monotonic()
             if time.monotonic() - lost_since > CONNECTION_PATIENCE_S:
                 raise UsageError(f"lost the storage {redact(run.url)} for more than {CONNECTION_PATIENCE_S:.0f} s: {exc}") from None
-            run.log(f"storage connection lost ({type(exc).__name__}); retrying in {spec.heartbeat_interval} s")
+            run.log(f"storage connection lost ({type(connection_error_of(exc)).__name__}); retrying in {spec.heartbeat_interval} s")
             with contextlib.suppress(Exception):
                 run.storage.remove_session()  # drop the session holding the broken transaction
             stop.sleep(spec.heartbeat_interval)
