@@ -119,6 +119,7 @@ def test_a_full_server_makes_new_connections_wait_not_fail(limited_role, tmp_pat
     from sqlalchemy import text
 
     from dlnn_studies.store import storage as st
+    from dlnn_studies.store.budget import budget_counts
 
     url = limited_role
     launch(load_spec(write_spec(tmp_path, tiny_spec())), url, log=lambda m: None)
@@ -141,7 +142,7 @@ def test_a_full_server_makes_new_connections_wait_not_fail(limited_role, tmp_pat
         t0 = time.monotonic()
         timer = _release_later(blockers.pop(), 1.5)
         with st.study_lock(storage, study_id) as conn:  # the budget lock's connection waits too
-            assert st.budget_counts(conn, study_id)[0] == 0
+            assert budget_counts(conn, study_id)[0] == 0
             assert conn.execute(text("SELECT current_setting('application_name')")).scalar().startswith("dlnn worker budget-lock")
         timer.join()
         assert time.monotonic() - t0 >= 1.4

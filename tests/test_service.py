@@ -421,8 +421,8 @@ def test_full_evaluation_goes_to_references_and_trials_among_the_best(tmp_path, 
 
 def test_full_evaluation_does_not_roll_the_objectives_split_out_again(tmp_path, monkeypatch):
     """A rollout objective: fit rolls out the test split for it, and the full evaluation of a trial
-    among the best rolls out only the ood split (it is asked for no metric of a pass fit already
-    ran); the trial still carries both splits' rollout metrics, the test ones fit's own."""
+    among the best rolls out only the val and ood splits (it is asked for no metric of a pass fit
+    already ran); the trial still carries every split's rollout metrics, the test ones fit's own."""
     from dlnn_core.evaluate import rollout_splits
     from dlnn_core.train import evaluate_checkpoint
 
@@ -439,7 +439,7 @@ def test_full_evaluation_does_not_roll_the_objectives_split_out_again(tmp_path, 
     assert run_worker(url, "tiny", fit_fn=None, evaluate_fn=evaluate, seed=1, install_signals=False, artifacts=None,
                       log=lambda m: None) == 0
     done = [t for t in optuna.load_study(study_name="tiny", storage=url).trials if t.state == TrialState.COMPLETE]
-    assert len(done) == 2 and asked == [("ood",), ("ood",)]  # both among the 5 best: both fully evaluated, ood only
+    assert len(done) == 2 and asked == [("val", "ood"), ("val", "ood")]  # both among the 5 best: both fully evaluated, not test
     for t in done:
         metrics = records.trial_metrics(t)
         assert t.user_attrs[records.EVALUATION] == "full"

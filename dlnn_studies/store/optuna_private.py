@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # optuna.artifacts imports boto3: not at the start of every c
 
 
 # The system attr RetryHeartbeatStaleTrialCallback writes on a retry: the trial numbers it retries, oldest
-# first. Named here for the budget's SQL query (storage.budget_counts), which reads it in the database.
+# first. Named here for the budget's SQL query (budget.budget_counts), which reads it in the database.
 RETRY_HISTORY_KEY = "retry_history"
 
 
