@@ -41,7 +41,7 @@ class TrainConfig:
     batch_size: int = 256
     epochs: int = 50
     grad_clip: float | None = None  # max global gradient norm; None: no clipping
-    rollout_horizon: int = 0  # k > 0 adds a k-step RK4 rollout loss on training trajectories (data.kind = trajectories)
+    rollout_horizon: int = 0  # k > 0 adds a k-step loss (rollout_integrator) on windows of the training trajectories (data.kind = trajectories)
     rollout_weight: float = 1.0  # weight of that rollout loss against the q̈ loss
     rollout_batch: int = 0  # windows per step for the rollout loss; 0: one per minibatch sample
     rollout_integrator: str = "rk4"  # how the rollout loss integrates (INTEGRATORS): rk4, midpoint, euler, or trapezoid (no rollout)
