@@ -25,7 +25,7 @@ from dlnn_studies.study.pack import structural
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def level(spec: str, trials: int, workers: int, pack: int, seed: int, folder: Path, limit_s: float) -> dict:
+def level(spec: str, trials: int, workers: int, pack: int, seed: int, folder: Path, limit_s: float, startup: int | None = None) -> dict:
     import optuna
 
     from dlnn_studies.spec.schema import parse_spec
@@ -33,6 +33,8 @@ def level(spec: str, trials: int, workers: int, pack: int, seed: int, folder: Pa
 
     raw = tomllib.loads((ROOT / "studies" / f"{spec}.toml").read_text())
     raw["budget"]["trials"] = trials
+    if startup is not None:  # the sampler's random start, so that a short run reaches TPE's own draws
+        raw["sampler"]["n_startup_trials"] = startup
     parsed = parse_spec(raw, source=spec)
     url = f"sqlite:///{folder / 'study.db'}"
     launch(parsed, url, log=lambda m: None)
@@ -94,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--pack", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--startup", type=int, help="override the spec's [sampler] n_startup_trials")
     parser.add_argument("--limit-s", type=float, default=270.0, help="each level's bound; unfinished trials are not counted")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--keep", type=Path, help="keep each level's study (DIR/pack-K/study.db) instead of a temporary folder")
@@ -103,10 +106,11 @@ def main(argv: list[str] | None = None) -> None:
         for pack in (1, args.pack):
             folder = (args.keep or Path(tmp)) / f"pack-{pack}"
             folder.mkdir(parents=True, exist_ok=False)
-            rows.append(level(args.spec, args.trials, args.workers, pack, args.seed, folder, args.limit_s))
+            rows.append(level(args.spec, args.trials, args.workers, pack, args.seed, folder, args.limit_s, args.startup))
             print(rows[-1], flush=True)
         compared = answers(rows)
-    lines = [f"{args.spec}, a fresh study of {args.trials} trials per level, {args.workers} workers, seeds {args.seed}+i; "
+    startup = "" if args.startup is None else f" (sampler n_startup_trials = {args.startup})"
+    lines = [f"{args.spec}{startup}, a fresh study of {args.trials} trials per level, {args.workers} workers, seeds {args.seed}+i; "
              f"each level bounded at {args.limit_s:.0f} s.", "",
              "| --pack | wall s | finished trials | trials / h | packs trained | distinct structures | best objective | outcomes |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
