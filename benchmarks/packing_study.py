@@ -34,7 +34,7 @@ def level(spec: str, trials: int, workers: int, pack: int, seed: int, folder: Pa
     raw = tomllib.loads((ROOT / "studies" / f"{spec}.toml").read_text())
     raw["budget"]["trials"] = trials
     if startup is not None:  # the sampler's random start, so that a short run reaches TPE's own draws
-        raw["sampler"]["n_startup_trials"] = startup
+        raw.setdefault("sampler", {})["n_startup_trials"] = startup
     parsed = parse_spec(raw, source=spec)
     url = f"sqlite:///{folder / 'study.db'}"
     launch(parsed, url, log=lambda m: None)

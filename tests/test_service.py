@@ -443,7 +443,8 @@ def test_full_evaluation_does_not_roll_the_objectives_split_out_again(tmp_path, 
     for t in done:
         metrics = records.trial_metrics(t)
         assert t.user_attrs[records.EVALUATION] == "full"
-        assert {"ood_rollout_error", "ood_energy_error", "ood_valid_steps", "test_energy_error", "test_valid_steps"} <= metrics.keys()
+        assert {"val_valid_steps", "val_rollout_error", "ood_rollout_error", "ood_energy_error", "ood_valid_steps", "test_energy_error",
+                "test_valid_steps"} <= metrics.keys()
         assert t.value == records.to_stored("rollout_error", metrics["rollout_error"])  # the objective is the kept test value
 
 
