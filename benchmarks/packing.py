@@ -79,7 +79,7 @@ def step_times(flat: dict, k: int, steps: int, reps: int, device: str) -> tuple[
 
     def packed() -> None:
         idx = torch.stack([torch.randperm(len(q), generator=g, device=device)[:batch] for _ in packed_members])
-        train_step(shell, packed_members, q, v, a, idx, 1)
+        train_step(shell, packed_members, q, v, a, idx)
 
     def alone() -> None:  # fit's step, per model
         for m in alone_members:

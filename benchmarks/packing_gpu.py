@@ -57,19 +57,19 @@ def time_packed(k: int, steps: int, device: str, flat: dict) -> dict:
     g = torch.Generator(device=device).manual_seed(0)
     idx = lambda: torch.stack([torch.randperm(len(q), generator=g, device=device)[:batch] for _ in members])  # noqa: E731
     for _ in range(3):
-        train_step(shell, members, q, v, a, idx(), 1)
+        train_step(shell, members, q, v, a, idx())
     _sync(device)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     for _ in range(steps):
-        train_step(shell, members, q, v, a, idx(), 1)
+        train_step(shell, members, q, v, a, idx())
     _sync(device)
     step_s = (time.perf_counter() - start) / steps
     out = {"k": k, "step_s": step_s, "trials_per_hour": 3600 / (STEPS_PER_EPOCH * EPOCHS * step_s / k)}
     if device.startswith("cuda"):
         out["mem_per_trial_mib"] = torch.cuda.max_memory_allocated() / k / 2**20
-        out.update(count_syncs(lambda: train_step(shell, members, q, v, a, idx(), 1), device))
+        out.update(count_syncs(lambda: train_step(shell, members, q, v, a, idx()), device))
     return out
 
 

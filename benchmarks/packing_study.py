@@ -58,10 +58,12 @@ def level(spec: str, trials: int, workers: int, pack: int, seed: int, folder: Pa
     done = study.get_trials(deepcopy=False)
     states = Counter(t.user_attrs.get("status") or t.state.name.lower() for t in done)
     complete = [t for t in done if t.state == optuna.trial.TrialState.COMPLETE and t.values]
-    packs = sum(open(folder / f"w{i}.log").read().count("as one pack") for i in range(workers))
+    logs = [(folder / f"w{i}.log").read_text() for i in range(workers)]
+    packs = sum(log.count("as one pack") for log in logs)
+    joined = sum(int(line.split()[-6]) for log in logs for line in log.splitlines() if line.endswith("joined a running pack"))
     structures = {tuple(sorted((k, v) for k, v in t.params.items() if structural(k))) for t in done if t.params}
     return {"pack": pack, "wall_s": wall, "url": url, "name": parsed.name, "structures": len(structures), "finished": sum(t.state.is_finished() for t in done),
-            "trials_per_hour": sum(t.state.is_finished() for t in done) * 3600 / wall, "states": dict(states), "packs": packs,
+            "trials_per_hour": sum(t.state.is_finished() for t in done) * 3600 / wall, "states": dict(states), "packs": packs, "joined": joined,
             "best": min((t.values[0] for t in complete), default=float("nan"))}
 
 
@@ -112,10 +114,11 @@ def main(argv: list[str] | None = None) -> None:
     startup = "" if args.startup is None else f" (sampler n_startup_trials = {args.startup})"
     lines = [f"{args.spec}{startup}, a fresh study of {args.trials} trials per level, {args.workers} workers, seeds {args.seed}+i; "
              f"each level bounded at {args.limit_s:.0f} s.", "",
-             "| --pack | wall s | finished trials | trials / h | packs trained | distinct structures | best objective | outcomes |", "|---|---|---|---|---|---|---|---|"]
+             "| --pack | wall s | finished trials | trials / h | packs started | trials that joined a running pack | distinct structures | best objective | outcomes |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         outcomes = ", ".join(f"{k} {v}" for k, v in sorted(r["states"].items()))
-        lines.append(f"| {r['pack']} | {r['wall_s']:.0f} | {r['finished']} | {r['trials_per_hour']:.0f} | {r['packs']} | {r['structures']} | {r['best']:.3g} | {outcomes} |")
+        lines.append(f"| {r['pack']} | {r['wall_s']:.0f} | {r['finished']} | {r['trials_per_hour']:.0f} | {r['packs']} | {r['joined']} | {r['structures']} | {r['best']:.3g} | {outcomes} |")
     lines += ["", f"Trials per hour, packed against unpacked: {rows[1]['trials_per_hour'] / rows[0]['trials_per_hour']:.2f}×.", compared]
     text = "\n".join(lines)
     print(text)

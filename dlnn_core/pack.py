@@ -19,9 +19,9 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Collection, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 import torch
 from torch import nn
@@ -87,7 +87,8 @@ def pack_key(config: TrainConfig) -> str | None:
 
 @dataclass
 class _Member:
-    """One trial's training state inside a pack."""
+    """One trial's training state inside a pack: its own epoch and update counts, since a trial that
+    joins a running pack (`refill`) starts where the others are in the middle of theirs."""
 
     index: int
     config: TrainConfig
@@ -96,11 +97,25 @@ class _Member:
     optimizer: torch.optim.Optimizer
     schedule: Any
     order: torch.Generator
+    start: float = field(default_factory=time.perf_counter)
+    epoch: int = 0
+    updates: int = 0
     perm: torch.Tensor | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
     best_val: float = math.inf
     best_epoch: int | None = None
     best_state: dict[str, torch.Tensor] | None = None
     best_loss: float = math.inf
+
+
+@dataclass(frozen=True)
+class Joiner:
+    """A trial that joins a running pack where a member left: what `fit_pack` takes per trial."""
+
+    config: TrainConfig
+    report: Report | None = None
+    out_dir: str | os.PathLike | None = None
+    progress: Progress | None = None
 
 
 def member(index: int, config: TrainConfig, splits, device: torch.device, steps: int) -> _Member:
@@ -142,8 +157,7 @@ def _losses(members: Sequence[_Member], pred: torch.Tensor, true: torch.Tensor) 
     return torch.stack(out)  # type: ignore[arg-type]
 
 
-def train_step(shell: nn.Module, members: Sequence[_Member], q: torch.Tensor, v: torch.Tensor, a: torch.Tensor, idx: torch.Tensor,
-               updates: int) -> torch.Tensor:
+def train_step(shell: nn.Module, members: Sequence[_Member], q: torch.Tensor, v: torch.Tensor, a: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """One update of every member on its own minibatch (row k of idx [K, B]), as `fit` does one:
     forward, loss, backward, clipping, optimizer step, schedule. Returns the losses [K], detached."""
     k, b = idx.shape
@@ -156,7 +170,8 @@ def train_step(shell: nn.Module, members: Sequence[_Member], q: torch.Tensor, v:
         if m.config.grad_clip is not None:
             nn.utils.clip_grad_norm_(m.params, m.config.grad_clip)
         m.optimizer.step()
-        m.schedule.after_update(updates)
+        m.updates += 1
+        m.schedule.after_update(m.updates)
     return losses.detach()
 
 
@@ -180,22 +195,29 @@ def fit_pack(
     progress: Sequence[Progress | None] | None = None,
     cache_dir: str | os.PathLike | None = None,
     metrics: Collection[str] | None = None,
+    size: int | None = None,
+    refill: Callable[[int], Sequence[Joiner]] | None = None,
+    finished: Callable[[int, FitResult | Exception], None] | None = None,
 ) -> list[FitResult | Exception]:
     """Train the trials `configs` describe as one pack (see the module docstring); entry k of each
     sequence is trial k's. Returns, per trial, its `FitResult` (ok or diverged, as `fit` would), or
     the Exception its `report` raised (pruning, a timeout), which removed it from the pack at that
     epoch with nothing written. A BaseException that is not an Exception (KeyboardInterrupt,
-    SystemExit from SIGTERM) stops the whole pack and propagates. A trial's `wall_time_s` is the
-    pack's time from its start to that trial's end, evaluations of the trials before it included."""
+    SystemExit from SIGTERM) stops the whole pack and propagates.
+
+    Refill: at every epoch's end where fewer than `size` (default: len(configs)) trials train,
+    `refill(free)` may hand over up to `free` `Joiner`s of the same structure, which start their
+    own first epoch there; they are numbered after `configs`, in the order given, and a joiner of
+    another structure gets a ConfigError as its outcome. `finished(k, outcome)` hears each trial's
+    outcome as it leaves. A trial's `wall_time_s` is the pack's time from that trial's start (the
+    pack's for `configs`, its join for a joiner) to its end, other trials' evaluations included."""
     _check_pack(configs)
-    count_k = len(configs)
-    reports = list(reports) if reports is not None else [None] * count_k
-    out_dirs = list(out_dirs) if out_dirs is not None else [None] * count_k
-    progress = list(progress) if progress is not None else [None] * count_k
-    if not len(reports) == len(out_dirs) == len(progress) == count_k:
-        raise ConfigError("reports, out_dirs, progress", (len(reports), len(out_dirs), len(progress)), f"{count_k} entries each, one per config")
+    size = max(size or len(configs), len(configs))
+    initial = [Joiner(c, r, o, p) for c, r, o, p in zip(configs, *(_per_trial(x, len(configs), name) for x, name in (
+        (reports, "reports"), (out_dirs, "out_dirs"), (progress, "progress"))))]
     start = time.perf_counter()
     first = configs[0]
+    key = pack_key(first)
     device, dtype = resolve_device(first.device), DTYPES[first.dtype]
     if first.data.file:
         from .file_dataset import check_train_config
@@ -207,73 +229,103 @@ def fit_pack(
     count, batch = q.shape[0], min(first.batch_size, q.shape[0])
     steps = math.ceil(count / batch)
 
-    members = [member(i, config, splits, device, steps) for i, config in enumerate(configs)]
-    outcomes: list[FitResult | Exception | None] = [None] * count_k
-    histories: list[list[dict[str, Any]]] = [[] for _ in configs]
+    entries: list[Joiner] = []  # every trial of the pack, by index: configs first, then joiners
+    outcomes: list[FitResult | Exception | None] = []
+    active: list[_Member] = []
 
-    def leave(member: _Member) -> None:
-        nonlocal active, shell
-        active = [m for m in active if m is not member]
-        shell = packed_model([m.model for m in active]) if active else None
+    def leave(m: _Member, outcome: FitResult | Exception) -> None:
+        active.remove(m)
+        outcomes[m.index] = outcome
+        if finished is not None:
+            finished(m.index, outcome)
 
-    active = list(members)
-    shell: nn.Module | None = packed_model([m.model for m in active])
-    initial = _validate(shell, len(active), *val).tolist()
-    for m, (val_rel, val_med) in zip(active, initial):
-        histories[m.index].append({"epoch": 0, "train_loss": None, "val_rel_mse": val_rel, "val_rel_mse_median": val_med,
-                                   "lr": float(m.optimizer.param_groups[0]["lr"]), "time_s": time.perf_counter() - start})
-    updates = 0
-    for epoch in range(1, first.epochs + 1):
-        if not active:
-            break
+    def join(new: Sequence[Joiner]) -> None:
+        """Each joiner's model, optimizer and epoch-0 validation, as `fit` starts a run."""
+        members = []
+        for entry in new:
+            entries.append(entry)
+            outcomes.append(None)
+            if pack_key(entry.config) != key:
+                outcomes[-1] = ConfigError(f"trial {len(outcomes) - 1}", "another structure",
+                                           f"a TrainConfig equal to the pack's in everything but {', '.join(PER_TRIAL)}")
+                if finished is not None:
+                    finished(len(outcomes) - 1, outcomes[-1])
+                continue
+            members.append(member(len(outcomes) - 1, entry.config, splits, device, steps))
+        if not members:
+            return
+        values = _validate(packed_model([m.model for m in members]), len(members), *val).tolist()
+        for m, (val_rel, val_med) in zip(members, values):
+            m.history.append({"epoch": 0, "train_loss": None, "val_rel_mse": val_rel, "val_rel_mse_median": val_med,
+                              "lr": float(m.optimizer.param_groups[0]["lr"]), "time_s": time.perf_counter() - m.start})
+        active.extend(members)
+
+    join(initial)
+    for m in active:
+        m.start = start  # the pack's first trials count its data loading, as `fit` counts its own
+    while active:
+        shell = packed_model([m.model for m in active])
         for m in active:
             m.perm = torch.randperm(count, generator=m.order, device=device)
         loss_sum = torch.zeros(len(active), dtype=dtype, device=device)
         for i in range(steps):
             idx = torch.stack([m.perm[i * batch : (i + 1) * batch] for m in active])  # type: ignore[index]
-            updates += 1
-            loss_sum += train_step(shell, active, q, v, a, idx, updates)
+            loss_sum += train_step(shell, active, q, v, a, idx)
         # One read-back per epoch for the whole pack: losses, validation errors, parameter health.
         validation = _validate(shell, len(active), *val)
         finite = torch.stack([torch.stack([torch.isfinite(p).all() for p in m.params]).all() for m in active]).to(dtype)
         values = torch.cat([(loss_sum / steps)[:, None], validation, finite[:, None]], dim=1).tolist()
-        for m, (train_loss, val_rel, val_med, params_finite) in zip(list(active), values):
-            d = adapted_d(m.optimizer)
-            record = {"epoch": epoch, "train_loss": train_loss, "val_rel_mse": val_rel, "val_rel_mse_median": val_med,
-                      "lr": float(m.optimizer.param_groups[0]["lr"]), "time_s": time.perf_counter() - start}
-            if d is not None:
-                record["d"] = d
-            histories[m.index].append(record)
-            if progress[m.index] is not None:
-                progress[m.index](record)
-            reason = _divergence(train_loss, m.best_loss, bool(params_finite), d, val_rel)
-            if reason is not None:
-                outcomes[m.index] = _diverged(m.config, epoch, reason, m.best_val, m.best_epoch, histories[m.index], device, start,
-                                              out_dirs[m.index])
-                leave(m)
-                continue
-            m.best_loss = min(m.best_loss, train_loss)
-            if val_rel < m.best_val:
-                m.best_val, m.best_epoch = val_rel, epoch
-                m.best_state = {key: t.detach().clone() for key, t in m.model.state_dict().items()}
-            m.schedule.after_epoch(epoch, val_rel)
-            if reports[m.index] is not None:
-                try:
-                    reports[m.index](epoch, val_rel)
-                except Exception as stop:  # pruned or out of time: this trial leaves, the others go on
-                    outcomes[m.index] = stop
-                    leave(m)
-
-    for m in active:
-        m.model.load_state_dict(m.best_state)
-        results = _final_metrics(m.model, splits, dtype, device, progress[m.index], metrics)
-        epochs = first.epochs
-        results.update(epochs=float(epochs), best_epoch=float(m.best_epoch))
-        wall = time.perf_counter() - start
-        results["wall_time_s"] = wall
-        result = FitResult("ok", None, None, m.best_epoch, epochs, results, histories[m.index], None, wall, describe_device(device),
-                           m.config.to_dict())
-        if out_dirs[m.index] is not None:
-            result = replace(result, checkpoint=str(_write_run(Path(out_dirs[m.index]), m.model, m.config, result)))
-        outcomes[m.index] = result
+        for m, row in zip(list(active), values):
+            outcome = _end_epoch(m, entries[m.index], row, device, splits, dtype, metrics)
+            if outcome is not None:
+                leave(m, outcome)
+        if refill is not None and len(active) < size:
+            join(refill(size - len(active)))
     return outcomes  # type: ignore[return-value]
+
+
+def _per_trial(values: Sequence[Any] | None, count: int, name: str) -> list[Any]:
+    values = list(values) if values is not None else [None] * count
+    if len(values) != count:
+        raise ConfigError(name, len(values), f"{count} entries, one per config")
+    return values
+
+
+def _end_epoch(m: _Member, entry: Joiner, row: Sequence[float], device: torch.device, splits, dtype: torch.dtype,
+               metrics: Collection[str] | None) -> FitResult | Exception | None:
+    """Member `m`'s end of epoch, as `fit` ends one: its record, divergence, best state, schedule,
+    report; its outcome if it leaves the pack here (diverged, stopped by its report, or done)."""
+    train_loss, val_rel, val_med, params_finite = row
+    m.epoch += 1
+    d = adapted_d(m.optimizer)
+    record = {"epoch": m.epoch, "train_loss": train_loss, "val_rel_mse": val_rel, "val_rel_mse_median": val_med,
+              "lr": float(m.optimizer.param_groups[0]["lr"]), "time_s": time.perf_counter() - m.start}
+    if d is not None:
+        record["d"] = d
+    m.history.append(record)
+    if entry.progress is not None:
+        entry.progress(record)
+    reason = _divergence(train_loss, m.best_loss, bool(params_finite), d, val_rel)
+    if reason is not None:
+        return _diverged(m.config, m.epoch, reason, m.best_val, m.best_epoch, m.history, device, m.start, entry.out_dir)
+    m.best_loss = min(m.best_loss, train_loss)
+    if val_rel < m.best_val:
+        m.best_val, m.best_epoch = val_rel, m.epoch
+        m.best_state = {key: t.detach().clone() for key, t in m.model.state_dict().items()}
+    m.schedule.after_epoch(m.epoch, val_rel)
+    if entry.report is not None:
+        try:
+            entry.report(m.epoch, val_rel)
+        except Exception as stop:  # pruned or out of time: this trial leaves, the others go on
+            return stop
+    if m.epoch < m.config.epochs:
+        return None
+    m.model.load_state_dict(m.best_state)
+    results = _final_metrics(m.model, splits, dtype, device, entry.progress, metrics)
+    results.update(epochs=float(m.epoch), best_epoch=float(m.best_epoch))
+    wall = time.perf_counter() - m.start
+    results["wall_time_s"] = wall
+    result = FitResult("ok", None, None, m.best_epoch, m.epoch, results, m.history, None, wall, describe_device(device), m.config.to_dict())
+    if entry.out_dir is not None:
+        result = replace(result, checkpoint=str(_write_run(Path(entry.out_dir), m.model, m.config, result)))
+    return result

@@ -12,7 +12,7 @@ from dlnn_core.config import TrainConfig
 from dlnn_core.errors import ConfigError
 from dlnn_core.models import build_model
 from dlnn_core.optim import OPTIMIZERS, build_optimizer
-from dlnn_core.pack import fit_pack, pack_key, packed_model
+from dlnn_core.pack import Joiner, fit_pack, pack_key, packed_model
 from dlnn_core.systems import get_system
 from dlnn_core.train import fit
 
@@ -108,6 +108,34 @@ def test_a_trial_whose_report_raises_leaves_the_pack_alone(partner_alone):
     assert isinstance(stopped, Stop) and seen == [1, 2]
     assert_same_run(partner_alone, partner)
     assert_same_run(other_alone, third)
+
+
+def test_a_trial_that_joins_where_another_left_gives_its_own_metrics(partner_alone, tmp_path):
+    """Refill: trial 0 is pruned after epoch 1; trial 2 joins there, a second joiner of another
+    structure is turned away, and every trial gives what it gives alone, heard as it leaves."""
+    def prune(epoch, value):
+        if epoch == 1:
+            raise Stop("pruned")
+
+    joiner = PARTNER.with_flat({"seed": 13, "optimizer.name": "adamw", "optimizer.lr": 2e-3, "loss": "mse", "scheduler.name": "cosine",
+                                "scheduler.warmup_t": 1, "scheduler.warmup_lr_init": 2e-4})  # its schedule counts its own updates
+    joiner_alone = fit(joiner)
+    asks, heard = [], []
+
+    def refill(free):
+        asks.append(free)
+        if len(asks) > 1:
+            return []
+        return [Joiner(joiner, out_dir=tmp_path / "joiner"), Joiner(PARTNER.with_flat({"model.hidden": 16}))]
+
+    outcomes = fit_pack([PARTNER.with_flat({"seed": 5}), PARTNER], reports=[prune, None], refill=refill,
+                        finished=lambda k, outcome: heard.append(k))
+    pruned, partner, joined, turned_away = outcomes
+    assert isinstance(pruned, Stop) and isinstance(turned_away, ConfigError)
+    assert asks[0] == 1 and heard[:2] == [0, 3] and sorted(heard) == [0, 1, 2, 3]
+    assert_same_run(partner_alone, partner)
+    assert_same_run(joiner_alone, joined)
+    assert (tmp_path / "joiner" / "metrics.json").exists()
 
 
 def test_keyboard_interrupt_stops_the_whole_pack():

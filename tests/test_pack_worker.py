@@ -60,7 +60,9 @@ def test_packed_worker_records_each_trial_as_fit_alone(storage_url, tmp_path):
     logs: list[str] = []
     assert run_worker(storage_url, name, pack=2, threads=1, install_signals=False, artifacts=tmp_path / "art", log=logs.append,
                       plots=False) == 0
-    assert sum("training 2 trials as one pack" in line for line in logs) == 2, logs
+    packed = sum(int(line.split()[1]) for line in logs if line.startswith("training ") and "as one pack" in line)
+    joined = sum(int(line.split()[0]) for line in logs if "joined a running pack" in line)
+    assert packed + joined == 4, logs  # two packs of two, or one that the second pair joined (their widths drawn alike)
     trials = _trials(storage_url, name)
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 4, [(t.number, t.state, t.user_attrs.get("reason")) for t in trials]
     torch.set_num_threads(1)
@@ -96,18 +98,30 @@ def _config(**flat) -> TrainConfig:
     return TrainConfig().with_flat({"data.system": "damped_oscillator", "model.hidden": 8, "device": "cpu", **flat})
 
 
-def test_packed_fit_groups_by_structure_and_returns_each_outcome():
+def _threads(target, args_list, **kwargs):
+    threads = [threading.Thread(target=target, args=args, kwargs=kwargs) for args in args_list]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not any(t.is_alive() for t in threads)
+
+
+@pytest.mark.parametrize("refill", [True, False])
+def test_packed_fit_groups_by_structure_and_returns_each_outcome(refill):
+    """Calls group by structure; without refill a lone structure trains through `fit`, with it as a
+    pack of one that others may join. Outcomes a fake `fit_pack` returns reach their threads."""
     packs, alone = [], []
 
-    def fake_pack(configs, reports, out_dirs, metrics=None):
-        packs.append([c.seed for c in configs])
+    def fake_pack(configs, reports, out_dirs, metrics=None, **_):
+        packs.append(sorted(c.seed for c in configs))
         return [RuntimeError("pruned") if c.seed == 1 else f"packed {c.seed}" for c in configs]
 
     def fake_fit(config, report=None, out_dir=None, metrics=None):
         alone.append(config.seed)
         return f"alone {config.seed}"
 
-    packed = PackedFit(3, gather_s=5.0, fit_fn=fake_fit, fit_pack_fn=fake_pack)
+    packed = PackedFit(3, gather_s=5.0, fit_fn=fake_fit, fit_pack_fn=fake_pack, refill=refill)
     configs = [_config(seed=0), _config(seed=1), _config(seed=2, **{"model.hidden": 16})]
     results: dict[int, object] = {}
 
@@ -117,13 +131,65 @@ def test_packed_fit_groups_by_structure_and_returns_each_outcome():
         except RuntimeError as exc:
             results[config.seed] = exc
 
-    threads = [threading.Thread(target=run, args=(c,)) for c in configs]
-    for t in threads:
+    _threads(run, [(c,) for c in configs])
+    assert sorted(packs) == ([[0, 1], [2]] if refill else [[0, 1]]) and alone == ([] if refill else [2])
+    assert sorted(packed.packs) == [1, 2]
+    assert results[0] == "packed 0" and results[2] == ("packed 2" if refill else "alone 2") and str(results[1]) == "pruned"
+
+
+def test_a_call_of_a_running_packs_structure_joins_it_where_a_member_left():
+    """Refill: a pack of two (size 3 has a slot open from the start, and a member leaves after
+    epoch 1); calls of its structure arriving meanwhile join it, one of another structure does not."""
+    import time
+
+    from dlnn_core.pack import fit_pack as real_fit_pack
+
+    joined, arrived = [], threading.Semaphore(0)
+    started = threading.Event()
+
+    def watching_pack(configs, reports, out_dirs, metrics=None, refill=None, **kwargs):
+        def watched(free):
+            if not started.is_set():  # the first epoch's end: hold the pack until the three later calls are in
+                started.set()
+                for _ in range(3):
+                    assert arrived.acquire(timeout=60)
+                time.sleep(0.1)
+            got = refill(free)
+            joined.extend(j.config.seed for j in got)
+            return got
+
+        return real_fit_pack(configs, reports, out_dirs, metrics=metrics, refill=watched, **kwargs)
+
+    def prune(epoch, value):
+        if epoch == 1:
+            raise RuntimeError("pruned")
+
+    tiny = {"data.n_train": 64, "data.n_val": 32, "data.n_test": 32, "data.n_rollout": 1, "data.rollout_steps": 5, "epochs": 3,
+            "batch_size": 32, "dtype": "float64"}
+    packed = PackedFit(3, gather_s=0.5, fit_pack_fn=watching_pack)
+    results: dict[int, object] = {}
+
+    def run(seed, report=None, **flat):
+        if seed in (2, 3, 4):
+            arrived.release()
+        try:
+            results[seed] = packed(_config(seed=seed, **tiny, **flat), report=report, metrics=["val_rel_mse"])
+        except RuntimeError as exc:
+            results[seed] = exc
+
+    first = [threading.Thread(target=run, args=(0, prune)), threading.Thread(target=run, args=(1,))]
+    for t in first:
         t.start()
-    for t in threads:
-        t.join(30)
-    assert sorted(map(sorted, packs)) == [[0, 1]] and alone == [2] and sorted(packed.packs) == [1, 2]
-    assert results[0] == "packed 0" and results[2] == "alone 2" and str(results[1]) == "pruned"
+    assert started.wait(60)
+    _threads(run, [(2,), (3,), (4,)], **{"model.hidden": 8})  # two take the slots; the third trains in a pack of its own
+    late = threading.Thread(target=run, args=(5,), kwargs={"model.hidden": 16})
+    late.start()
+    for t in first + [late]:
+        t.join(60)
+    assert len(joined) == 2 and set(joined) <= {2, 3, 4} and packed.joined == 2
+    assert str(results[0]) == "pruned" and all(results[s].status == "ok" for s in (1, 2, 3, 4, 5))
+    alone = fit(_config(seed=2, **tiny, **{"model.hidden": 8}))
+    assert results[2].metrics["val_rel_mse"] == pytest.approx(alone.metrics["val_rel_mse"], rel=1e-9)
 
 
 def test_a_study_that_optimizes_wall_time_never_packs():
@@ -142,7 +208,7 @@ def test_a_study_that_optimizes_wall_time_never_packs():
 def test_trials_asked_together_share_their_first_trials_structure():
     """Groups of `size` trials asked together take the first one's width and batch size; their
     optimizer and lr are drawn for each; a later group draws its own structure."""
-    study = optuna.create_study(sampler=SharedStructure(optuna.samplers.RandomSampler(seed=0), 3, gather_s=60.0))
+    study = optuna.create_study(sampler=SharedStructure(optuna.samplers.RandomSampler(seed=0), 3))
     drawn = []
     for _ in range(6):
         trial = study.ask()
@@ -155,5 +221,5 @@ def test_trials_asked_together_share_their_first_trials_structure():
 
 
 def test_a_lone_call_runs_after_the_gather_window():
-    packed = PackedFit(4, gather_s=0.2, fit_fn=lambda config, **_: "alone", fit_pack_fn=None)
+    packed = PackedFit(4, gather_s=0.2, fit_fn=lambda config, **_: "alone", fit_pack_fn=None, refill=False)
     assert packed(_config()) == "alone" and packed.packs == [1]
