@@ -25,7 +25,8 @@ from dlnn_studies.study.pack import structural
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def level(spec: str, trials: int, workers: int, pack: int, seed: int, folder: Path, limit_s: float, startup: int | None = None) -> dict:
+def level(spec: str, trials: int, workers: int, pack: int, seed: int, folder: Path, limit_s: float, startup: int | None = None,
+          refill: bool = True) -> dict:
     import optuna
 
     from dlnn_studies.spec.schema import parse_spec
@@ -38,7 +39,8 @@ def level(spec: str, trials: int, workers: int, pack: int, seed: int, folder: Pa
     parsed = parse_spec(raw, source=spec)
     url = f"sqlite:///{folder / 'study.db'}"
     launch(parsed, url, log=lambda m: None)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "DLNN_CACHE_DIR": str(folder / "cache")}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "DLNN_CACHE_DIR": str(folder / "cache"),
+           "DLNN_PACK_REFILL": "1" if refill else "0"}
     cmd = [sys.executable, "-m", "dlnn_studies.cli.main", "work", parsed.name, "--storage", url, "--threads", "1", "--no-plots",
            "--artifacts", str(folder / "artifacts")]
     start = time.perf_counter()
@@ -62,7 +64,7 @@ def level(spec: str, trials: int, workers: int, pack: int, seed: int, folder: Pa
     packs = sum(log.count("as one pack") for log in logs)
     joined = sum(int(line.split()[-6]) for log in logs for line in log.splitlines() if line.endswith("joined a running pack"))
     structures = {tuple(sorted((k, v) for k, v in t.params.items() if structural(k))) for t in done if t.params}
-    return {"pack": pack, "wall_s": wall, "url": url, "name": parsed.name, "structures": len(structures), "finished": sum(t.state.is_finished() for t in done),
+    return {"pack": pack if refill or pack == 1 else f"{pack}, no refill", "wall_s": wall, "url": url, "name": parsed.name, "structures": len(structures), "finished": sum(t.state.is_finished() for t in done),
             "trials_per_hour": sum(t.state.is_finished() for t in done) * 3600 / wall, "states": dict(states), "packs": packs, "joined": joined,
             "best": min((t.values[0] for t in complete), default=float("nan"))}
 
@@ -100,17 +102,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--startup", type=int, help="override the spec's [sampler] n_startup_trials")
     parser.add_argument("--limit-s", type=float, default=270.0, help="each level's bound; unfinished trials are not counted")
+    parser.add_argument("--no-refill-level", action="store_true", help="also run packed without refill (DLNN_PACK_REFILL=0), before the refilled level")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--keep", type=Path, help="keep each level's study (DIR/pack-K/study.db) instead of a temporary folder")
     args = parser.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory(prefix="dlnn-packing-study-") as tmp:
-        for pack in (1, args.pack):
-            folder = (args.keep or Path(tmp)) / f"pack-{pack}"
+        levels = [(1, True)] + ([(args.pack, False)] if args.no_refill_level else []) + [(args.pack, True)]
+        for pack, refill in levels:
+            folder = (args.keep or Path(tmp)) / (f"pack-{pack}" + ("" if refill else "-no-refill"))
             folder.mkdir(parents=True, exist_ok=False)
-            rows.append(level(args.spec, args.trials, args.workers, pack, args.seed, folder, args.limit_s, args.startup))
+            rows.append(level(args.spec, args.trials, args.workers, pack, args.seed, folder, args.limit_s, args.startup, refill))
             print(rows[-1], flush=True)
-        compared = answers(rows)
+        compared = answers([rows[0], rows[-1]])
     startup = "" if args.startup is None else f" (sampler n_startup_trials = {args.startup})"
     lines = [f"{args.spec}{startup}, a fresh study of {args.trials} trials per level, {args.workers} workers, seeds {args.seed}+i; "
              f"each level bounded at {args.limit_s:.0f} s.", "",
@@ -119,7 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     for r in rows:
         outcomes = ", ".join(f"{k} {v}" for k, v in sorted(r["states"].items()))
         lines.append(f"| {r['pack']} | {r['wall_s']:.0f} | {r['finished']} | {r['trials_per_hour']:.0f} | {r['packs']} | {r['joined']} | {r['structures']} | {r['best']:.3g} | {outcomes} |")
-    lines += ["", f"Trials per hour, packed against unpacked: {rows[1]['trials_per_hour'] / rows[0]['trials_per_hour']:.2f}×.", compared]
+    lines += [""] + [f"Trials per hour, --pack {r['pack']} against unpacked: {r['trials_per_hour'] / rows[0]['trials_per_hour']:.2f}×."
+                     for r in rows[1:]] + [compared]
     text = "\n".join(lines)
     print(text)
     if args.out:

@@ -19,6 +19,8 @@ import optuna
 GATHER_S = float(os.environ.get("DLNN_PACK_GATHER_S", "2.0"))
 # How many consecutive trials of a worker share one structure (DLNN_PACK_SHARE; default: the pack size).
 SHARE = int(os.environ.get("DLNN_PACK_SHARE", "0"))
+# Whether a running pack takes new trials where members left (DLNN_PACK_REFILL=0: no, for comparisons).
+REFILL = os.environ.get("DLNN_PACK_REFILL", "1") != "0"
 
 
 @dataclass(eq=False)
@@ -52,12 +54,13 @@ class PackedFit:
     new call of its structure takes a free slot at the pack's next epoch (`refill`)."""
 
     def __init__(self, size: int, *, gather_s: float = GATHER_S, fit_fn: Callable | None = None, fit_pack_fn: Callable | None = None,
-                 log: Callable[[str], None] | None = None, refill: bool = True):
+                 log: Callable[[str], None] | None = None, refill: bool | None = None):
         if fit_fn is None:
             from dlnn_core.train import fit as fit_fn
         if fit_pack_fn is None:
             from dlnn_core.pack import fit_pack as fit_pack_fn
-        self.size, self.gather_s, self.fit, self.fit_pack, self.refill = size, gather_s, fit_fn, fit_pack_fn, refill
+        self.size, self.gather_s, self.fit, self.fit_pack = size, gather_s, fit_fn, fit_pack_fn
+        self.refill = REFILL if refill is None else refill
         self.log = log or (lambda message: None)
         self._cond = threading.Condition()
         self._waiting: list[_Call] = []
