@@ -9,7 +9,7 @@ the zero-mean noise. This probe trains the committed robust winner
   observed     predicted q against the raw noisy angles of the next k samples (no velocities);
   observed_only the same, and no q̈ loss at all (the model learns from position windows only).
 Each window still starts from the spline's (q, q̇). It patches dlnn_core.train for the run (a probe,
-not a setting: it did not pay, see benchmarks/results/observed_angle_loss.md, so TrainConfig has no
+not a setting: it did not pay, see benchmarks/results/hard_case_probes.md, so TrainConfig has no
 field for it). One torch thread per run.
 
     python benchmarks/observed_angle_loss.py --mode observed --horizon 8 --weight 1e4 --seeds 1000
