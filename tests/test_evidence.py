@@ -116,6 +116,23 @@ def test_the_winners_regression_against_a_baseline_is_stated(url, tmp_path):
     assert "test_rollout_error vs" not in " ".join(c.id for c in written.record.claims)  # where it is better: no claim
 
 
+def test_the_verdict_names_the_largest_regressions_and_points_to_the_rest(url, tmp_path):
+    """Many metrics worse than a baseline: the verdict states the largest three, by their ratio, and
+    says where every one is graded; the Answers table still lists them all."""
+    study = _study(url, tmp_path)
+    worse = {"ood_rel_mse": 2.0, "test_rel_mse": 50.0, "val_rel_mse_median": 1.1, "test_rollout_error": 8.0, "ood_energy_error": 3.0}
+    _add(study, opt="adam", lr=1e-3, value=5e-4, baseline="structured_adam", metrics={m: 0.01 for m in worse})
+    _add(study, opt="adam", lr=2e-3, value=1e-4, metrics={m: 0.01 * r for m, r in worse.items()})
+    written = report(url, "known", tmp_path / "r", save_to_study=False)
+    md = written.markdown.read_text()
+    verdict = md.split("## Verdict")[1].split("## ")[0]
+    stated = [m for m in worse if f" on {m}: " in verdict]
+    assert sorted(stated) == sorted(["test_rel_mse", "test_rollout_error", "ood_energy_error"])  # 50×, 8×, 3×
+    assert "the largest 3 of 5 such comparisons" in verdict
+    answers = md.split("## Verdict")[0]
+    assert all(f"worse than structured_adam (trial 0) on {m}: " in answers for m in worse)
+
+
 def test_two_reruns_agree_and_a_flipped_study_contradicts(tmp_path, capsys):
     a, b, c = (f"sqlite:///{tmp_path / f'{x}.db'}" for x in "abc")
     _two_optimizers(_study(a, tmp_path), seed=10)

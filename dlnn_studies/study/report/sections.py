@@ -101,8 +101,7 @@ def verdict(d: StudyData, answers: list[Answer], rollouts: dict | None) -> Secti
                              f"their states leave the training range by {best.metrics.get('ood_range_excess', 0):.3g} of its width.")))
     reg = next((a for a in answers if a.question == "winner vs baselines"), None)
     if reg is not None:
-        items.append(Text(f"**Where the winner is worse**: {reg.summary}"
-                          + (" " + " ".join(f"{c.statement[0].upper()}{c.statement[1:]}." for c in reg.claims) if reg.claims else "")))
+        items.append(Text(f"**Where the winner is worse**: {reg.summary}" + _largest_regressions(reg.claims)))
     baselines = [r for r in d.rows if r.baseline and r.number != best.number]
     if baselines:
         metrics = [m for m in best.metrics if isinstance(best.metrics.get(m), (int, float)) and m != "epochs"]
@@ -129,6 +128,22 @@ def verdict(d: StudyData, answers: list[Answer], rollouts: dict | None) -> Secti
             items.append(Figure("rollouts", "Held-out test rollouts: each model's state error against the truth over time "
                                             "(log axis; line: mean over trajectories, band: min–max), from the same initial states.", rollouts))
     return Section("Verdict", tuple(items))
+
+
+SHOWN_REGRESSIONS = 3  # the verdict names the largest few; Answers has every one, graded
+
+
+def _largest_regressions(claims: tuple[ev.Claim, ...]) -> str:
+    """The largest of the winner's regressions as sentences (by the size of the log ratio, where the
+    metric has one), and where the others are: a study with many metrics and baselines has dozens."""
+    if not claims:
+        return ""
+    largest = sorted(claims, key=lambda c: -abs(c.effect or 0.0))[:SHOWN_REGRESSIONS]
+    text = " " + " ".join(f"{c.statement[0].upper()}{c.statement[1:]}." for c in largest)
+    if len(claims) > len(largest):
+        text += (f" These are the largest {len(largest)} of {len(claims)} such comparisons; every one, graded, is under "
+                 "Answers (winner vs baselines), and the table below has every metric's ratio.")
+    return text
 
 
 def history(d: StudyData) -> Figure:
