@@ -7,8 +7,11 @@ the zero-mean noise. This probe trains the committed robust winner
 (docs/reports/double_pendulum_answers/robust_winner.yaml) with the multi-step loss in one of three forms:
   smoothed     the shipped loss: predicted q and q̇ against the spline's q and q̇ of the next k samples;
   observed     predicted q against the raw noisy angles of the next k samples (no velocities);
-  observed_only the same, and no q̈ loss at all (the model learns from position windows only).
-Each window still starts from the spline's (q, q̇). It patches dlnn_core.train for the run (a probe,
+  observed_only the same, and no q̈ loss at all (the model learns from position windows only);
+  shooting     multiple shooting: each trajectory cut into segments of k steps, each segment's initial
+               (q, q̇) a parameter trained with the model (starting at the spline's), its rollout against
+               the raw angles of all k + 1 samples.
+The other forms start each window from the spline's (q, q̇). It patches dlnn_core.train for the run (a probe,
 not a setting: it did not pay, see benchmarks/results/hard_case_probes.md, so TrainConfig has no
 field for it). One torch thread per run.
 
@@ -27,10 +30,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 WINNER = REPO / "docs/reports/double_pendulum_answers/robust_winner.yaml"
-MODES = ("smoothed", "observed", "observed_only")
+MODES = ("smoothed", "observed", "observed_only", "shooting")
 
 
 def patch(mode: str) -> None:
@@ -65,8 +70,50 @@ def patch(mode: str) -> None:
         return angle_difference(q[:, 1:], future_q, angles).square().mean()
 
     data.estimate, train._rollout_windows, train.rollout_loss = keep_raw, windows, angle_loss
+    if mode == "shooting":
+        _shooting(train, data, raw)
     if mode == "observed_only":
         train.LOSSES = {name: (lambda pred, true: 0.0 * pred.sum()) for name in train.LOSSES}
+
+
+def _shooting(train, data, raw: dict) -> None:
+    """Segments of k steps with their initial states as parameters of the model (so fit's optimizer and
+    schedule train them), the rollout of each from its own state against the raw angles."""
+    import torch
+    from torch import nn
+
+    from dlnn_core.metrics import angle_difference
+    from dlnn_core.rollout import STEPS, rollout
+
+    segments: dict[str, object] = {}
+    build = train.build_seeded_model
+
+    def windows(config, splits, dtype, device):
+        per, k, n = data.samples_per_trajectory(config.data), config.rollout_horizon, splits.train.q.shape[1]
+        starts = np.arange(0, per - k, k)
+        idx = starts[:, None] + np.arange(k + 1)[None]
+        observed = data.wrap_angles(raw["q"].reshape(-1, n), splits.system.angles).reshape(-1, per, n)
+        q, v = splits.train.q.reshape(-1, per, n), splits.train.qdot.reshape(-1, per, n)
+        segments["q0"] = torch.as_tensor(q[:, starts].reshape(-1, n), dtype=dtype, device=device)
+        segments["v0"] = torch.as_tensor(v[:, starts].reshape(-1, n), dtype=dtype, device=device)
+        ids = torch.arange(segments["q0"].shape[0], device=device)
+        fq = torch.as_tensor(observed[:, idx].reshape(-1, k + 1, n), dtype=dtype, device=device)
+        return ids, ids, fq, fq
+
+    def seeded_model(config, splits, device):
+        model = build(config, splits, device)
+        windows(config, splits, DTYPE, device)  # the segments' first states, before the optimizer is built
+        model.segment_q0, model.segment_v0 = nn.Parameter(segments["q0"].clone()), nn.Parameter(segments["v0"].clone())
+        segments["model"] = model
+        return model
+
+    def shooting_loss(accel, ids, _, future_q, __, dt, angles, integrator="rk4"):
+        model = segments["model"]
+        q, _ = rollout(accel, model.segment_q0[ids], model.segment_v0[ids], dt, future_q.shape[1] - 1, step=STEPS[integrator])
+        return angle_difference(q, future_q, angles).square().mean()
+
+    DTYPE = torch.float32
+    train._rollout_windows, train.rollout_loss, train.build_seeded_model = windows, shooting_loss, seeded_model
 
 
 def run(mode: str, horizon: int, weight: float, seed: int, epochs: int) -> dict:
