@@ -4,7 +4,7 @@ compares a rollout with the smoothed states (the spline's q and q̇)?
 The hard case's targets are biased: at 1 % noise and 50 Hz the spline's q̈ misses the truth by about
 32 % RMS. A loss on the observed angles themselves never differentiates the data, so its only error is
 the zero-mean noise. This probe trains the committed robust winner
-(docs/reports/double_pendulum_answers/robust_winner.yaml) with the multi-step loss in one of three forms:
+(docs/reports/double_pendulum_answers/robust_winner.yaml) with the multi-step loss in one of four forms:
   smoothed     the shipped loss: predicted q and q̇ against the spline's q and q̇ of the next k samples;
   observed     predicted q against the raw noisy angles of the next k samples (no velocities);
   observed_only the same, and no q̈ loss at all (the model learns from position windows only);
