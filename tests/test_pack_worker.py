@@ -76,16 +76,20 @@ def test_sigterm_requeues_every_trial_of_the_pack(pg_url, tmp_path):
     name = _launch(tmp_path, pg_url, trials=2, epochs=400, space=STEADY)
     w = spawn("work", name, "--storage", pg_url, "--pack", "2", "--threads", "1", "--no-plots", cwd=tmp_path, log=tmp_path / "w.log",
               DLNN_PACK_GATHER_S="30")  # the two asks meet in one pack however slow this machine is
+    def both_mid_training() -> bool:  # one read: both trials running, each past its first epoch
+        running = [t for t in _trials(pg_url, name) if t.state == TrialState.RUNNING]
+        return len(running) == 2 and all(len(t.intermediate_values) >= 1 for t in running)
+
     try:
-        wait_until(lambda: all(len(t.intermediate_values) >= 1 for t in _trials(pg_url, name) if t.state == TrialState.RUNNING)
-                   and sum(t.state == TrialState.RUNNING for t in _trials(pg_url, name)) == 2, 180, 0.2, "two packed trials mid-training")
+        wait_until(both_mid_training, 180, 0.2, "two packed trials mid-training")
         os.kill(w.pid, signal.SIGTERM)
         assert w.wait(60) == 0, (tmp_path / "w.log").read_text()
     finally:
         if w.poll() is None:
             w.kill()
     log = (tmp_path / "w.log").read_text()
-    assert "training 2 trials as one pack" in log
+    # One pack of both, or (a second ask later than the gather window) the second joined the first's pack.
+    assert "training 2 trials as one pack" in log or "1 trial(s) joined a running pack" in log, log
     trials = _trials(pg_url, name)
     stopped = [t for t in trials if t.state == TrialState.FAIL]
     queued = [t for t in trials if t.state == TrialState.WAITING]
