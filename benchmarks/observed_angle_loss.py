@@ -102,7 +102,7 @@ def _shooting(train, data, raw: dict) -> None:
 
     def seeded_model(config, splits, device):
         model = build(config, splits, device)
-        windows(config, splits, DTYPE, device)  # the segments' first states, before the optimizer is built
+        windows(config, splits, train.DTYPES[config.dtype], device)  # the segments' first states, before the optimizer is built
         model.segment_q0, model.segment_v0 = nn.Parameter(segments["q0"].clone()), nn.Parameter(segments["v0"].clone())
         segments["model"] = model
         return model
@@ -112,7 +112,6 @@ def _shooting(train, data, raw: dict) -> None:
         q, _ = rollout(accel, model.segment_q0[ids], model.segment_v0[ids], dt, future_q.shape[1] - 1, step=STEPS[integrator])
         return angle_difference(q, future_q, angles).square().mean()
 
-    DTYPE = torch.float32
     train._rollout_windows, train.rollout_loss, train.build_seeded_model = windows, shooting_loss, seeded_model
 
 

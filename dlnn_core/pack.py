@@ -263,10 +263,10 @@ def fit_pack(
     join(initial)
     for m in active:
         m.start = start  # the pack's first trials count its data loading, as `fit` counts its own
-    shell, members = None, None
+    shell, in_shell = None, None
     while active:
-        if members != [m.index for m in active]:  # rebuilt only when a trial left or joined
-            shell, members = packed_model([m.model for m in active]), [m.index for m in active]
+        if in_shell != [m.index for m in active]:  # rebuilt only when a trial left or joined
+            shell, in_shell = packed_model([m.model for m in active]), [m.index for m in active]
         for m in active:
             m.perm = torch.randperm(count, generator=m.order, device=device)
         loss_sum = torch.zeros(len(active), dtype=dtype, device=device)
