@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 import time
 from pathlib import Path
@@ -101,6 +102,40 @@ def test_budget_is_exact_and_trials_record_everything(storage_url, tmp_path):
     # A later worker finds the budget used and leaves at once.
     logs = _work(storage_url, "tiny", tmp_path, fit)
     assert "budget of 7 trials is used" in logs[-1] and len(_trials(storage_url, "tiny")) == 7
+
+
+def test_a_slow_ask_is_logged_with_its_wait_for_the_study_lock(storage_url, tmp_path, monkeypatch):
+    """An ask that waits for the study lock (here held by another thread, as another worker's ask
+    would) says so in the worker's log; asks that take no time say nothing."""
+    from dlnn_studies.store.optuna_private import study_id
+    from dlnn_studies.store.storage import close_storage, open_storage, study_lock
+    from dlnn_studies.study import service
+
+    _launch(storage_url, tmp_path, tiny_spec(trials=2))
+    assert not [m for m in _work(storage_url, "tiny", tmp_path, fake_fit(), n_trials=1) if "asking for a trial" in m]
+    monkeypatch.setattr(service, "SLOW_ASK_S", 0.3)
+    storage = open_storage(storage_url)
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with study_lock(storage, study_id(optuna.load_study(study_name="tiny", storage=storage))):
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(10)
+        threading.Timer(1.0, release.set).start()
+        logs = _work(storage_url, "tiny", tmp_path, fake_fit(), n_trials=1)
+    finally:
+        release.set()
+        holder.join(10)
+        close_storage(storage)
+    slow = [m for m in logs if "asking for a trial took" in m]
+    assert len(slow) == 1, logs
+    took, waited = (float(x) for x in re.findall(r"([0-9.]+) s", slow[0])[:2])
+    assert took >= 0.9 and 0.8 <= waited <= took, slow[0]
 
 
 def test_diverged_oom_and_broken_trials(storage_url, tmp_path):

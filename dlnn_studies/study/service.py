@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import datetime
 import math
+import threading
+import time
+from typing import Callable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -30,6 +33,7 @@ from ..store.trial_view import TrialView
 SPEC_ATTR = "dlnn:spec"  # study user attr: the validated spec as written (parsed TOML): what export and --update compare
 DEFINITION_ATTR = "dlnn:definition"  # study user attr: the spec compiled at launch (spec/definition.py), what every reader loads
 DIGEST_ATTR = "dlnn:spec_digest"
+SLOW_ASK_S = 5.0  # an ask that takes longer is logged by the worker (ServiceStudy.ask)
 CONSTRAINT = "diverged"  # trial constraint: > 0 marks a diverged / out-of-memory trial infeasible
 
 
@@ -79,17 +83,32 @@ class ServiceStudy(optuna.Study):
     """An Optuna study whose `ask` respects the study-wide budget, checked under a per-study lock,
     and that reads a database through the cached trial view (store/trial_view.py)."""
 
-    def __init__(self, study_name: str, storage, sampler, pruner, *, budget: int, timeout_s: float | None):
+    def __init__(self, study_name: str, storage, sampler, pruner, *, budget: int, timeout_s: float | None,
+                 log: Callable[[str], None] | None = None):
         if isinstance(storage, optuna.storages.RDBStorage):
             storage = TrialView(storage)
         super().__init__(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
-        self.budget, self.timeout_s = budget, timeout_s
+        self.budget, self.timeout_s, self.log = budget, timeout_s, log
         self.storage, self.study_id = storage, study_id(self)  # what Study keeps privately, under public names
 
     def ask(self, fixed_distributions=None) -> optuna.Trial:
+        """A new trial (or a queued one), after the budget check; an ask slower than SLOW_ASK_S is
+        logged with how long it waited for the study lock, so a worker whose trials start late says why."""
+        start, locked = time.monotonic(), [None]
+        try:
+            return self._ask_within_budget(fixed_distributions, locked)
+        finally:
+            took = time.monotonic() - start
+            if self.log is not None and took > SLOW_ASK_S:
+                waited = (locked[0] or time.monotonic()) - start
+                self.log(f"asking for a trial took {took:.1f} s ({waited:.1f} s of it before the study lock was taken, "
+                         f"in {threading.current_thread().name})")
+
+    def _ask_within_budget(self, fixed_distributions, locked: list) -> optuna.Trial:
         if isinstance(self.storage, TrialView):
             self.storage.refresh(self.study_id)  # queued trials and new peers seen fresh
         with study_lock(self.storage, self.study_id) as conn:
+            locked[0] = time.monotonic()
             if conn is not None:
                 used, waiting, start = budget_counts(conn, self.study_id)
             else:
@@ -129,10 +148,10 @@ class StudyBudgets:
         return known[1], known[2]
 
 
-def build_study(storage, name: str, spec: StudySpec, seed: int) -> ServiceStudy:
+def build_study(storage, name: str, spec: StudySpec, seed: int, log: Callable[[str], None] | None = None) -> ServiceStudy:
     sampler = build_sampler(spec.sampler, spec.sampler_options, seed, grid_space(spec.space))
     pruner = build_pruner(spec.pruner, spec.pruner_options, spec.base.epochs)
-    return ServiceStudy(name, storage, sampler, pruner, budget=spec.trials, timeout_s=spec.timeout_s)
+    return ServiceStudy(name, storage, sampler, pruner, budget=spec.trials, timeout_s=spec.timeout_s, log=log)
 
 
 # ---------------------------------------------------------------------------------- ranking

@@ -223,7 +223,7 @@ def _work(run: _Run, n_trials: int | None, deadline: float | None) -> str:
 
 def _build(run: _Run) -> optuna.Study:
     """The study as this worker samples it (packed trials share a structure, except on a grid, whose cells are its own)."""
-    study = build_study(run.storage, run.name, run.spec, run.seed)
+    study = build_study(run.storage, run.name, run.spec, run.seed, log=run.log)
     if run.pack > 1 and not isinstance(study.sampler, optuna.samplers.GridSampler):
         from .pack import SharedStructure
 
