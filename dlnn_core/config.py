@@ -45,6 +45,8 @@ class TrainConfig:
     rollout_weight: float = 1.0  # weight of that rollout loss against the q̈ loss
     rollout_batch: int = 0  # windows per step for the rollout loss; 0: one per minibatch sample
     rollout_integrator: str = "rk4"  # how the rollout loss integrates (INTEGRATORS): rk4, midpoint, euler, or trapezoid (no rollout)
+    shooting_iters: int = 0  # k > 0: after the epochs, k L-BFGS iterations of multiple shooting on the training trajectories (shooting.py)
+    shooting_segment: int = 16  # steps per shooting segment (an RK4 rollout from its own fitted initial state)
     method: str = DEFAULT_METHOD  # how second derivatives are taken (dlnn_core.lagrangian.METHODS)
     dtype: str = "float32"
     device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:K
@@ -140,6 +142,8 @@ TRAIN_RULES: dict[str, Rule] = {
     "rollout_weight": Number(low=0),
     "rollout_batch": Integer(low=0),
     "rollout_integrator": OneOf(INTEGRATORS),
+    "shooting_iters": Integer(low=0),
+    "shooting_segment": Integer(low=1),
     "method": OneOf(METHODS),
     "dtype": OneOf(DTYPES),
     "seed": Integer(low=0),
@@ -165,9 +169,15 @@ def _check_together(errors: list[ConfigError], cfg: Any) -> None:
     if horizon and cfg.data.kind != "trajectories":
         errors.append(ConfigError("rollout_horizon", horizon, "0 unless data.kind = 'trajectories' (a rollout loss needs observed trajectories)"))
         horizon = 0
+    shooting = cfg.shooting_iters if not {"shooting_iters", "shooting_segment"} & bad else 0
+    if shooting and cfg.data.kind != "trajectories":
+        errors.append(ConfigError("shooting_iters", shooting, "0 unless data.kind = 'trajectories' (shooting fits observed trajectories)"))
+        shooting = 0
     if cfg.data.file:  # the sizes come from the file: checked where it is read (datafiles.check_train_config)
         if horizon:
             errors.append(ConfigError("rollout_horizon", horizon, "0 when data.file is set (no rollout loss on file trajectories yet)"))
+        if shooting:
+            errors.append(ConfigError("shooting_iters", shooting, "0 when data.file is set (no shooting on file trajectories yet)"))
         return
     if any(key.startswith("data.") for key in bad):  # a size above its limit: too large to count samples with
         return
@@ -177,6 +187,8 @@ def _check_together(errors: list[ConfigError], cfg: Any) -> None:
                                   + (f" trajectories of {samples // n_train} samples)" if cfg.data.kind == "trajectories" else ")")))
     if horizon and horizon >= samples // n_train:
         errors.append(ConfigError("rollout_horizon", horizon, f"an integer in [1, {samples // n_train - 1}] (samples per trajectory − 1)"))
+    if shooting and cfg.shooting_segment >= samples // n_train:
+        errors.append(ConfigError("shooting_segment", cfg.shooting_segment, f"an integer in [1, {samples // n_train - 1}] (samples per trajectory − 1)"))
 
 
 def _check_without_sections(errors: list[ConfigError], cls: type, sections: Mapping[str, Any], top: Mapping[str, Any]) -> None:

@@ -78,8 +78,9 @@ def packed_model(models: Sequence[nn.Module]) -> nn.Module:
 
 def pack_key(config: TrainConfig) -> str | None:
     """Trials with equal keys can share one pack: everything but `PER_TRIAL` is equal. None: this
-    config cannot be packed (a rollout loss draws windows by a second random stream per step)."""
-    if config.rollout_horizon:
+    config cannot be packed (a rollout loss draws windows by a second random stream per step; shooting
+    is a full-batch L-BFGS fit of its own after the epochs)."""
+    if config.rollout_horizon or config.shooting_iters:
         return None
     shared = {k: v for k, v in config.to_dict().items() if k not in PER_TRIAL}
     return json.dumps(shared, sort_keys=True, default=str)

@@ -2,8 +2,8 @@
 
 Minibatch training on the chosen device with the loss read back once per epoch (no host sync
 per step, apart from what D-Adaptation/Prodigy do inside their own step), validation after every
-epoch, `report(epoch, value)` for pruning, divergence detection, best-validation weights, and a
-run directory with the checkpoint (weights + full config) and a metrics JSON. Epochs count from 1;
+epoch, `report(epoch, value)` for pruning, divergence detection, best-validation weights (then, with
+`shooting_iters`, their multiple-shooting fit: shooting.py; it is not pruned), and a run directory with the checkpoint (weights + full config) and a metrics JSON. Epochs count from 1;
 history[0] is the untrained model's validation error (epoch 0).
 """
 
@@ -199,6 +199,8 @@ def fit(
     if reason is not None:
         return _diverged(config, epoch, reason, best_val, best_epoch, history, device, start, out_dir)
     model.load_state_dict(best_state)
+    if config.shooting_iters:
+        history.append(_shoot(config, model, q, v, splits, progress))
     results = _final_metrics(model, splits, dtype, device, progress, metrics)
     results.update(epochs=float(epoch), best_epoch=float(best_epoch))
     wall = time.perf_counter() - start
@@ -245,6 +247,15 @@ def _rollout_windows(config: TrainConfig, splits: Splits, dtype: torch.dtype, de
         return None
     arrays = trajectory_windows(splits.train, samples_per_trajectory(config.data), config.rollout_horizon)
     return tuple(torch.as_tensor(x, dtype=dtype, device=device) for x in arrays)
+
+
+def _shoot(config: TrainConfig, model: nn.Module, q: torch.Tensor, v: torch.Tensor, splits: Splits, progress: Progress | None) -> dict[str, Any]:
+    """The multiple-shooting fit of the trained model to the training trajectories (shooting.py): its history record."""
+    from .shooting import polish
+
+    per, n = samples_per_trajectory(config.data), q.shape[1]
+    return polish(model, q.reshape(-1, per, n), v.reshape(-1, per, n), 1.0 / config.data.rate_hz, config.shooting_segment,
+                  config.shooting_iters, splits.system.angles, progress)
 
 
 def _final_metrics(model: nn.Module, splits: Splits, dtype: torch.dtype, device: torch.device, progress: Progress | None = None,

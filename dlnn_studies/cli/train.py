@@ -129,13 +129,14 @@ def run_train(args: argparse.Namespace) -> int:
     stage = [None]
 
     def progress(record: dict[str, Any]) -> None:
-        if record.get("phase") == "evaluate":  # after the last epoch: the same bar shows the evaluation's stages
+        if record.get("phase") in ("shooting", "evaluate"):  # after the last epoch: the same bar shows the stages that follow
             if args.no_progress:
                 return
-            if stage[0] != record["stage"]:
-                stage[0] = record["stage"]
-                bar.set_description_str(f"evaluate {record['stage']}", refresh=False)
-                bar.unit = "step" if record["stage"] == "rollout" else "part"
+            name = "shooting" if record["phase"] == "shooting" else f"evaluate {record['stage']}"
+            if stage[0] != name:
+                stage[0] = name
+                bar.set_description_str(name, refresh=False)
+                bar.unit = {"shooting": "eval", "evaluate rollout": "step"}.get(name, "part")
                 bar.set_postfix({}, refresh=False)
                 bar.reset(total=record["total"])
             bar.update(record["done"] - bar.n)

@@ -37,9 +37,9 @@ DIST_KEYS = {"choices", "low", "high", "log", "step", "value", "grid", "per_opti
 
 # Settings whose values are checked by their field rule alone (config.check_setting); the others are
 # checked with the rest of a config: the data's settings (system, file, sizes), the batch and the
-# rollout horizon (against the training set), the optimizer and scheduler names (their settings),
-# and the model kind (the activation's curvature).
-TOGETHER = frozenset({"batch_size", "rollout_horizon", "optimizer.name", "scheduler.name", "model.kind"})
+# rollout horizon and the shooting settings (against the training set), the optimizer and scheduler
+# names (their settings), and the model kind (the activation's curvature).
+TOGETHER = frozenset({"batch_size", "rollout_horizon", "shooting_iters", "shooting_segment", "optimizer.name", "scheduler.name", "model.kind"})
 ALONE = frozenset(k for k in FIELD_RULES if k not in TOGETHER and not k.startswith("data."))
 # Settings checked together in space() (largest batch vs smallest training set), so each alone is
 # checked with its partner at its most permissive value.

@@ -1,0 +1,103 @@
+"""Multiple shooting after the epochs (`shooting_iters`): it recovers a damped oscillator's constants
+from its trajectories alone, leaves a model whose fit breaks as it was, is refused where there are no
+trajectories, and runs inside `fit` reproducibly, its record in the run's history."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from dlnn_core.config import ConfigError, TrainConfig
+from dlnn_core.pack import pack_key
+from dlnn_core.shooting import polish, segments
+from dlnn_core.systems import damped_oscillator
+
+
+class Oscillator(nn.Module):
+    """q̈ = −k q − ρ q̇ with log k and log ρ as its parameters."""
+
+    def __init__(self, k: float, rho: float):
+        super().__init__()
+        self.log_k = nn.Parameter(torch.tensor(math.log(k), dtype=torch.float64))
+        self.log_rho = nn.Parameter(torch.tensor(math.log(rho), dtype=torch.float64))
+
+    def forward(self, q, v):
+        return -self.log_k.exp() * q - self.log_rho.exp() * v
+
+
+def oscillator_trajectories(count=3, steps=60, dt=0.1):
+    """Exact trajectories of q̈ = −q − 0.1 q̇ from random states: q, q̇ [count, steps, 1]."""
+    rng = np.random.default_rng(0)
+    q0, v0 = rng.uniform(-1, 1, count), rng.uniform(-1, 1, count)
+    q, v = damped_oscillator(k=1.0, rho=0.1).solution(q0, v0, np.arange(steps) * dt)
+    return torch.from_numpy(q)[..., None], torch.from_numpy(v)[..., None]
+
+
+def test_segments_are_consecutive_and_share_their_end_samples():
+    q = torch.arange(10, dtype=torch.float64).reshape(1, 10, 1)
+    q0, v0, observed = segments(q, q, 3)
+    assert observed[..., 0].tolist() == [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]]
+    assert q0[:, 0].tolist() == [0, 3, 6] and v0.shape == (3, 1)
+
+
+def test_shooting_recovers_the_constants_from_trajectories_alone():
+    """Started at half the stiffness and three times the damping, and from initial states 0.05 off,
+    the fit finds k = 1 and ρ = 0.1: the positions decide both, no q̈ or q̇ target is used."""
+    q, v = oscillator_trajectories()
+    model = Oscillator(k=0.5, rho=0.3)
+    record = polish(model, q, v + 0.05, 0.1, 10, 200, (False,))
+    assert model.log_k.exp().item() == pytest.approx(1.0, rel=1e-5)
+    assert model.log_rho.exp().item() == pytest.approx(0.1, rel=1e-4)
+    assert record["kept"] and record["segments"] == 3 * 5 and record["loss_after"] < 1e-12 < record["loss_before"]
+
+
+def test_a_fit_that_breaks_leaves_the_model_as_it_was():
+    class Breaks(Oscillator):
+        calls = 0
+
+        def forward(self, q, v):
+            Breaks.calls += 1
+            return super().forward(q, v) * (math.nan if Breaks.calls > 400 else 1.0)
+
+    q, v = oscillator_trajectories()
+    model = Breaks(k=0.5, rho=0.3)
+    record = polish(model, q, v, 0.1, 10, 20, (False,))
+    assert not record["kept"] and record["loss_after"] is None
+    assert model.log_k.exp().item() == pytest.approx(0.5) and model.log_rho.exp().item() == pytest.approx(0.3)
+
+
+TINY = {"data.system": "damped_pendulum", "data.kind": "trajectories", "data.n_train": 4, "data.n_val": 2, "data.n_test": 2,
+        "data.n_rollout": 2, "data.rollout_steps": 50, "data.duration": 2.0, "data.noise": 0.01, "data.derivatives": "spline",
+        "model.hidden": 16, "model.form": "structured", "epochs": 3, "batch_size": 64, "device": "cpu"}
+
+
+def test_shooting_needs_trajectories_and_a_segment_that_fits_them():
+    with pytest.raises(ConfigError, match="shooting_iters.*data.kind = 'trajectories'"):
+        TrainConfig().with_flat({"data.kind": "states", "shooting_iters": 10})
+    with pytest.raises(ConfigError, match=r"shooting_segment.*\[1, 60\]"):
+        TrainConfig().with_flat({**TINY, "shooting_iters": 10, "shooting_segment": 100})
+    with pytest.raises(ConfigError, match="shooting_iters.*an integer >= 0"):
+        TrainConfig().with_flat({**TINY, "shooting_iters": -1})
+    assert TrainConfig().with_flat({**TINY, "shooting_segment": 100}).shooting_segment == 100  # unused while shooting is off
+
+
+def test_fit_shoots_after_the_epochs_reproducibly(tmp_path):
+    from dlnn_core.train import evaluate_checkpoint, fit
+
+    cfg = TrainConfig().with_flat({**TINY, "shooting_iters": 15, "shooting_segment": 8})
+    assert pack_key(cfg) is None  # a full-batch fit of its own: the trial trains alone
+    seen = []
+    first = fit(cfg, out_dir=tmp_path / "a", cache_dir=tmp_path, progress=seen.append)
+    record = first.history[-1]
+    assert first.status == "ok" and record["phase"] == "shooting" and record["kept"]
+    assert record["loss_after"] < record["loss_before"] and record["segments"] == 4 * 7
+    assert [r["done"] for r in seen if r.get("phase") == "shooting"][-1] == 15
+    again = fit(cfg, out_dir=tmp_path / "b", cache_dir=tmp_path)
+    assert again.metrics["test_valid_steps"] == first.metrics["test_valid_steps"]
+    assert again.metrics["val_rel_mse"] == first.metrics["val_rel_mse"]
+    plain = fit(TrainConfig().with_flat(TINY), cache_dir=tmp_path)
+    assert plain.metrics["val_rel_mse"] != first.metrics["val_rel_mse"]  # the shooting fit changed the weights
+    reloaded = evaluate_checkpoint(first.checkpoint, cache_dir=tmp_path)
+    assert reloaded["test_valid_steps"] == first.metrics["test_valid_steps"]  # the checkpoint holds the shot weights
