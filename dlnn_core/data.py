@@ -32,7 +32,7 @@ from .systems import DECLARED, SYSTEMS, System
 DATA_KINDS = ("states", "trajectories")
 DERIVATIVES = ("exact",) + tuple(ESTIMATORS)  # exact targets, or estimates from noisy q (smoothing.py)
 SPLITS = ("train", "val", "test", "ood")
-CACHE_VERSION = 2  # bump when generation changes, so old cache files are not reused
+CACHE_VERSION = 3  # bump when generation changes, so old cache files are not reused
 HASH_KEY = "meta.sha256"  # the cache file's own array holding the hash of every other array
 
 
@@ -199,7 +199,7 @@ def _observed_states(cfg: DataConfig, system: System, traj: Trajectories, rng: n
     """Flatten trajectories into samples; with derivatives = "savgol" or "spline", q̇ and q̈ (and a
     smoothed q) are estimated from the noisy q (smoothing.py)."""
     sigma = cfg.noise if noisy else 0.0
-    q = traj.q + sigma * rng.standard_normal(traj.q.shape)
+    q = observed = traj.q + sigma * rng.standard_normal(traj.q.shape)
     if cfg.derivatives != "exact":
         q, v, a = estimate(cfg, q, 1.0 / cfg.rate_hz, sigma)
     else:
@@ -207,7 +207,14 @@ def _observed_states(cfg: DataConfig, system: System, traj: Trajectories, rng: n
         a = np.stack([_accel(system, traj.q[i], traj.qdot[i]) for i in range(traj.q.shape[0])])
         a = a + sigma * rng.standard_normal(a.shape)
     n = system.n
-    return StateSet(wrap_angles(q.reshape(-1, n), system.angles), v.reshape(-1, n), a.reshape(-1, n))
+    measured = wrap_angles(observed.reshape(-1, n), system.angles) if _keeps_observed(cfg) and noisy else None
+    return StateSet(wrap_angles(q.reshape(-1, n), system.angles), v.reshape(-1, n), a.reshape(-1, n), measured)
+
+
+def _keeps_observed(cfg: DataConfig) -> bool:
+    """Whether the noisy training trajectories keep their measured angles beside the smoothed q
+    (what shooting fits: shooting.py): trajectories whose derivatives are estimated."""
+    return cfg.kind == "trajectories" and cfg.derivatives != "exact"
 
 
 def generate(cfg: DataConfig, seed: int) -> Splits:
@@ -272,13 +279,15 @@ def load_data(cfg: DataConfig, seed: int, cache_dir: str | Path | None = None) -
     if path.exists():
         arrays, problem = _read_cache(path, expected)
         if arrays is not None:
-            sets = {name: StateSet(arrays[f"{name}.q"], arrays[f"{name}.qdot"], arrays[f"{name}.qddot"]) for name in SPLITS}
+            sets = {name: StateSet(arrays[f"{name}.q"], arrays[f"{name}.qdot"], arrays[f"{name}.qddot"], arrays.get(f"{name}.observed"))
+                    for name in SPLITS}
             rollouts = {name: Trajectories(arrays["rollout.t"], arrays[f"rollout.{name}.q"], arrays[f"rollout.{name}.qdot"])
                         for name in ("val", "test", "ood")}
             return Splits(cfg.make_system(), rollouts=rollouts, **sets)
         warnings.warn(f"dataset cache file {path} is unusable ({problem}); regenerating it", RuntimeWarning, stacklevel=2)
     splits = generate(cfg, seed)
-    arrays = {f"{name}.{key}": getattr(getattr(splits, name), key) for name in SPLITS for key in ("q", "qdot", "qddot")}
+    arrays = {f"{name}.{key}": getattr(getattr(splits, name), key) for name in SPLITS for key in ("q", "qdot", "qddot", "observed")
+              if getattr(getattr(splits, name), key) is not None}
     arrays["rollout.t"] = splits.rollouts["val"].t
     for name, traj in splits.rollouts.items():
         arrays[f"rollout.{name}.q"], arrays[f"rollout.{name}.qdot"] = traj.q, traj.qdot
@@ -296,6 +305,8 @@ def _expected_shapes(cfg: DataConfig) -> dict[str, tuple[int, ...]]:
     per_path = samples_per_trajectory(cfg) if cfg.kind == "trajectories" else 1
     rows = {"train": cfg.n_train * per_path, "val": cfg.n_val * per_path, "test": cfg.n_test * per_path, "ood": cfg.n_test}
     shapes = {f"{name}.{key}": (rows[name], n) for name in SPLITS for key in ("q", "qdot", "qddot")}
+    if _keeps_observed(cfg):
+        shapes["train.observed"] = (rows["train"], n)
     steps = len(_time_grid(cfg.rollout_steps / cfg.rate_hz, cfg.rate_hz))
     shapes["rollout.t"] = (steps,)
     for name in ("val", "test", "ood"):

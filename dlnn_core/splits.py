@@ -16,11 +16,13 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class StateSet:
-    """Samples (q, q̇) -> q̈, float64 arrays [N, n]."""
+    """Samples (q, q̇) -> q̈, float64 arrays [N, n]; `observed`: the angles as measured, where q is
+    an estimate smoothed from them (noisy generated trajectories), else None (q is what was observed)."""
 
     q: np.ndarray
     qdot: np.ndarray
     qddot: np.ndarray
+    observed: np.ndarray | None = None
 
     def to_torch(self, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> tuple[torch.Tensor, ...]:
         """(q, q̇, q̈) as tensors of `dtype` (default float32) on `device`."""

@@ -250,12 +250,15 @@ def _rollout_windows(config: TrainConfig, splits: Splits, dtype: torch.dtype, de
 
 
 def _shoot(config: TrainConfig, model: nn.Module, q: torch.Tensor, v: torch.Tensor, splits: Splits, progress: Progress | None) -> dict[str, Any]:
-    """The multiple-shooting fit of the trained model to the training trajectories (shooting.py): its history record."""
+    """The multiple-shooting fit of the trained model to the training trajectories' measured angles
+    (shooting.py), its segments starting from the estimated states: its history record."""
     from .shooting import polish
 
     per, n = samples_per_trajectory(config.data), q.shape[1]
+    measured = splits.train.observed
+    observed = None if measured is None else torch.as_tensor(measured, dtype=q.dtype, device=q.device).reshape(-1, per, n)
     return polish(model, q.reshape(-1, per, n), v.reshape(-1, per, n), 1.0 / config.data.rate_hz, config.shooting_segment,
-                  config.shooting_iters, splits.system.angles, progress)
+                  config.shooting_iters, splits.system.angles, progress, observed=observed)
 
 
 def _final_metrics(model: nn.Module, splits: Splits, dtype: torch.dtype, device: torch.device, progress: Progress | None = None,

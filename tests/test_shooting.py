@@ -101,3 +101,19 @@ def test_fit_shoots_after_the_epochs_reproducibly(tmp_path):
     assert plain.metrics["val_rel_mse"] != first.metrics["val_rel_mse"]  # the shooting fit changed the weights
     reloaded = evaluate_checkpoint(first.checkpoint, cache_dir=tmp_path)
     assert reloaded["test_valid_steps"] == first.metrics["test_valid_steps"]  # the checkpoint holds the shot weights
+
+
+def test_noisy_trajectories_keep_their_measured_angles_through_the_cache(tmp_path):
+    """What shooting fits: the training split's angles as measured (noise of the stated size about the
+    truth), beside the smoothed q the epochs train on, read back from the cache as written."""
+    from dlnn_core.data import generate, load_data
+
+    cfg = TrainConfig().with_flat(TINY).data
+    fresh, cached = load_data(cfg, 0, tmp_path), load_data(cfg, 0, tmp_path)
+    assert np.array_equal(fresh.train.observed, cached.train.observed) and fresh.val.observed is None
+    truth = generate(TrainConfig().with_flat({**TINY, "data.noise": 0.0}).data, 0).train.q
+    measured_error = np.angle(np.exp(1j * (fresh.train.observed - truth)))
+    assert np.std(measured_error) == pytest.approx(0.01, rel=0.1)  # data.noise, drawn once
+    assert np.std(np.angle(np.exp(1j * (fresh.train.q - truth)))) < 0.7 * np.std(measured_error)  # the spline smooths
+    exact = TrainConfig().with_flat({**TINY, "data.derivatives": "exact"}).data
+    assert load_data(exact, 0, tmp_path).train.observed is None  # q is itself the measurement
