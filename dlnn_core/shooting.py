@@ -1,8 +1,9 @@
 """Multiple shooting after training (`shooting_iters` > 0): the training trajectories are cut into
 segments of `shooting_segment` steps, each segment's initial (q, q̇) becomes a free parameter, and
 L-BFGS fits the model's weights and those states together so that every segment's RK4 rollout
-passes through its measured angles (the noisy ones, not the smoothed estimate the epochs train on). No derivative of the data enters this loss, so it is not bound by
-the error of the estimated q̈ targets that the epochs fit (benchmarks/results/hard_case_probes.md)."""
+passes through its measured angles (the noisy ones, not the smoothed estimate the epochs train on).
+No derivative of the data enters this loss, so it is not bound by the error of the estimated q̈
+targets that the epochs fit (benchmarks/results/hard_case_probes.md, sections 5 and 6)."""
 
 from __future__ import annotations
 

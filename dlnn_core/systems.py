@@ -108,6 +108,18 @@ def damped_pendulum(**given: float) -> System:
     )
 
 
+def double_pendulum_eom(q: Tensor, v: Tensor, m1, m2, l1, l2, g, rho) -> Tensor:
+    """The damped double pendulum's q̈ = M(q)⁻¹ f(q, q̇); the constants may be floats or tensors
+    (benchmarks/physics_ceiling.py fits them)."""
+    t1, t2, w1, w2 = q[:, 0], q[:, 1], v[:, 0], v[:, 1]
+    c, s = (t1 - t2).cos(), (t1 - t2).sin()
+    a11, a12, a22 = (m1 + m2) * l1**2, m2 * l1 * l2 * c, m2 * l2**2
+    f1 = -m2 * l1 * l2 * w2**2 * s - (m1 + m2) * g * l1 * t1.sin() - rho * (2 * w1 - w2)
+    f2 = m2 * l1 * l2 * w1**2 * s - m2 * g * l2 * t2.sin() - rho * (w2 - w1)
+    det = a11 * a22 - a12 * a12
+    return _columns((a22 * f1 - a12 * f2) / det, (a11 * f2 - a12 * f1) / det)
+
+
 def damped_double_pendulum(**given: float) -> System:
     """Two point masses on rigid rods, absolute angles θ1, θ2, joint friction
     D = ½ρ(θ̇1² + (θ̇2 − θ̇1)²); hand-written q̈ = M(q)⁻¹ f(q, q̇)."""
@@ -121,21 +133,12 @@ def damped_double_pendulum(**given: float) -> System:
     def potential(q: Tensor) -> Tensor:
         return -(m1 + m2) * g * l1 * q[:, 0].cos() - m2 * g * l2 * q[:, 1].cos()
 
-    def eom(q: Tensor, v: Tensor) -> Tensor:
-        t1, t2, w1, w2 = q[:, 0], q[:, 1], v[:, 0], v[:, 1]
-        c, s = (t1 - t2).cos(), (t1 - t2).sin()
-        a11, a12, a22 = (m1 + m2) * l1**2, m2 * l1 * l2 * c, m2 * l2**2
-        f1 = -m2 * l1 * l2 * w2**2 * s - (m1 + m2) * g * l1 * t1.sin() - rho * (2 * w1 - w2)
-        f2 = m2 * l1 * l2 * w1**2 * s - m2 * g * l2 * t2.sin() - rho * (w2 - w1)
-        det = a11 * a22 - a12 * a12
-        return _columns((a22 * f1 - a12 * f2) / det, (a11 * f2 - a12 * f1) / det)
-
     return System(
         name="damped_double_pendulum", n=2, angles=(True, True), params=p,
         lagrangian=lambda q, v: kinetic(q, v) - potential(q),
         dissipation=lambda q, v: 0.5 * rho * (v[:, 0] ** 2 + (v[:, 1] - v[:, 0]) ** 2),
         energy=lambda q, v: kinetic(q, v) + potential(q),
-        eom=eom,
+        eom=lambda q, v: double_pendulum_eom(q, v, m1, m2, l1, l2, g, rho),
         q_range=((-math.pi, math.pi),) * 2, qdot_range=((-4.0, 4.0),) * 2,
     )
 
