@@ -32,7 +32,7 @@ from .systems import DECLARED, SYSTEMS, System
 DATA_KINDS = ("states", "trajectories")
 DERIVATIVES = ("exact",) + tuple(ESTIMATORS)  # exact targets, or estimates from noisy q (smoothing.py)
 SPLITS = ("train", "val", "test", "ood")
-CACHE_VERSION = 3  # bump when generation changes, so old cache files are not reused
+CACHE_VERSION = 2  # bump when generation changes, so old cache files are not reused
 HASH_KEY = "meta.sha256"  # the cache file's own array holding the hash of every other array
 
 
