@@ -33,8 +33,9 @@ def polish(model: nn.Module, q: torch.Tensor, v: torch.Tensor, dt: float, length
     """Fit `model` (in place) and the segments' initial states, which start at the trajectories' q, q̇
     [N, T, n], by L-BFGS to the angles `observed` [N, T, n] (default: q); returns the record of the fit.
     A fit that ends with a non-finite loss or weight leaves the model as it was (the record says so)."""
-    q0, v0, _ = segments(q, v, length)  # each segment starts at the smoothed state, and is fitted to
-    observed = segments(q if observed is None else observed, v, length)[2]  # the measured angles
+    # each segment starts at the smoothed state and is fitted to the measured angles
+    q0, v0, _ = segments(q, v, length)
+    observed = segments(q if observed is None else observed, v, length)[2]
     q0, v0 = nn.Parameter(q0.clone()), nn.Parameter(v0.clone())
     weights = [p for p in model.parameters() if p.requires_grad]
     before = {k: t.detach().clone() for k, t in model.state_dict().items()}
