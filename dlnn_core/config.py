@@ -47,6 +47,7 @@ class TrainConfig:
     rollout_integrator: str = "rk4"  # how the rollout loss integrates (INTEGRATORS): rk4, midpoint, euler, or trapezoid (no rollout)
     shooting_iters: int = 0  # k > 0: after the epochs, k L-BFGS iterations of multiple shooting on the training trajectories (shooting.py)
     shooting_segment: int = 16  # steps per shooting segment (an RK4 rollout from its own fitted initial state)
+    shooting_check: int = 0  # k > 0: the shooting fit keeps the weights with the best val_valid_steps, read every k evaluations; 0: its last
     method: str = DEFAULT_METHOD  # how second derivatives are taken (dlnn_core.lagrangian.METHODS)
     dtype: str = "float32"
     device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:K
@@ -144,6 +145,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "rollout_integrator": OneOf(INTEGRATORS),
     "shooting_iters": Integer(low=0),
     "shooting_segment": Integer(low=1),
+    "shooting_check": Integer(low=0),
     "method": OneOf(METHODS),
     "dtype": OneOf(DTYPES),
     "seed": Integer(low=0),

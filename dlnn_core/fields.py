@@ -199,6 +199,7 @@ LIMITS: dict[str, Limit] = {
     "rollout_batch": Limit(10**6, "rollout windows per step, each integrated through rollout_horizon steps", integer=True),
     "shooting_iters": Limit(10**5, "L-BFGS iterations after the epochs, each a rollout of every segment", integer=True),
     "shooting_segment": Limit(None, "bounded by the samples per trajectory (checked with data.duration and rate_hz)", integer=True),
+    "shooting_check": Limit(10**5, "evaluations between validation checks of the shooting fit", integer=True),
     "seed": Limit(2**32 - 1, "32-bit seeds: more gain nothing and some tools refuse them", integer=True),
     "data_seed": Limit(2**32 - 1, "32-bit seeds: more gain nothing and some tools refuse them", integer=True),
 }

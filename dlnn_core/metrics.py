@@ -82,13 +82,17 @@ def rollout_error(errors: Tensor, steps: int | None = None) -> float:
     return float(window.mean())
 
 
-def valid_prediction_steps(errors: Tensor, threshold: float) -> float:
-    """Mean number of steps before a trajectory's state error first exceeds `threshold`."""
+def valid_steps_each(errors: Tensor, threshold: float) -> Tensor:
+    """Steps before each trajectory's state error [N, T] first exceeds `threshold` (T if never): [N]."""
     import torch
 
     over = errors > threshold
-    first = torch.where(over.any(1), over.float().argmax(1), torch.full_like(over[:, 0], errors.shape[1], dtype=torch.long))
-    return float(first.float().mean())
+    return torch.where(over.any(1), over.float().argmax(1), torch.full_like(over[:, 0], errors.shape[1], dtype=torch.long))
+
+
+def valid_prediction_steps(errors: Tensor, threshold: float) -> float:
+    """Mean number of steps before a trajectory's state error first exceeds `threshold`."""
+    return float(valid_steps_each(errors, threshold).float().mean())
 
 
 def energy_error(system: System, pred_q: Tensor, pred_v: Tensor, true_q: Tensor, true_v: Tensor) -> float:

@@ -25,7 +25,7 @@ from .config import DTYPES as DTYPE_NAMES, TrainConfig
 from .data import Splits, load_data, samples_per_trajectory, trajectory_windows
 from .device import parse_device
 from .errors import ConfigError
-from .evaluate import evaluate
+from .evaluate import evaluate, frozen, rollout_metrics
 from .losses import LOSSES
 from .metrics import relative_mse, relative_se_per_sample
 from .models import build_model
@@ -251,14 +251,22 @@ def _rollout_windows(config: TrainConfig, splits: Splits, dtype: torch.dtype, de
 
 def _shoot(config: TrainConfig, model: nn.Module, q: torch.Tensor, v: torch.Tensor, splits: Splits, progress: Progress | None) -> dict[str, Any]:
     """The multiple-shooting fit of the trained model to the training trajectories' measured angles
-    (shooting.py), its segments starting from the estimated states: its history record."""
+    (shooting.py), its segments starting from the estimated states, keeping the weights with the best
+    validation rollouts when `shooting_check` > 0: its history record."""
     from .shooting import polish
 
     per, n = samples_per_trajectory(config.data), q.shape[1]
     measured = splits.train.observed
     observed = None if measured is None else torch.as_tensor(measured, dtype=q.dtype, device=q.device).reshape(-1, per, n)
     return polish(model, q.reshape(-1, per, n), v.reshape(-1, per, n), 1.0 / config.data.rate_hz, config.shooting_segment,
-                  config.shooting_iters, splits.system.angles, progress, observed=observed)
+                  config.shooting_iters, splits.system.angles, progress, observed=observed,
+                  score=lambda: _val_valid_steps(model, splits, q.dtype, q.device), check_every=config.shooting_check)
+
+
+def _val_valid_steps(model: nn.Module, splits: Splits, dtype: torch.dtype, device: torch.device) -> float:
+    """What `shooting_check` selects on: the validation rollouts' valid steps, as evaluate scores them."""
+    with frozen(model):
+        return rollout_metrics(model, splits, ("val",), dtype, device)["val_valid_steps"]
 
 
 def _final_metrics(model: nn.Module, splits: Splits, dtype: torch.dtype, device: torch.device, progress: Progress | None = None,

@@ -1,6 +1,7 @@
 """Multiple shooting after the epochs (`shooting_iters`): it recovers a damped oscillator's constants
 from its trajectories alone, leaves a model whose fit breaks as it was, is refused where there are no
-trajectories, and runs inside `fit` reproducibly, its record in the run's history."""
+trajectories, runs inside `fit` reproducibly, its record in the run's history, and with `shooting_check`
+keeps the weights that score best on a held-out score."""
 
 import math
 
@@ -68,6 +69,35 @@ def test_a_fit_that_breaks_leaves_the_model_as_it_was():
     assert model.log_k.exp().item() == pytest.approx(0.5) and model.log_rho.exp().item() == pytest.approx(0.3)
 
 
+def test_a_checked_fit_keeps_the_best_scoring_weights_it_passed_through():
+    """The fit takes k from 0.5 to 1; a score that peaks at k = 0.75 must leave the model at the checked
+    k nearest 0.75, neither the start nor the fit's end."""
+    q, v = oscillator_trajectories()
+    model = Oscillator(k=0.5, rho=0.3)
+    seen = []
+
+    def score():
+        seen.append(model.log_k.exp().item())
+        return -abs(seen[-1] - 0.75)
+
+    record = polish(model, q, v + 0.05, 0.1, 10, 200, (False,), score=score, check_every=1)
+    assert seen[0] == pytest.approx(0.5) and seen[-1] == pytest.approx(1.0, rel=1e-5)  # before the fit and at its end
+    best = min(seen, key=lambda k: abs(k - 0.75))
+    assert model.log_k.exp().item() == best and 0.5 < best < 0.99
+    assert record["selected_evaluation"] == record["scores"][seen.index(best)][0] > 0
+    checked = [e for e, _ in record["scores"]]
+    assert checked[:-1] == list(range(record["evaluations"] + 1)) and checked[-1] == record["evaluations"]  # each, and the end
+    assert model.log_k.requires_grad and model.training  # scoring left the model as the fit needs it
+
+
+def test_a_checked_fit_that_never_beats_its_start_leaves_the_model_as_it_was():
+    q, v = oscillator_trajectories()
+    model = Oscillator(k=0.5, rho=0.3)
+    record = polish(model, q, v, 0.1, 10, 50, (False,), score=lambda: -model.log_k.exp().item(), check_every=10)
+    assert record["selected_evaluation"] == 0 and record["kept"]
+    assert model.log_k.exp().item() == pytest.approx(0.5) and model.log_rho.exp().item() == pytest.approx(0.3)
+
+
 TINY = {"data.system": "damped_pendulum", "data.kind": "trajectories", "data.n_train": 4, "data.n_val": 2, "data.n_test": 2,
         "data.n_rollout": 2, "data.rollout_steps": 50, "data.duration": 2.0, "data.noise": 0.01, "data.derivatives": "spline",
         "model.hidden": 16, "model.form": "structured", "epochs": 3, "batch_size": 64, "device": "cpu"}
@@ -80,6 +110,8 @@ def test_shooting_needs_trajectories_and_a_segment_that_fits_them():
         TrainConfig().with_flat({**TINY, "shooting_iters": 10, "shooting_segment": 100})
     with pytest.raises(ConfigError, match="shooting_iters.*an integer >= 0"):
         TrainConfig().with_flat({**TINY, "shooting_iters": -1})
+    with pytest.raises(ConfigError, match="shooting_check.*an integer >= 0"):
+        TrainConfig().with_flat({**TINY, "shooting_iters": 10, "shooting_check": -1})
     assert TrainConfig().with_flat({**TINY, "shooting_segment": 100}).shooting_segment == 100  # unused while shooting is off
 
 
@@ -101,6 +133,21 @@ def test_fit_shoots_after_the_epochs_reproducibly(tmp_path):
     assert plain.metrics["val_rel_mse"] != first.metrics["val_rel_mse"]  # the shooting fit changed the weights
     reloaded = evaluate_checkpoint(first.checkpoint, cache_dir=tmp_path)
     assert reloaded["test_valid_steps"] == first.metrics["test_valid_steps"]  # the checkpoint holds the shot weights
+
+
+def test_fit_with_shooting_check_selects_on_the_validation_rollouts(tmp_path):
+    from dlnn_core.train import fit
+
+    cfg = TrainConfig().with_flat({**TINY, "shooting_iters": 15, "shooting_segment": 8, "shooting_check": 4})
+    result = fit(cfg, cache_dir=tmp_path)
+    record = result.history[-1]
+    checked = [e for e, _ in record["scores"]]
+    assert checked[:5] == [0, 4, 8, 12, 16] and checked[-1] == record["evaluations"]  # before, every 4, and the end
+    best = max(s for _, s in record["scores"])
+    assert record["selected_evaluation"] == checked[[s for _, s in record["scores"]].index(best)]
+    assert result.metrics["val_valid_steps"] == pytest.approx(best, abs=0.5)  # the kept weights (one batch with test here)
+    unchecked = fit(TrainConfig().with_flat({**TINY, "shooting_iters": 15, "shooting_segment": 8}), cache_dir=tmp_path).history[-1]
+    assert unchecked["selected_evaluation"] is None and unchecked["scores"] == []
 
 
 def test_noisy_trajectories_keep_their_measured_angles_through_the_cache(tmp_path):

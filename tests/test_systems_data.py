@@ -9,7 +9,7 @@ import torch
 from dlnn_core import ConfigError, DataConfig, ModelConfig, build_model, get_system, load_data
 from dlnn_core.rollout import rollout
 from dlnn_core.data import generate, integrate
-from dlnn_core.metrics import angle_difference, state_error, valid_prediction_steps
+from dlnn_core.metrics import angle_difference, state_error, valid_prediction_steps, valid_steps_each
 
 
 def test_oscillator_rollout_and_solver_match_analytic_solution():
@@ -73,6 +73,9 @@ def test_angles_compared_modulo_two_pi():
     errors = state_error(a[:, None], a[:, None], b[:, None], a[:, None], (True, True))
     assert errors.item() == pytest.approx(0.2, abs=1e-5)
     assert valid_prediction_steps(torch.tensor([[0.0, 0.1, 0.5, 0.2]]), 0.3) == 2
+    errors = torch.tensor([[0.0, 0.1, 0.5, 0.2], [0.0, 0.1, 0.2, 0.2], [0.4, 0.0, 0.0, 0.0]])
+    assert valid_steps_each(errors, 0.3).tolist() == [2, 4, 0]  # never over: the whole rollout
+    assert valid_prediction_steps(errors, 0.3) == 2
 
 
 SMALL = dict(n_train=64, n_val=32, n_test=32, n_rollout=2, duration=2.0)
