@@ -4,7 +4,8 @@ Re-scores trained runs (`dlnn train --out DIR`) on N fresh held-out test rollout
 states are the ones the run trained and selected on), and gives each run's valid steps per rollout:
 mean, standard error, median, quartiles. Runs given as LABEL=DIR,DIR,... are pooled per label, and every
 label is compared with the first (the baseline) rollout for rollout, on the same initial states, by a
-bootstrap over the rollouts of the ratio of mean valid steps.
+bootstrap over the rollouts of the ratio of mean valid steps (every pair of labels goes to the JSON, with
+each run's valid steps per rollout).
 
     python benchmarks/held_out_rollouts.py --rollouts 128 --out benchmarks/results/held_out_rollouts.json \\
         lnn=runs/lnn_1000,runs/lnn_1001 dlnn_shooting=runs/dlnn_1000,runs/dlnn_1001
@@ -92,7 +93,7 @@ def main() -> int:
     for label, runs in groups.items():
         pooled = np.stack([steps for steps, _ in runs])
         ratio, low, high = ratio_interval(pooled, base, rng)
-        per_run = [{**facts, **summary(steps)} for steps, facts in runs]
+        per_run = [{**facts, **summary(steps), "steps": steps.tolist()} for steps, facts in runs]
         q1, median, q3 = np.percentile(pooled, [25, 50, 75])
         out["groups"][label] = {"mean": float(pooled.mean()), "median": float(median), "q1": float(q1), "q3": float(q3), "seed_means": [r["mean"] for r in per_run],
                                 "ratio_to_baseline": ratio, "ratio_95": [low, high], "runs": per_run}
@@ -100,7 +101,9 @@ def main() -> int:
         eights = ", ".join(str(r["test_valid_steps_8"]) for r in per_run)
         print(f"{label}: mean {pooled.mean():.1f} (seed means {means}; 8-rollout figures {eights}), "
               f"median {np.median(pooled):.0f}, ratio {ratio:.2f} [{low:.2f}, {high:.2f}]", flush=True)
-    args.out.write_text(json.dumps(out, indent=1) + "\n")
+    stacked = {label: np.stack([steps for steps, _ in runs]) for label, runs in groups.items()}
+    out["ratios"] = {a: {b: ratio_interval(stacked[a], stacked[b], rng) for b in stacked if b != a} for a in stacked}
+    args.out.write_text(json.dumps(out) + "\n")
     return 0
 
 
