@@ -1,8 +1,8 @@
 """Probe (issue 27): does selecting the shooting fit's weights on the validation rollouts
 (`shooting_check`) raise the held-out test valid steps? Retrains the committed robust winner with
 `shooting_iters` and `shooting_check` as given and, at every check, scores the test rollouts too (a
-second rollout, so the selection is the one `fit` makes), so one run gives the whole curve of shooting
-loss, val and test valid steps against the fit's evaluations, and the test valid steps that selection
+second rollout, so the selection is the one `fit` makes), so one run gives the curve of val and test
+valid steps (and the test 500-step error) against the fit's evaluations, and the test valid steps that selection
 delivers against those of the fit's end. One JSON line per seed goes to --out.
 
     python benchmarks/shooting_check.py --seeds 1000 --iters 800 --check 50 --out benchmarks/results/shooting_check.jsonl
